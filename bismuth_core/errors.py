@@ -1,0 +1,59 @@
+"""One error root for every Bismuth component, with a subclass per domain failure.
+
+Each class carries the HTTP status that daemons answer with, so one middleware maps any of
+them to a JSON body ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+
+class BismuthError(Exception):
+    """Root of the errors Bismuth raises on purpose."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": self.message}
+
+
+class InvalidRequest(BismuthError):
+    """The request itself is malformed (not JSON, wrong shape)."""
+
+    status = 400
+
+
+class InvalidDefinition(InvalidRequest):
+    """A function definition broke a validation rule; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": self.message, "field": self.field}
+
+
+class NotFound(BismuthError):
+    status = 404
+
+
+class Conflict(BismuthError):
+    status = 409
+
+
+class TooLarge(BismuthError):
+    status = 413
+
+
+class Unavailable(BismuthError):
+    """A dependency (ZooKeeper, a backend) cannot serve right now; retrying may help."""
+
+    status = 503
+
+
+class InsufficientCapacity(Unavailable):
+    """The fleet cannot place what was asked; the message names the shortfall."""

@@ -1,0 +1,255 @@
+"""The ZooKeeper tree of a Bismuth cluster: the only module that knows paths and byte encodings.
+
+Every path below is relative to the environment's chroot ``/<env>`` (see :func:`chroot`)::
+
+    /function/<fid>                       JSON function definition
+    /function/<fid>/backends              4 bytes IPv4 + 16 bytes container UUID, per backend
+    /function/<fid>/retiring              packed backends still serving until the others run
+    /node/<ip>                            1 byte: 1 enabled for scheduling, 0 disabled/draining
+    /node/<ip>/alive                      ephemeral, JSON capacity/version of the live agent
+    /node/<ip>/container/<cid>            16 bytes function UUID, then JSON reservation metadata
+    /node/<ip>/container/<cid>/status     1 byte container status (written by the agent)
+    /route/<hostname>                     16 bytes function UUID
+
+``retiring`` is desired state owned by the control plane: backends listed there are old
+containers of an update or drain. They keep serving until every other backend of the
+function is ``Running``; then the API's leader removes them in one multi-op.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+FUNCTIONS = "/function"
+NODES = "/node"
+ROUTES = "/route"
+ROOTS = (FUNCTIONS, NODES, ROUTES)
+
+_ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_BACKEND_SIZE = 20
+
+
+def chroot(env: str) -> str:
+    """The chroot path holding environment ``env``; several environments share an ensemble."""
+    if not _ENV_RE.match(env):
+        raise ValueError(
+            f"environment name {env!r} must be 1-63 chars of a-z, 0-9, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return "/" + env
+
+
+def function_path(fid: uuid.UUID) -> str:
+    return f"{FUNCTIONS}/{fid}"
+
+
+def backends_path(fid: uuid.UUID) -> str:
+    return f"{FUNCTIONS}/{fid}/backends"
+
+
+def retiring_path(fid: uuid.UUID) -> str:
+    return f"{FUNCTIONS}/{fid}/retiring"
+
+
+def node_path(ip: str) -> str:
+    return f"{NODES}/{ip}"
+
+
+def alive_path(ip: str) -> str:
+    return f"{NODES}/{ip}/alive"
+
+
+def containers_path(ip: str) -> str:
+    return f"{NODES}/{ip}/container"
+
+
+def container_path(ip: str, cid: uuid.UUID) -> str:
+    return f"{NODES}/{ip}/container/{cid}"
+
+
+def status_path(ip: str, cid: uuid.UUID) -> str:
+    return f"{NODES}/{ip}/container/{cid}/status"
+
+
+def route_path(hostname: str) -> str:
+    return f"{ROUTES}/{hostname}"
+
+
+def parse_uuid(text: str) -> uuid.UUID | None:
+    """A znode name or URL segment as a UUID, or ``None`` if it is not one."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def parse_ipv4(text: str) -> str | None:
+    """A node name as a canonical IPv4 address, or ``None`` if it is not one."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+
+
+# --- container status ---------------------------------------------------------------
+
+
+class ContainerStatus(IntEnum):
+    """Observed state of one container, one byte in its ``status`` znode."""
+
+    INVALID = 0
+    STARTING = 1
+    RUNNING = 2
+    PAUSED = 3
+    FAILED = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.capitalize()
+
+
+def encode_status(status: ContainerStatus) -> bytes:
+    return bytes([int(status)])
+
+
+def decode_status(data: bytes | None) -> ContainerStatus:
+    """Unknown, empty or missing data reads as ``INVALID``; never raises."""
+    if not data:
+        return ContainerStatus.INVALID
+    try:
+        return ContainerStatus(data[0])
+    except ValueError:
+        return ContainerStatus.INVALID
+
+
+# --- backends -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One container of a function: the node it runs on and its UUID."""
+
+    ip: str
+    container_id: uuid.UUID
+
+    def to_json(self) -> dict[str, str]:
+        return {"ip": self.ip, "container_id": str(self.container_id)}
+
+
+def pack_backends(backends: Iterable[Backend]) -> bytes:
+    return b"".join(ipaddress.IPv4Address(b.ip).packed + b.container_id.bytes for b in backends)
+
+
+def unpack_backends(data: bytes | None) -> tuple[Backend, ...]:
+    if not data:
+        return ()
+    if len(data) % _BACKEND_SIZE:
+        raise ValueError(f"packed backends length {len(data)} is not a multiple of 20")
+    return tuple(
+        Backend(
+            str(ipaddress.IPv4Address(data[i : i + 4])),
+            uuid.UUID(bytes=data[i + 4 : i + _BACKEND_SIZE]),
+        )
+        for i in range(0, len(data), _BACKEND_SIZE)
+    )
+
+
+# --- node znodes --------------------------------------------------------------------
+
+
+def encode_enabled(enabled: bool) -> bytes:
+    return b"\x01" if enabled else b"\x00"
+
+
+def decode_enabled(data: bytes | None) -> bool:
+    return bool(data) and data[0] == 1
+
+
+@dataclass(frozen=True)
+class NodeAlive:
+    """What a live agent advertises in its ephemeral ``alive`` znode."""
+
+    cpus: float
+    memory: int
+    version: str = ""
+    containers: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "cpus": self.cpus,
+                "memory": self.memory,
+                "version": self.version,
+                "containers": self.containers,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> NodeAlive:
+        """Missing fields read as zero capacity, so a malformed znode schedules nothing."""
+        try:
+            raw = json.loads(data or b"{}")
+        except ValueError:
+            raw = {}
+        if not isinstance(raw, dict):
+            raw = {}
+        return cls(
+            cpus=_number(raw.get("cpus"), float),
+            memory=_number(raw.get("memory"), int),
+            version=str(raw.get("version", "")),
+            containers=_number(raw.get("containers"), int),
+        )
+
+
+def _number(value: object, kind: type) -> float | int:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return kind(value)
+    return kind(0)
+
+
+# --- container znodes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """Desired container on a node: its function and the resources reserved for it."""
+
+    function_id: uuid.UUID
+    cpu: float = 0.0
+    memory: int = 0
+
+    def encode(self) -> bytes:
+        meta = json.dumps({"cpu": self.cpu, "memory": self.memory}, separators=(",", ":"))
+        return self.function_id.bytes + meta.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ContainerRecord:
+        if len(data) < 16:
+            raise ValueError(f"container znode holds {len(data)} bytes, expected at least 16")
+        fid = uuid.UUID(bytes=data[:16])
+        try:
+            meta = json.loads(data[16:] or b"{}")
+        except ValueError:
+            meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        return cls(fid, _number(meta.get("cpu"), float), _number(meta.get("memory"), int))
+
+
+# --- routes -------------------------------------------------------------------------
+
+
+def encode_route(fid: uuid.UUID) -> bytes:
+    return fid.bytes
+
+
+def decode_route(data: bytes | None) -> uuid.UUID | None:
+    if not data or len(data) != 16:
+        return None
+    return uuid.UUID(bytes=data)

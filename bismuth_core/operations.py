@@ -1,0 +1,430 @@
+"""Every change to desired state, each as one guarded ZooKeeper multi-op.
+
+Used by the control plane (create, update, delete, finishing rollouts, replacing containers
+of lost nodes) and by ``bismuthctl`` (bootstrap, provision, drain, consistency). Writers
+race on version checks: a function's znodes are guarded by their versions, and every node
+that receives containers has its ``container`` znode's version bumped in the same multi-op,
+so two schedulers can never both fill the same free capacity. A lost race is retried with
+freshly read state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
+
+from . import layout
+from .cluster import (
+    FunctionView,
+    NodeView,
+    read_function,
+    read_function_or_none,
+    read_node,
+    read_nodes,
+    read_statuses,
+)
+from .definition import FunctionDefinition
+from .errors import Conflict, InsufficientCapacity, NotFound, Unavailable
+from .layout import Backend, ContainerRecord, ContainerStatus
+from .scheduler import place
+from .zk import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    Op,
+    TransactionFailed,
+    ZooKeeper,
+    create,
+    delete,
+    set_data,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ATTEMPTS = 8
+_RACES = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
+
+
+async def retry_races(attempt: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``attempt`` again while it loses a version race; bounded, with backoff."""
+    for n in range(ATTEMPTS):
+        try:
+            return await attempt()
+        except TransactionFailed as exc:
+            if not isinstance(exc.cause, _RACES):
+                raise
+            log.debug("retrying %s after %r", what, exc.cause)
+            await asyncio.sleep(min(0.01 * 2**n, 0.5))
+    raise Unavailable(f"{what}: too much concurrent change, try again")
+
+
+def _container_ops(
+    backends: Iterable[Backend], fid: uuid.UUID, definition: FunctionDefinition
+) -> list[Op]:
+    record = ContainerRecord(fid, definition.cpu, definition.memory).encode()
+    return [create(layout.container_path(b.ip, b.container_id), record) for b in backends]
+
+
+def _capacity_guards(nodes: dict[str, NodeView], ips: Iterable[str]) -> list[Op]:
+    """Bump each target node's ``container`` znode version: a concurrent placement fails."""
+    ops = []
+    for ip in sorted(set(ips)):
+        version = nodes[ip].containers_version
+        if version is None:
+            ops.append(create(layout.containers_path(ip)))
+        else:
+            ops.append(set_data(layout.containers_path(ip), b"", version))
+    return ops
+
+
+async def _removal_ops(zk: ZooKeeper, backends: Iterable[Backend]) -> list[Op]:
+    """Delete container znodes (status first); absent ones need nothing."""
+    items = sorted(set(backends))
+    exists = await asyncio.gather(
+        *(zk.exists(layout.container_path(b.ip, b.container_id)) for b in items),
+        *(zk.exists(layout.status_path(b.ip, b.container_id)) for b in items),
+    )
+    ops: list[Op] = []
+    for i, b in enumerate(items):
+        if exists[len(items) + i] is not None:
+            ops.append(delete(layout.status_path(b.ip, b.container_id)))
+        if exists[i] is not None:
+            ops.append(delete(layout.container_path(b.ip, b.container_id)))
+    return ops
+
+
+def _retiring_op(view: FunctionView, retiring: Sequence[Backend]) -> list[Op]:
+    path = layout.retiring_path(view.id)
+    if view.retiring_version is None:
+        return [create(path, layout.pack_backends(retiring))] if retiring else []
+    if not retiring:
+        return [delete(path, view.retiring_version)]
+    return [set_data(path, layout.pack_backends(retiring), view.retiring_version)]
+
+
+def _new_backends(ips: Iterable[str]) -> list[Backend]:
+    return [Backend(ip, uuid.uuid4()) for ip in ips]
+
+
+async def _route_owners(zk: ZooKeeper, hostnames: Iterable[str]) -> dict[str, uuid.UUID | None]:
+    names = list(hostnames)
+    raws = await asyncio.gather(*(zk.get_or_none(layout.route_path(h)) for h in names))
+    return {h: layout.decode_route(r[0]) for h, r in zip(names, raws, strict=True) if r}
+
+
+async def _check_routes_free(zk: ZooKeeper, hostnames: Iterable[str], fid: uuid.UUID) -> None:
+    for host, owner in (await _route_owners(zk, hostnames)).items():
+        if owner != fid:
+            raise Conflict(f"hostname {host!r} is already routed to function {owner}")
+
+
+def _route_conflict(exc: TransactionFailed, ops: Sequence[Op]) -> None:
+    op = ops[exc.index]
+    if isinstance(exc.cause, NodeExistsError) and op.path.startswith(layout.ROUTES + "/"):
+        host = op.path.removeprefix(layout.ROUTES + "/")
+        raise Conflict(f"hostname {host!r} is already routed to another function") from exc
+
+
+# --- cluster set-up -------------------------------------------------------------------
+
+
+async def bootstrap(zk: ZooKeeper) -> bool:
+    """Create the environment's top-level znodes; True if anything was created."""
+    missing = [root for root in layout.ROOTS if await zk.exists(root) is None]
+    for root in missing:
+        await zk.ensure_path(root)
+    return bool(missing)
+
+
+async def is_bootstrapped(zk: ZooKeeper) -> bool:
+    return all([await zk.exists(root) is not None for root in layout.ROOTS])
+
+
+async def provision(zk: ZooKeeper, ip: str) -> bool:
+    """Register node ``ip`` as enabled; True if it was new. An existing node is left as is."""
+    if await zk.exists(layout.node_path(ip)) is not None:
+        if await zk.exists(layout.containers_path(ip)) is None:
+            await zk.ensure_path(layout.containers_path(ip))
+        return False
+    try:
+        await zk.commit(
+            [
+                create(layout.node_path(ip), layout.encode_enabled(True)),
+                create(layout.containers_path(ip)),
+            ]
+        )
+    except TransactionFailed as exc:
+        if isinstance(exc.cause, NodeExistsError):
+            return False
+        raise
+    return True
+
+
+async def set_enabled(zk: ZooKeeper, ip: str, enabled: bool) -> None:
+    try:
+        await zk.set(layout.node_path(ip), layout.encode_enabled(enabled))
+    except NoNodeError as exc:
+        raise NotFound(f"node {ip} is not provisioned") from exc
+
+
+async def deprovision(zk: ZooKeeper, ip: str) -> None:
+    """Remove node ``ip``; refused while it has containers or a live agent."""
+    node = await read_node(zk, ip)
+    if node is None:
+        raise NotFound(f"node {ip} is not provisioned")
+    if node.containers:
+        raise Conflict(f"node {ip} still has {len(node.containers)} container(s); drain it first")
+    if node.alive is not None:
+        raise Conflict(f"node {ip} has a live agent; stop the agent first")
+    ops = [delete(layout.containers_path(ip))] if node.containers_version is not None else []
+    await zk.commit([*ops, delete(layout.node_path(ip))])
+
+
+# --- functions ----------------------------------------------------------------------
+
+
+async def create_function(zk: ZooKeeper, definition: FunctionDefinition) -> uuid.UUID:
+    fid = uuid.uuid4()
+
+    async def attempt() -> uuid.UUID:
+        await _check_routes_free(zk, definition.routes, fid)
+        nodes = await read_nodes(zk)
+        ips = place(
+            (n.capacity() for n in nodes.values()),
+            definition.max_instances,
+            definition.cpu,
+            definition.memory,
+        )
+        backends = _new_backends(ips)
+        ops = [
+            create(layout.function_path(fid), json.dumps(definition.to_json()).encode()),
+            create(layout.backends_path(fid), layout.pack_backends(backends)),
+            *_capacity_guards(nodes, ips),
+            *_container_ops(backends, fid, definition),
+            *(create(layout.route_path(h), layout.encode_route(fid)) for h in definition.routes),
+        ]
+        try:
+            await zk.commit(ops)
+        except TransactionFailed as exc:
+            _route_conflict(exc, ops)
+            raise
+        log.info("created function with %d container(s)", len(backends), extra={"function_id": fid})
+        return fid
+
+    return await retry_races(attempt, "create function")
+
+
+async def update_function(
+    zk: ZooKeeper, fid: uuid.UUID, definition: FunctionDefinition | None
+) -> FunctionView:
+    """Start a new generation of containers; the current ones retire once those run.
+
+    ``definition`` None redeploys the current definition in new containers.
+    """
+
+    async def attempt() -> FunctionView:
+        current = await read_function(zk, fid)
+        new = definition or current.definition
+        await _check_routes_free(zk, new.routes, fid)
+        nodes = await read_nodes(zk)
+        ips = place((n.capacity() for n in nodes.values()), new.max_instances, new.cpu, new.memory)
+        fresh = _new_backends(ips)
+        old_routes, new_routes = set(current.definition.routes), set(new.routes)
+        owners = await _route_owners(zk, old_routes - new_routes)
+        ops = [
+            set_data(
+                layout.function_path(fid), json.dumps(new.to_json()).encode(), current.version
+            ),
+            set_data(
+                layout.backends_path(fid),
+                layout.pack_backends([*current.backends, *fresh]),
+                current.backends_version,
+            ),
+            *_retiring_op(current, _union(current.retiring, current.backends)),
+            *_capacity_guards(nodes, ips),
+            *_container_ops(fresh, fid, new),
+            *(
+                delete(layout.route_path(h))
+                for h in sorted(old_routes - new_routes)
+                if owners.get(h) == fid
+            ),
+            *(
+                create(layout.route_path(h), layout.encode_route(fid))
+                for h in sorted(new_routes - old_routes)
+            ),
+        ]
+        try:
+            await zk.commit(ops)
+        except TransactionFailed as exc:
+            _route_conflict(exc, ops)
+            raise
+        log.info("updating function: %d new container(s)", len(fresh), extra={"function_id": fid})
+        return await read_function(zk, fid)
+
+    return await retry_races(attempt, "update function")
+
+
+async def delete_function(zk: ZooKeeper, fid: uuid.UUID) -> None:
+    async def attempt() -> None:
+        current = await read_function(zk, fid)
+        owners = await _route_owners(zk, current.definition.routes)
+        ops = [
+            *await _removal_ops(zk, _union(current.backends, current.retiring)),
+            *(delete(layout.route_path(h)) for h, o in sorted(owners.items()) if o == fid),
+            *(
+                [delete(layout.retiring_path(fid), current.retiring_version)]
+                if current.retiring_version is not None
+                else []
+            ),
+            delete(layout.backends_path(fid), current.backends_version),
+            delete(layout.function_path(fid), current.version),
+        ]
+        await zk.commit(ops)
+        log.info("deleted function", extra={"function_id": fid})
+
+    await retry_races(attempt, "delete function")
+
+
+def _union(*groups: Iterable[Backend]) -> list[Backend]:
+    seen: dict[Backend, None] = {}
+    for group in groups:
+        for b in group:
+            seen.setdefault(b)
+    return list(seen)
+
+
+# --- rollouts, drains and lost nodes --------------------------------------------------
+
+
+async def finish_rollout(zk: ZooKeeper, fid: uuid.UUID) -> bool:
+    """Remove retiring containers once every other backend is Running; True if done."""
+
+    async def attempt() -> bool:
+        view = await read_function_or_none(zk, fid)
+        if view is None or view.retiring_version is None:
+            return False
+        active = view.active
+        statuses = await read_statuses(zk, active)
+        if not active or any(s != ContainerStatus.RUNNING for s in statuses.values()):
+            return False
+        ops = [
+            *await _removal_ops(zk, view.retiring),
+            set_data(
+                layout.backends_path(fid), layout.pack_backends(active), view.backends_version
+            ),
+            delete(layout.retiring_path(fid), view.retiring_version),
+        ]
+        await zk.commit(ops)
+        log.info(
+            "rollout finished: retired %d container(s)",
+            len(view.retiring),
+            extra={"function_id": fid},
+        )
+        return True
+
+    return await retry_races(attempt, "finish rollout")
+
+
+async def move_container(zk: ZooKeeper, backend: Backend, *, lost: bool) -> Backend | None:
+    """Start a replacement for ``backend`` elsewhere; the new backend, or None if dropped.
+
+    ``lost``: the node is gone, so the old container is removed at once; otherwise it
+    retires once its replacement runs (drain). A backend no function lists is removed.
+    Raises :class:`InsufficientCapacity` when no other node can take it.
+    """
+
+    async def attempt() -> Backend | None:
+        node = await read_node(zk, backend.ip)
+        container = node.containers.get(backend.container_id) if node else None
+        view = None
+        if container is not None and container.record is not None:
+            view = await read_function_or_none(zk, container.record.function_id)
+        if view is None or backend not in view.backends:
+            await zk.commit(await _removal_ops(zk, [backend]))
+            return None
+        if backend in view.retiring:
+            if lost:
+                await _drop_backend(zk, view, backend)
+            return None
+        nodes = await read_nodes(zk)
+        d = view.definition
+        others = Counter(b.ip for b in view.active if b != backend)
+        (ip,) = place(
+            (n.capacity() for n in nodes.values()),
+            1,
+            d.cpu,
+            d.memory,
+            exclude={backend.ip},
+            replicas=others,
+        )
+        (fresh,) = _new_backends([ip])
+        if lost:
+            backends = [fresh if b == backend else b for b in view.backends]
+            ops = [*await _removal_ops(zk, [backend])]
+            retiring = list(view.retiring)
+        else:
+            backends = [*view.backends, fresh]
+            ops = []
+            retiring = _union(view.retiring, [backend])
+        ops += [
+            set_data(
+                layout.backends_path(view.id), layout.pack_backends(backends), view.backends_version
+            ),
+            *_retiring_op(view, retiring),
+            *_capacity_guards(nodes, [ip]),
+            *_container_ops([fresh], view.id, d),
+        ]
+        await zk.commit(ops)
+        log.info(
+            "moved container to %s",
+            ip,
+            extra={
+                "function_id": view.id,
+                "container_id": backend.container_id,
+                "node": backend.ip,
+            },
+        )
+        return fresh
+
+    return await retry_races(attempt, "move container")
+
+
+async def _drop_backend(zk: ZooKeeper, view: FunctionView, backend: Backend) -> None:
+    ops = [
+        *await _removal_ops(zk, [backend]),
+        set_data(
+            layout.backends_path(view.id),
+            layout.pack_backends([b for b in view.backends if b != backend]),
+            view.backends_version,
+        ),
+        *_retiring_op(view, [b for b in view.retiring if b != backend]),
+    ]
+    await zk.commit(ops)
+
+
+async def drain(zk: ZooKeeper, ip: str) -> tuple[list[Backend], list[str]]:
+    """Disable ``ip`` and start replacements of its containers on other nodes.
+
+    Returns (replacements started, problems). The drained containers keep serving until
+    their replacements run; the API's leader then removes them.
+    """
+    await set_enabled(zk, ip, False)
+    node = await read_node(zk, ip)
+    moved: list[Backend] = []
+    problems: list[str] = []
+    for cid in sorted(node.containers if node else ()):
+        try:
+            fresh = await move_container(zk, Backend(ip, cid), lost=False)
+        except InsufficientCapacity as exc:
+            problems.append(f"container {cid}: {exc.message}")
+            continue
+        if fresh is not None:
+            moved.append(fresh)
+    return moved, problems

@@ -1,0 +1,256 @@
+"""A kazoo client bridged into asyncio.
+
+kazoo runs its own threads. Its ``*_async`` calls return results that complete on those
+threads; :class:`ZooKeeper` turns them into awaitables on the event loop, bounded by a
+timeout, and maps connection trouble to :class:`Unavailable`. State changes reach asyncio
+callbacks through ``loop.call_soon_threadsafe``; nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    OperationTimeoutError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.protocol.states import ZnodeStat
+from kazoo.retry import KazooRetry
+
+from .errors import Unavailable
+from .layout import chroot
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (
+    ConnectionLoss,
+    SessionExpiredError,
+    ConnectionClosedError,
+    OperationTimeoutError,
+)
+
+__all__ = [
+    "BadVersionError",
+    "NoNodeError",
+    "NodeExistsError",
+    "NotEmptyError",
+    "TransactionFailed",
+    "ZnodeStat",
+    "ZooKeeper",
+]
+
+
+class TransactionFailed(Exception):
+    """A multi-op was rolled back; ``cause`` is the exception of the op that failed."""
+
+    def __init__(self, cause: Exception, index: int) -> None:
+        super().__init__(f"transaction op {index} failed: {cause!r}")
+        self.cause = cause
+        self.index = index
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a multi-op, built by the helpers below and run by ``commit``."""
+
+    kind: str
+    path: str
+    data: bytes = b""
+    version: int = -1
+    ephemeral: bool = False
+
+
+def create(path: str, data: bytes = b"", ephemeral: bool = False) -> Op:
+    return Op("create", path, data, ephemeral=ephemeral)
+
+
+def set_data(path: str, data: bytes, version: int = -1) -> Op:
+    return Op("set", path, data, version)
+
+
+def delete(path: str, version: int = -1) -> Op:
+    return Op("delete", path, version=version)
+
+
+def check(path: str, version: int) -> Op:
+    return Op("check", path, version=version)
+
+
+class ZooKeeper:
+    """One kazoo session, chrooted to an environment, usable from asyncio."""
+
+    def __init__(
+        self,
+        hosts: str,
+        env: str = "default",
+        *,
+        session_timeout: float = 10.0,
+        op_timeout: float = 5.0,
+    ) -> None:
+        self.hosts = hosts
+        self.env = env
+        self.op_timeout = op_timeout
+        self.client = KazooClient(
+            hosts=hosts + chroot(env),
+            timeout=session_timeout,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=2.0),
+            command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
+        )
+        self._listeners: list[Callable[[KazooState], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.client.add_listener(self._on_state)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Connect, waiting up to ``timeout`` seconds; raise :class:`Unavailable` on failure."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.client.start, timeout)
+        except Exception as exc:  # kazoo raises its own timeout type
+            await asyncio.to_thread(self.client.stop)
+            raise Unavailable(f"cannot connect to ZooKeeper at {self.hosts}: {exc}") from exc
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.client.stop)
+        await asyncio.to_thread(self.client.close)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.connected)
+
+    def add_listener(self, callback: Callable[[KazooState], None]) -> None:
+        """Call ``callback(state)`` on the event loop whenever the session state changes."""
+        self._listeners.append(callback)
+
+    def _on_state(self, state: KazooState) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for callback in list(self._listeners):
+            loop.call_soon_threadsafe(callback, state)
+
+    def threadsafe(self, callback: Callable[..., Any]) -> Callable[..., None]:
+        """Wrap ``callback`` so that kazoo threads schedule it on the event loop instead."""
+        loop = asyncio.get_running_loop()
+
+        def wake(*args: Any, **kwargs: Any) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: callback(*args, **kwargs))
+
+        return wake
+
+    # --- single operations -----------------------------------------------------
+
+    async def _await(self, async_result: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any) -> None:
+            try:
+                value = result.get_nowait()
+            except Exception as exc:  # delivered to the awaiting coroutine
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, value, None)
+
+        async_result.rawlink(settle)
+        try:
+            return await asyncio.wait_for(future, self.op_timeout)
+        except (TimeoutError, *_UNAVAILABLE) as exc:
+            raise Unavailable(f"ZooKeeper is unreachable ({type(exc).__name__})") from exc
+
+    def _ensure_connected(self) -> None:
+        if not self.client.connected:
+            raise Unavailable("ZooKeeper is unreachable (not connected)")
+
+    async def get(self, path: str) -> tuple[bytes, ZnodeStat]:
+        self._ensure_connected()
+        return await self._await(self.client.get_async(path))  # type: ignore[no-any-return]
+
+    async def get_or_none(self, path: str) -> tuple[bytes, ZnodeStat] | None:
+        try:
+            return await self.get(path)
+        except NoNodeError:
+            return None
+
+    async def children(self, path: str) -> list[str]:
+        """Children of ``path``; an absent path has none."""
+        self._ensure_connected()
+        try:
+            return await self._await(self.client.get_children_async(path))  # type: ignore[no-any-return]
+        except NoNodeError:
+            return []
+
+    async def exists(self, path: str) -> ZnodeStat | None:
+        self._ensure_connected()
+        return await self._await(self.client.exists_async(path))  # type: ignore[no-any-return]
+
+    async def create(self, path: str, data: bytes = b"", ephemeral: bool = False) -> str:
+        self._ensure_connected()
+        return await self._await(  # type: ignore[no-any-return]
+            self.client.create_async(path, data, ephemeral=ephemeral)
+        )
+
+    async def set(self, path: str, data: bytes, version: int = -1) -> ZnodeStat:
+        self._ensure_connected()
+        return await self._await(self.client.set_async(path, data, version))  # type: ignore[no-any-return]
+
+    async def delete(self, path: str, version: int = -1) -> None:
+        self._ensure_connected()
+        await self._await(self.client.delete_async(path, version))
+
+    async def ensure_path(self, path: str) -> None:
+        self._ensure_connected()
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self.client.ensure_path, path), self.op_timeout
+            )
+        except (TimeoutError, *_UNAVAILABLE) as exc:
+            raise Unavailable(f"ZooKeeper is unreachable ({type(exc).__name__})") from exc
+
+    # --- multi-op -----------------------------------------------------------------
+
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        """Run ``ops`` as one ZooKeeper multi-op; raise :class:`TransactionFailed` on rollback."""
+        self._ensure_connected()
+        if not ops:
+            return []
+        txn = self.client.transaction()
+        for op in ops:
+            if op.kind == "create":
+                txn.create(op.path, op.data, ephemeral=op.ephemeral)
+            elif op.kind == "set":
+                txn.set_data(op.path, op.data, op.version)
+            elif op.kind == "delete":
+                txn.delete(op.path, op.version)
+            elif op.kind == "check":
+                txn.check(op.path, op.version)
+            else:
+                raise ValueError(f"unknown op kind {op.kind!r}")
+        results: list[Any] = await self._await(txn.commit_async())
+        for index, result in enumerate(results):
+            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+                raise TransactionFailed(result, index)
+        return results
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)

@@ -1,0 +1,1 @@
+"""Real components and stand-ins that the test suites start for themselves."""
