@@ -1,0 +1,72 @@
+"""Fixtures shared by every suite: a real ZooKeeper, per-test chroots, stand-in agents."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from bismuth_core import operations
+from bismuth_core.zk import ZooKeeper
+from tests.support.standin import StandInAgent
+from tests.support.zkserver import ZooKeeperServer, free_port
+
+_SUBNETS = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def zk_server() -> Iterator[ZooKeeperServer]:
+    server = ZooKeeperServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def zk_env() -> str:
+    """A fresh environment (ZooKeeper chroot) for one test."""
+    return "t" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture
+async def zk(zk_server: ZooKeeperServer, zk_env: str) -> AsyncIterator[ZooKeeper]:
+    client = ZooKeeper(zk_server.hosts, zk_env)
+    await client.start()
+    await operations.bootstrap(client)
+    yield client
+    await client.stop()
+
+
+class StandIns:
+    """Starts stand-in agents on distinct loopback addresses sharing one agent port."""
+
+    def __init__(self, hosts: str, env: str, zk: ZooKeeper) -> None:
+        self.hosts, self.env, self.zk = hosts, env, zk
+        self.port = free_port()
+        self.subnet = next(_SUBNETS)
+        self.agents: list[StandInAgent] = []
+
+    async def add(self, **kwargs: object) -> StandInAgent:
+        ip = f"127.0.{self.subnet}.{len(self.agents) + 10}"
+        await operations.provision(self.zk, ip)
+        agent = StandInAgent(self.hosts, self.env, ip, self.port, **kwargs)  # type: ignore[arg-type]
+        await agent.start()
+        self.agents.append(agent)
+        return agent
+
+    async def close(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                await agent.stop()
+
+
+@pytest.fixture
+async def standins(
+    zk_server: ZooKeeperServer, zk_env: str, zk: ZooKeeper
+) -> AsyncIterator[StandIns]:
+    group = StandIns(zk_server.hosts, zk_env, zk)
+    yield group
+    await group.close()
