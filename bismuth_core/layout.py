@@ -10,6 +10,7 @@ Every path below is relative to the environment's chroot ``/<env>`` (see :func:`
     /node/<ip>/container/<cid>            16 bytes function UUID, then JSON reservation metadata
     /node/<ip>/container/<cid>/status     1 byte container status (written by the agent)
     /route/<hostname>                     16 bytes function UUID
+    /leader/api                           kazoo Election of the API replica running background work
 
 ``retiring`` is desired state owned by the control plane: backends listed there are old
 containers of an update or drain. They keep serving until every other backend of the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterable
@@ -30,8 +32,9 @@ FUNCTIONS = "/function"
 NODES = "/node"
 ROUTES = "/route"
 ROOTS = (FUNCTIONS, NODES, ROUTES)
+API_LEADER = "/leader/api"  # kazoo Election: the API replica that finishes rollouts
 
-_ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _BACKEND_SIZE = 20
 
 
@@ -168,7 +171,7 @@ def encode_enabled(enabled: bool) -> bytes:
 
 
 def decode_enabled(data: bytes | None) -> bool:
-    return bool(data) and data[0] == 1
+    return data is not None and data[:1] == b"\x01"
 
 
 @dataclass(frozen=True)
@@ -195,22 +198,27 @@ class NodeAlive:
         """Missing fields read as zero capacity, so a malformed znode schedules nothing."""
         try:
             raw = json.loads(data or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raw = {}
         if not isinstance(raw, dict):
             raw = {}
         return cls(
-            cpus=_number(raw.get("cpus"), float),
-            memory=_number(raw.get("memory"), int),
+            cpus=float(_number(raw.get("cpus"))),
+            memory=int(_number(raw.get("memory"))),
             version=str(raw.get("version", "")),
-            containers=_number(raw.get("containers"), int),
+            containers=int(_number(raw.get("containers"))),
         )
 
 
-def _number(value: object, kind: type) -> float | int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return kind(value)
-    return kind(0)
+def _number(value: object) -> float | int:
+    """A non-negative finite JSON number; anything else reads as zero."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        return 0
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        return 0
+    return value if math.isfinite(number) else 0
 
 
 # --- container znodes ---------------------------------------------------------------
@@ -235,11 +243,11 @@ class ContainerRecord:
         fid = uuid.UUID(bytes=data[:16])
         try:
             meta = json.loads(data[16:] or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             meta = {}
         if not isinstance(meta, dict):
             meta = {}
-        return cls(fid, _number(meta.get("cpu"), float), _number(meta.get("memory"), int))
+        return cls(fid, float(_number(meta.get("cpu"))), int(_number(meta.get("memory"))))
 
 
 # --- routes -------------------------------------------------------------------------

@@ -40,7 +40,8 @@ async def test_create_spreads_replicas_and_writes_routes(zk, standins):
     assert sorted(b.ip for b in view.backends) == sorted(a.ip for a in standins.agents)
     assert layout.decode_route((await zk.get(layout.route_path("app.test")))[0]) == fid
     await eventually(
-        lambda: statuses(zk, fid), what="all Running",
+        lambda: statuses(zk, fid),
+        what="all Running",
     )
     assert set(await statuses(zk, fid)) == {ContainerStatus.RUNNING}
 
@@ -49,7 +50,7 @@ async def test_hostname_taken_is_conflict_and_writes_nothing(zk, standins):
     await standins.add()
     await operations.create_function(zk, definition())
     before = await cluster.function_ids(zk)
-    with pytest.raises(Conflict, match="app.test"):
+    with pytest.raises(Conflict, match=r"app\.test"):
         await operations.create_function(zk, definition())
     assert await cluster.function_ids(zk) == before
 

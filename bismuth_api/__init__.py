@@ -1,0 +1,1 @@
+"""bismuth-api: the control plane. CRUD for functions, scheduling, rollouts and node loss."""

@@ -1,0 +1,215 @@
+"""The ``bismuth-api`` aiohttp application: thin handlers over :class:`FunctionService`.
+
+One middleware maps every :class:`BismuthError` (and aiohttp's own HTTP errors) to a JSON
+body ``{"error": ...}`` with its status; nothing a client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import ClientSession, ClientTimeout, web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
+from bismuth_core.zk import ZooKeeper
+
+from . import logs
+from .config import ApiConfig
+from .leader import Leader
+from .openapi import openapi_document
+from .service import FunctionService, parse_function_id
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ApiMetrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    leader: Gauge
+    zookeeper: Gauge
+
+    @classmethod
+    def create(cls) -> ApiMetrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "bismuth_api_requests",
+                "API requests by route and status",
+                ["route", "status"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "bismuth_api_request_seconds",
+                "API request latency",
+                ["route"],
+                registry=registry,
+            ),
+            leader=Gauge("bismuth_api_leader", "1 while this replica leads", registry=registry),
+            zookeeper=Gauge(
+                "bismuth_api_zookeeper_connected",
+                "1 while connected to ZooKeeper",
+                registry=registry,
+            ),
+        )
+
+
+@dataclass
+class ApiDeps:
+    config: ApiConfig
+    zk: ZooKeeper
+    service: FunctionService
+    leader: Leader | None
+    metrics: ApiMetrics
+
+
+DEPS = web.AppKey("deps", ApiDeps)
+HTTP = web.AppKey("http", ClientSession)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else "unmatched"
+    with deps.metrics.latency.labels(route).time():
+        try:
+            response = await handler(request)
+        except BismuthError as exc:
+            response = web.json_response(exc.to_json(), status=exc.status)
+        except web.HTTPRequestEntityTooLarge:
+            response = _error(TooLarge(f"request body over {deps.config.max_body_size} bytes"))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = web.json_response({"error": exc.reason}, status=exc.status)
+        except Exception:
+            log.exception("unexpected error", extra={"path": request.path})
+            response = web.json_response({"error": "internal error"}, status=500)
+    deps.metrics.requests.labels(route, str(response.status)).inc()
+    return response
+
+
+def _error(exc: BismuthError) -> web.Response:
+    return web.json_response(exc.to_json(), status=exc.status)
+
+
+async def _json_body(request: web.Request, required: bool = True) -> object | None:
+    body = await request.read()
+    if not body.strip():
+        if required:
+            raise InvalidRequest("request body must be a JSON function definition")
+        return None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+async def create_function(request: web.Request) -> web.Response:
+    service = request.app[DEPS].service
+    fid = await service.create(await _json_body(request))
+    return web.json_response({"id": str(fid)})
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[DEPS].service.list())
+
+
+async def get_function(request: web.Request) -> web.Response:
+    fid = parse_function_id(request.match_info["id"])
+    return web.json_response(await request.app[DEPS].service.get(fid))
+
+
+async def update_function(request: web.Request) -> web.Response:
+    fid = parse_function_id(request.match_info["id"])
+    raw = await _json_body(request, required=False)
+    return web.json_response(await request.app[DEPS].service.update(fid, raw))
+
+
+async def delete_function(request: web.Request) -> web.Response:
+    fid = parse_function_id(request.match_info["id"])
+    await request.app[DEPS].service.delete(fid)
+    return web.json_response({"id": str(fid), "deleted": True})
+
+
+async def function_logs(request: web.Request) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    fid = parse_function_id(request.match_info["id"])
+    backends = await deps.service.backends(fid)
+    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    return await logs.respond(request, request.app[HTTP], backends, deps.config.agent_port, follow)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    return web.json_response(
+        {
+            "ok": True,
+            "zookeeper": deps.zk.connected,
+            "leader": bool(deps.leader and deps.leader.is_leader),
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    deps.metrics.zookeeper.set(1 if deps.zk.connected else 0)
+    deps.metrics.leader.set(1 if deps.leader and deps.leader.is_leader else 0)
+    body = generate_latest(deps.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    app[HTTP] = ClientSession(timeout=ClientTimeout(connect=2.0, sock_read=None))
+    yield
+    await app[HTTP].close()
+
+
+async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
+    leader = app[DEPS].leader
+    task = asyncio.create_task(leader.run()) if leader else None
+    yield
+    if leader and task:
+        await leader.stop()
+        await task
+
+
+def create_app(deps: ApiDeps) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=deps.config.max_body_size)
+    app[DEPS] = deps
+    app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_leader_ctx)
+    app.router.add_post("/function", create_function)
+    app.router.add_get("/function", list_functions)
+    app.router.add_get("/function/{id}", get_function)
+    app.router.add_put("/function/{id}", update_function)
+    app.router.add_delete("/function/{id}", delete_function)
+    app.router.add_get("/function/{id}/logs", function_logs)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> ApiDeps:
+    leader = (
+        Leader(zk, grace=config.node_loss_grace, interval=config.leader_interval)
+        if with_leader
+        else None
+    )
+    return ApiDeps(config, zk, FunctionService(zk, config), leader, ApiMetrics.create())

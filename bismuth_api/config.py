@@ -1,0 +1,28 @@
+"""Configuration of ``bismuth-api``: file, ``BISMUTH_*`` environment, then flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    zookeeper: str = "127.0.0.1:2181"
+    zookeeper_env: str = "default"
+    bind: str = "127.0.0.1:8002"
+    log_level: str = "info"
+    # Seconds a node's ``alive`` znode must stay gone before its containers move elsewhere.
+    node_loss_grace: float = 10.0
+    # Seconds between the leader's full passes (watches wake it sooner).
+    leader_interval: float = 1.0
+    # Port every agent serves /invoke and /logs on (its node's address).
+    agent_port: int = 8001
+    # Largest accepted request body (a definition), bytes; larger gets 413.
+    max_body_size: int = 1 << 20
+    # Bound on ``max_instances`` of one function.
+    max_instances: int = 64
+    # cpu bound used while no live node advertises its capacity.
+    default_cpu_max: float = 64.0
+    repo_schemes: tuple[str, ...] = ("https", "http", "git", "ssh", "file")
+    # Seconds to wait for ZooKeeper on start before giving up.
+    connect_timeout: float = 30.0

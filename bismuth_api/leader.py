@@ -1,0 +1,150 @@
+"""Background work done by exactly one API replica, chosen by a kazoo Election.
+
+The leader finishes rollouts (an update's or a drain's old containers are removed once every
+other backend of the function is ``Running``) and replaces the containers of lost nodes (a
+node whose ``alive`` znode has been gone for ``node_loss_grace`` seconds). Each pass reads
+the full state; TreeCache events on ``/node`` and ``/function`` only wake it early, and a
+timer guarantees a pass every ``leader_interval`` seconds. State lives in ZooKeeper, so a
+new leader picks up whatever an earlier one left half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from kazoo.client import KazooState
+from kazoo.recipe.cache import TreeCache
+from kazoo.recipe.election import Election
+
+from bismuth_core import cluster, layout, operations
+from bismuth_core.errors import BismuthError, InsufficientCapacity
+from bismuth_core.layout import Backend
+from bismuth_core.zk import ZooKeeper
+
+log = logging.getLogger(__name__)
+
+
+class NodeLossTracker:
+    """Remembers since when each node has been without a live agent (pure; no I/O)."""
+
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace = grace
+        self.clock = clock
+        self._dead_since: dict[str, float] = {}
+
+    def observe(self, alive: dict[str, bool]) -> list[str]:
+        """Record liveness of every node; return the nodes dead for the grace period."""
+        now = self.clock()
+        for ip, is_alive in alive.items():
+            if is_alive:
+                self._dead_since.pop(ip, None)
+            else:
+                self._dead_since.setdefault(ip, now)
+        for ip in list(self._dead_since):
+            if ip not in alive:
+                del self._dead_since[ip]
+        return sorted(ip for ip, t in self._dead_since.items() if now - t >= self.grace)
+
+
+class Leader:
+    def __init__(self, zk: ZooKeeper, *, grace: float, interval: float) -> None:
+        self.zk = zk
+        self.grace = grace
+        self.interval = interval
+        self.is_leader = False
+        self.passes = 0
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._stopping = False
+        self._election = Election(zk.client, layout.API_LEADER, identifier=str(uuid.uuid4()))
+        self._caches: list[TreeCache] = []
+
+    async def run(self) -> None:
+        """Contend for leadership until :meth:`stop`; lead while elected."""
+        loop = asyncio.get_running_loop()
+        self.zk.add_listener(self._on_state)
+
+        def lead_blocking() -> None:
+            asyncio.run_coroutine_threadsafe(self._lead(), loop).result()
+
+        while not self._stopping:
+            try:
+                await asyncio.to_thread(self._election.run, lead_blocking)
+            except Exception as exc:
+                log.warning("leader election interrupted: %r", exc)
+            if not self._stopping:
+                await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._lost.set()
+        self._wake.set()
+        await asyncio.to_thread(self._election.cancel)
+
+    def _on_state(self, state: KazooState) -> None:
+        if state == KazooState.LOST:
+            self._lost.set()
+        self._wake.set()
+
+    async def _lead(self) -> None:
+        self.is_leader = True
+        self._lost.clear()
+        log.info("this API replica leads background work")
+        tracker = NodeLossTracker(self.grace)
+        wake = self.zk.threadsafe(self._wake.set)
+        self._caches = [
+            TreeCache(self.zk.client, root) for root in (layout.NODES, layout.FUNCTIONS)
+        ]
+        for cache in self._caches:
+            cache.listen(lambda _event: wake())
+            cache.start()
+        try:
+            while not self._lost.is_set() and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                self._wake.clear()
+                if self._lost.is_set() or self._stopping:
+                    break
+                try:
+                    await self.run_pass(tracker)
+                except BismuthError as exc:
+                    log.warning("leader pass incomplete: %s", exc.message)
+        finally:
+            for cache in self._caches:
+                cache.close()
+            self._caches = []
+            self.is_leader = False
+            log.info("this API replica no longer leads")
+
+    async def run_pass(self, tracker: NodeLossTracker) -> None:
+        """One full pass: finish rollouts, then replace containers of lost nodes."""
+        self.passes += 1
+        for view in await cluster.read_functions(self.zk):
+            if view.retiring_version is not None:
+                await operations.finish_rollout(self.zk, view.id)
+        nodes = await cluster.read_nodes(self.zk)
+        lost = tracker.observe({ip: n.alive is not None for ip, n in nodes.items()})
+        for ip in lost:
+            for cid in sorted(nodes[ip].containers):
+                await self._replace(Backend(ip, cid))
+
+    async def _replace(self, backend: Backend) -> None:
+        try:
+            fresh = await operations.move_container(self.zk, backend, lost=True)
+        except InsufficientCapacity as exc:
+            log.warning(
+                "cannot replace container of lost node: %s",
+                exc.message,
+                extra={"node": backend.ip, "container_id": backend.container_id},
+            )
+            return
+        log.info(
+            "replaced container of lost node with %s",
+            fresh,
+            extra={"node": backend.ip, "container_id": backend.container_id},
+        )

@@ -1,0 +1,80 @@
+"""``bismuth-api`` entry point: read config, connect to ZooKeeper, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from bismuth_core.config import (
+    ConfigError,
+    add_common_arguments,
+    flag_overrides,
+    load_config,
+    split_hostport,
+)
+from bismuth_core.errors import Unavailable
+from bismuth_core.logs import setup_logging
+from bismuth_core.zk import ZooKeeper
+
+from .app import build_deps, create_app
+from .config import ApiConfig
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bismuth-api", description=__doc__)
+    add_common_arguments(parser, "ADDR:PORT to serve the API on (default 127.0.0.1:8002)")
+    parser.add_argument(
+        "--node-loss-grace",
+        type=float,
+        metavar="SECONDS",
+        help="how long a node may be gone before its containers move",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(config: ApiConfig) -> None:
+    host, port = split_hostport(config.bind, 8002)
+    zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
+    await zk.start(timeout=config.connect_timeout)
+    runner = web.AppRunner(create_app(build_deps(config, zk)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info(
+        "serving on %s:%d (ZooKeeper %s, env %s)",
+        host,
+        port,
+        config.zookeeper,
+        config.zookeeper_env,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    await zk.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        config = load_config(ApiConfig, file=args.config, overrides=flag_overrides(args))
+    except ConfigError as exc:
+        sys.exit(f"bismuth-api: {exc}")
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except Unavailable as exc:
+        sys.exit(f"bismuth-api: {exc.message}")
+
+
+if __name__ == "__main__":
+    main()
