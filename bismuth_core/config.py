@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -76,7 +77,18 @@ def load_config(
     for key, value in (overrides or {}).items():
         if key in names and value is not None:
             values[key] = _coerce(key, value, hints[key])
+    missing = [name for name in _required_fields(cls) if name not in values]
+    if missing:
+        raise ConfigError(f"config {missing[0]}: required (file, {ENV_PREFIX}* or flag)")
     return cls(**values)
+
+
+def _required_fields(cls: type) -> list[str]:
+    return [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -98,34 +110,63 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return False
             raise ValueError(f"not a boolean: {value!r}")
         if hint is int:
-            if isinstance(value, bool):
-                raise ValueError("not an integer")
-            return int(value)
+            return _to_int(value)
         if hint is float:
-            return float(value)
+            return _to_float(value)
         if hint is str:
+            if isinstance(value, (bool, list, tuple, dict)):
+                raise ValueError(f"not a string: {value!r}")
             return str(value)
         if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(
-                _coerce(name, i.strip() if isinstance(i, str) else i, args[0])
-                for i in items
-                if i != ""
-            )
-    except (TypeError, ValueError) as exc:
+            return _to_tuple(name, value, args[0])
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"config {name}: {exc}") from exc
     raise ConfigError(f"config {name}: unsupported type {hint!r}")
 
 
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"not an integer: {value!r}")
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _to_tuple(name: str, value: Any, item_hint: Any) -> tuple[Any, ...]:
+    """A comma-separated string or a list; empty entries are dropped."""
+    if isinstance(value, Mapping):
+        raise ValueError(f"not a list: {value!r}")
+    items = value.split(",") if isinstance(value, str) else list(value)
+    stripped = (i.strip() if isinstance(i, str) else i for i in items)
+    return tuple(_coerce(name, i, item_hint) for i in stripped if i != "")
+
+
 def split_hostport(value: str, default_port: int) -> tuple[str, int]:
-    """``ADDR[:PORT]`` as a pair; raise :class:`ConfigError` on a bad port."""
+    """``ADDR[:PORT]`` (or ``[IPv6]:PORT``) as a pair; raise :class:`ConfigError` on a bad port.
+
+    A bare IPv6 address (more than one ``:``, no brackets) has no port.
+    """
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"bad address {value!r}: use [IPv6]:PORT")
+        return host, _port(value, rest[1:]) if rest else default_port
+    if value.count(":") > 1:
+        return value, default_port
     host, sep, port = value.rpartition(":")
     if not sep:
         return value, default_port
-    try:
-        number = int(port)
-    except ValueError as exc:
-        raise ConfigError(f"bad port in {value!r}") from exc
-    if not 0 <= number <= 65535:
+    return host, _port(value, port)
+
+
+def _port(value: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
         raise ConfigError(f"bad port in {value!r}")
-    return host, number
+    return int(text)

@@ -38,13 +38,13 @@ FIELDS = (
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _IMAGE_RE = re.compile(
     rf"^(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
-    rf"(?::{_TAG})?(?:@{_DIGEST})?$"
+    rf"(?::{_TAG})?(?:@{_DIGEST})?\Z"
 )
-_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
@@ -121,7 +121,7 @@ def parse_definition(raw: object, limits: DefinitionLimits | None = None) -> Fun
     limits = limits or DefinitionLimits()
     if not isinstance(raw, Mapping):
         raise InvalidDefinition("definition", "must be a JSON object")
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(str(key) for key in raw if key not in FIELDS)
     if unknown:
         raise InvalidDefinition(unknown[0], f"unknown field; allowed fields are {list(FIELDS)}")
     for name in ("image", "cpu", "memory", "invoke_mode"):
@@ -133,7 +133,7 @@ def parse_definition(raw: object, limits: DefinitionLimits | None = None) -> Fun
         memory=_parse_memory(raw["memory"], limits),
         invoke_mode=_parse_invoke_mode(raw["invoke_mode"]),
         max_instances=_parse_max_instances(raw.get("max_instances", 1), limits),
-        routes=_parse_routes(raw.get("routes") or []),
+        routes=_parse_routes(raw.get("routes", [])),
         repo=_parse_repo(raw.get("repo"), limits),
         svc_group_id=_parse_group(raw.get("svc_group_id")),
         svc_quotas=_parse_quotas(raw.get("svc_quotas")),
@@ -159,6 +159,8 @@ def normalize_hostname(value: object, field_name: str = "routes") -> str:
     """An RFC 1123 hostname in canonical form (lowercase, no trailing dot)."""
     if not isinstance(value, str) or not value:
         raise InvalidDefinition(field_name, "hostname must be a non-empty string")
+    if not value.isascii():
+        raise InvalidDefinition(field_name, f"hostname {value!r} must be ASCII (use punycode)")
     host = value.lower().removesuffix(".")
     if len(host) > 253:
         raise InvalidDefinition(field_name, f"hostname {value!r} is longer than 253 characters")
@@ -177,9 +179,14 @@ def _is_number(value: object) -> bool:
 
 
 def _parse_cpu(value: object, limits: DefinitionLimits) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+    if not _is_number(value):
         raise InvalidDefinition("cpu", "must be a number")
-    cpu = float(value)  # type: ignore[arg-type]
+    try:
+        cpu = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        cpu = math.inf
+    if not math.isfinite(cpu):
+        raise InvalidDefinition("cpu", "must be a finite number")
     if not 0 < cpu <= limits.cpu_max:
         raise InvalidDefinition(
             "cpu", f"must be in (0, {limits.cpu_max:g}] (largest node), got {cpu:g}"
@@ -246,6 +253,8 @@ def _parse_invoke_mode(value: object) -> ServerMode | ExecutableMode:
 
 
 def _parse_routes(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
     if not isinstance(value, list):
         raise InvalidDefinition("routes", 'must be a list of {"hostname": ...} objects')
     if len(value) > MAX_ROUTES:
@@ -273,23 +282,36 @@ def _parse_repo(value: object, limits: DefinitionLimits) -> tuple[str, str] | No
     url, branch = value
     if any(ord(c) < 0x20 or c == "\x7f" for c in url) or len(url) > 2048:
         raise InvalidDefinition("repo", "url must be at most 2048 printable characters")
-    scheme = "file" if url.startswith("/") else urlsplit(url).scheme.lower()
+    try:
+        scheme = "file" if url.startswith("/") else urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise InvalidDefinition("repo", f"url {url!r} is not a valid URL: {exc}") from None
     if scheme not in limits.repo_schemes:
         allowed = ", ".join(limits.repo_schemes)
         raise InvalidDefinition(
             "repo", f"url scheme {scheme or '(none)'!r} is not allowed; allowed: {allowed}"
         )
+    if not _is_branch_name(branch):
+        raise InvalidDefinition("repo", f"branch {branch!r} is not a valid git ref name")
+    return url, branch
+
+
+def _is_branch_name(branch: str) -> bool:
+    """The rules of ``git check-ref-format --branch`` (plus a length bound)."""
     if (
         len(branch) > 255
         or _BAD_REF_CHARS.search(branch)
         or ".." in branch
-        or branch.startswith(("-", "/"))
-        or branch.endswith(("/", ".", ".lock"))
-        or "//" in branch
         or "@{" in branch
+        or branch == "@"
+        or branch.startswith("-")
+        or branch.endswith(".")
     ):
-        raise InvalidDefinition("repo", f"branch {branch!r} is not a valid git ref name")
-    return url, branch
+        return False
+    return all(
+        part and not part.startswith(".") and not part.endswith(".lock")
+        for part in branch.split("/")
+    )
 
 
 def _parse_group(value: object) -> uuid.UUID | None:
@@ -308,7 +330,7 @@ def _parse_quotas(value: object) -> Quotas | None:
         return None
     if not isinstance(value, Mapping):
         raise InvalidDefinition("svc_quotas", 'must be null or {"kv": bytes, "blob": bytes}')
-    unknown = sorted(set(value) - {"kv", "blob"})
+    unknown = sorted(str(key) for key in value if key not in ("kv", "blob"))
     if unknown:
         raise InvalidDefinition(f"svc_quotas.{unknown[0]}", "unknown quota; use kv or blob")
     for key, amount in value.items():

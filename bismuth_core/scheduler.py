@@ -91,7 +91,7 @@ def _shortfall(
     nodes = list(pool)
     if not nodes:
         return f"cannot place {count} container(s): no enabled node with a live agent"
-    most_cpu = max(n.free_cpu for n in nodes)
+    most_cpu = round(max(n.free_cpu for n in nodes), 6)  # no float residue like 1.1e-16
     most_mem = max(n.free_memory for n in nodes)
     return (
         f"cannot place {count - placed} of {count} container(s) needing cpu {cpu:g} and "
