@@ -1,0 +1,364 @@
+"""One handler per ``bismuthctl`` subcommand: call bismuth_core, describe the result.
+
+Each handler takes a connected :class:`ZooKeeper` and the parsed arguments and returns an
+:class:`Outcome`: a JSON document for ``--json``, text for people, and an exit code. Domain
+failures are raised as :class:`bismuth_core.errors.BismuthError` and mapped to exit codes
+by :mod:`bismuth_ctl.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from kazoo.recipe.watchers import ChildrenWatch
+
+from bismuth_core import cluster, consistency, layout, operations
+from bismuth_core.cluster import FunctionView, NodeView
+from bismuth_core.consistency import Finding
+from bismuth_core.errors import Conflict
+from bismuth_core.layout import Backend, ContainerStatus
+from bismuth_core.zk import TransactionFailed, ZooKeeper
+
+from .tables import format_bytes, format_cpus, render_table
+
+# Exit codes (documented in bismuth_ctl.main and in --help).
+OK = 0
+FAILED = 1
+USAGE = 2
+NOT_FOUND = 3
+CONFLICT = 4
+UNAVAILABLE = 5
+
+POLL_INTERVAL = 1.0  # drain --wait re-reads at least this often; a watch wakes it sooner
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: ``document`` for --json, ``text`` for people, the exit code.
+
+    ``error`` (with a non-zero code) is the one-line reason printed to stderr.
+    """
+
+    document: Mapping[str, object]
+    text: str
+    code: int = OK
+    error: str | None = None
+
+
+Statuses = dict[Backend, ContainerStatus | None]
+Handler = Callable[[ZooKeeper, argparse.Namespace], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its handler and whether it needs a bootstrapped environment."""
+
+    name: str
+    help: str
+    handler: Handler
+    needs_tree: bool = True
+    arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda _p: None)
+
+
+# --- cluster set-up and nodes ----------------------------------------------------------
+
+
+async def bootstrap(zk: ZooKeeper, _args: argparse.Namespace) -> Outcome:
+    changed = await operations.bootstrap(zk)
+    text = (
+        f"environment {zk.env!r}: created the cluster tree"
+        if changed
+        else f"environment {zk.env!r} is already bootstrapped; nothing changed"
+    )
+    return Outcome({"environment": zk.env, "changed": changed}, text)
+
+
+async def provision(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    created = await operations.provision(zk, args.ip)
+    text = (
+        f"node {args.ip} provisioned and enabled for scheduling"
+        if created
+        else f"node {args.ip} is already provisioned; nothing changed"
+    )
+    return Outcome({"node": args.ip, "changed": created}, text)
+
+
+async def deprovision(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    try:
+        await operations.deprovision(zk, args.ip)
+    except TransactionFailed as exc:
+        raise Conflict(f"node {args.ip} changed while being removed; try again") from exc
+    return Outcome({"node": args.ip, "changed": True}, f"node {args.ip} deprovisioned")
+
+
+async def undrain(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    await operations.set_enabled(zk, args.ip, True)
+    return Outcome({"node": args.ip, "enabled": True}, f"node {args.ip} enabled for scheduling")
+
+
+async def drain(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    moved, problems = await operations.drain(zk, args.ip)
+    doc: dict[str, object] = {
+        "node": args.ip,
+        "enabled": False,
+        "replacements": [b.to_json() for b in moved],
+        "problems": problems,
+    }
+    lines = [f"node {args.ip} disabled for scheduling"]
+    lines += _drain_lines(moved, problems)
+    if problems:
+        error = f"could not move {len(problems)} container(s) off node {args.ip}"
+        return Outcome(doc, "\n".join(lines), FAILED, error)
+    if args.wait is None:
+        if moved:
+            lines.append(
+                "the drained containers keep serving until their replacements run; "
+                "the API's leader then removes them"
+            )
+        return Outcome(doc, "\n".join(lines))
+    remaining = await wait_until_empty(zk, args.ip, args.wait)
+    doc["remaining"] = remaining
+    if remaining:
+        error = f"timed out after {args.wait:g}s: node {args.ip} still has {remaining} container(s)"
+        return Outcome(doc, "\n".join(lines), FAILED, error)
+    lines.append(f"node {args.ip} has no containers left")
+    return Outcome(doc, "\n".join(lines))
+
+
+def _drain_lines(moved: list[Backend], problems: list[str]) -> list[str]:
+    lines = []
+    if not moved and not problems:
+        lines.append("no container needed a replacement")
+    if moved:
+        lines.append(f"started {len(moved)} replacement(s):")
+        table = render_table(["node", "container"], [(b.ip, b.container_id) for b in moved])
+        lines += ["  " + line for line in table.splitlines()]
+    if problems:
+        lines.append("could not move:")
+        lines += ["  " + p for p in problems]
+    return lines
+
+
+async def wait_until_empty(zk: ZooKeeper, ip: str, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for node ``ip`` to have no containers; how many remain.
+
+    A children watch wakes the wait on every change; it also re-reads at least every
+    ``POLL_INTERVAL`` seconds, so a missed wake-up only delays it.
+    """
+    changed = asyncio.Event()
+    wake = zk.threadsafe(changed.set)
+    # The recipe's constructor reads the children synchronously: keep it off the loop.
+    await asyncio.to_thread(
+        ChildrenWatch, zk.client, layout.containers_path(ip), lambda _children: wake()
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        node = await cluster.read_node(zk, ip)
+        remaining = len(node.containers) if node else 0
+        left = deadline - time.monotonic()
+        if not remaining or left <= 0:
+            return remaining
+        changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), min(left, POLL_INTERVAL))
+
+
+# --- listings --------------------------------------------------------------------------
+
+
+async def nodes(zk: ZooKeeper, _args: argparse.Namespace) -> Outcome:
+    views = sorted((await cluster.read_nodes(zk)).values(), key=_ip_order)
+    rows = [_node_row(v) for v in views]
+    table = render_table(
+        ["ip", "enabled", "alive", "version", "cpus", "memory", "reserved", "containers"], rows
+    )
+    text = table if views else "no nodes provisioned"
+    return Outcome({"nodes": [v.to_json() for v in views]}, text)
+
+
+def _ip_order(view: NodeView) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(view.ip)
+
+
+def _node_row(view: NodeView) -> list[object]:
+    cap = view.capacity()
+    reserved = f"{format_cpus(cap.reserved_cpu)} cpu, {format_bytes(cap.reserved_memory)}"
+    return [
+        view.ip,
+        view.enabled,
+        view.alive is not None,
+        view.alive.version if view.alive else None,
+        format_cpus(cap.cpus) if view.alive else None,
+        format_bytes(cap.memory) if view.alive else None,
+        reserved,
+        len(view.containers),
+    ]
+
+
+async def functions(zk: ZooKeeper, _args: argparse.Namespace) -> Outcome:
+    views = await cluster.read_functions(zk)
+    statuses = await cluster.read_statuses(zk, [b for v in views for b in v.backends])
+    rows = [row for v in views for row in _function_rows(v, statuses)]
+    table = render_table(["id", "routes", "max", "node", "container", "status"], rows)
+    document = {"functions": [_function_json(v, statuses) for v in views]}
+    return Outcome(document, table if views else "no functions")
+
+
+def _function_json(view: FunctionView, statuses: Statuses) -> dict[str, object]:
+    return {
+        "id": str(view.id),
+        "routes": list(view.definition.routes),
+        "max_instances": view.definition.max_instances,
+        "backends": [
+            {
+                "backend": b.to_json(),
+                "status": cluster.status_label(statuses.get(b)),
+                "retiring": b in view.retiring,
+            }
+            for b in view.backends
+        ],
+    }
+
+
+def _function_rows(view: FunctionView, statuses: Statuses) -> list[list[object]]:
+    head: list[object] = [
+        view.id,
+        ",".join(view.definition.routes) or None,
+        view.definition.max_instances,
+    ]
+    if not view.backends:
+        return [[*head, None, None, None]]
+    rows = []
+    for i, b in enumerate(view.backends):
+        status = cluster.status_label(statuses.get(b))
+        if b in view.retiring:
+            status += " (retiring)"
+        rows.append([*(head if i == 0 else ["", "", ""]), b.ip, b.container_id, status])
+    return rows
+
+
+# --- consistency -----------------------------------------------------------------------
+
+
+async def check_consistency(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    if args.fix:
+        report = await consistency.check_and_repair(zk)
+        return _repair_outcome(zk, report)
+    findings = await consistency.check(zk)
+    doc = {"environment": zk.env, "findings": [f.to_json() for f in findings]}
+    if not findings:
+        return Outcome(doc, f"environment {zk.env!r} is consistent")
+    text = f"{len(findings)} finding(s):\n{_findings_table(findings)}"
+    error = f"found {_inconsistencies(len(findings))}; run 'bismuthctl consistency --fix' to repair"
+    return Outcome(doc, text, FAILED, error)
+
+
+def _repair_outcome(zk: ZooKeeper, report: consistency.Report) -> Outcome:
+    doc = {
+        "environment": zk.env,
+        "findings": [f.to_json() for f in report.found],
+        "repaired": [f.to_json() for f in report.repaired],
+        "remaining": [f.to_json() for f in report.remaining],
+    }
+    lines = []
+    if report.repaired:
+        lines += [f"repaired {len(report.repaired)}:", _findings_table(report.repaired)]
+    if report.remaining:
+        lines += [f"not repaired {len(report.remaining)}:", _findings_table(report.remaining)]
+        error = f"{_inconsistencies(len(report.remaining))} could not be repaired"
+        return Outcome(doc, "\n".join(lines), FAILED, error)
+    lines.append(f"environment {zk.env!r} is consistent")
+    return Outcome(doc, "\n".join(lines))
+
+
+def _inconsistencies(count: int) -> str:
+    return f"{count} inconsistenc{'y' if count == 1 else 'ies'}"
+
+
+def _findings_table(findings: tuple[Finding, ...] | list[Finding]) -> str:
+    return render_table(["kind", "path", "detail"], [(f.kind, f.path, f.detail) for f in findings])
+
+
+def _ip_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ip", metavar="IP", type=ipv4, help="the node's IPv4 address")
+
+
+def ipv4(text: str) -> str:
+    """argparse type: a node's IPv4 address, canonical."""
+    ip = layout.parse_ipv4(text)
+    if ip is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address")
+    return ip
+
+
+def seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _wait_argument(help_text: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--wait", metavar="SECONDS", type=seconds, help=help_text)
+
+    return add
+
+
+def _drain_arguments(parser: argparse.ArgumentParser) -> None:
+    _ip_argument(parser)
+    _wait_argument(
+        "wait until the node has no containers left (the API's leader removes them once "
+        "their replacements run); exit 1 if it still has some after SECONDS"
+    )(parser)
+
+
+def _consistency_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fix", action="store_true", help="repair what was found")
+
+
+COMMANDS = (
+    Command(
+        "bootstrap",
+        "create the environment's ZooKeeper tree (idempotent)",
+        bootstrap,
+        needs_tree=False,
+        arguments=_wait_argument(
+            "wait up to SECONDS for ZooKeeper to come up (default: --timeout)"
+        ),
+    ),
+    Command(
+        "provision", "register a node, enabled for scheduling", provision, arguments=_ip_argument
+    ),
+    Command(
+        "deprovision",
+        "remove a node that has no containers and no live agent",
+        deprovision,
+        arguments=_ip_argument,
+    ),
+    Command(
+        "drain",
+        "disable a node and start its containers elsewhere",
+        drain,
+        arguments=_drain_arguments,
+    ),
+    Command("undrain", "enable a node for scheduling again", undrain, arguments=_ip_argument),
+    Command("nodes", "list nodes", nodes),
+    Command("functions", "list functions and their backends", functions),
+    Command(
+        "consistency",
+        "check the tree for inconsistencies (and --fix them)",
+        check_consistency,
+        arguments=_consistency_arguments,
+    ),
+)

@@ -1,0 +1,256 @@
+"""``bismuthctl``: the operator CLI of a Bismuth cluster.
+
+Usage: ``bismuthctl [global flags] COMMAND [args]``; global flags may also follow COMMAND.
+Global flags: ``--config FILE``, ``--zookeeper HOST:PORT[,...]``, ``--zookeeper-env NAME``,
+``--log-level LEVEL``, ``--json`` (one JSON document on stdout) and ``--timeout SECONDS``
+(ZooKeeper connect timeout, default 10). Settings come from :class:`CtlConfig`: defaults,
+the TOML file, ``BISMUTH_*`` environment variables, then flags.
+
+Exit codes:
+
+0. success
+1. the operation failed or found problems (consistency found issues without ``--fix``,
+   drain could not move some containers, ``--wait`` timed out)
+2. usage error or bad argument (including bad configuration)
+3. not found (node not provisioned, environment not bootstrapped)
+4. conflict (deprovision refused while the node has containers or a live agent)
+5. ZooKeeper unavailable
+
+Errors go to stderr as one line ``bismuthctl: error: ...``; with ``--json`` stdout also
+carries a JSON object with an ``"error"`` key. Expected failures print no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from bismuth_core import layout, operations
+from bismuth_core.config import ConfigError, add_common_arguments, flag_overrides, load_config
+from bismuth_core.errors import (
+    BismuthError,
+    Conflict,
+    InsufficientCapacity,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
+from bismuth_core.logs import setup_logging
+from bismuth_core.zk import ZooKeeper
+
+from . import commands
+from .commands import COMMANDS, CONFLICT, FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE, Outcome
+
+PROG = "bismuthctl"
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+exit codes:
+  0  success
+  1  the operation failed or found problems (consistency issues without --fix,
+     drain could not move some containers, --wait timed out)
+  2  usage error or bad argument
+  3  not found (node not provisioned, environment not bootstrapped)
+  4  conflict (e.g. deprovision refused while the node has containers or a live agent)
+  5  ZooKeeper unavailable
+"""
+
+
+@dataclass(frozen=True)
+class CtlConfig:
+    zookeeper: str = "127.0.0.1:2181"
+    zookeeper_env: str = "default"
+    log_level: str = "warning"
+    timeout: float = 10.0
+
+
+class UsageError(Exception):
+    """A bad command line or configuration: exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+_GLOBAL_DEFAULTS = {"json": False}
+
+
+def _global_flags() -> _Parser:
+    """Flags accepted before and after the subcommand; absent ones stay unset."""
+    parser = _Parser(add_help=False)
+    group = parser.add_argument_group("global options")
+    add_common_arguments(group, None)  # type: ignore[arg-type]
+    group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=commands.seconds,
+        help="ZooKeeper connect timeout (default 10)",
+    )
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_flags()
+    parser = _Parser(
+        prog=PROG,
+        description="Operate a Bismuth cluster through its ZooKeeper tree.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        command.arguments(sub)
+        sub.set_defaults(run=command)
+    return parser
+
+
+def exit_code(error: BismuthError) -> int:
+    if isinstance(error, InvalidRequest):
+        return USAGE
+    if isinstance(error, NotFound):
+        return NOT_FOUND
+    if isinstance(error, Conflict):
+        return CONFLICT
+    if isinstance(error, InsufficientCapacity):
+        return FAILED
+    if isinstance(error, Unavailable):
+        return UNAVAILABLE
+    return FAILED
+
+
+# --- running a command -----------------------------------------------------------------
+
+
+async def execute(
+    command: commands.Command, args: argparse.Namespace, config: CtlConfig
+) -> Outcome:
+    connect_timeout = getattr(args, "wait", None) if command.name == "bootstrap" else None
+    zk = ZooKeeper(config.zookeeper, config.zookeeper_env, op_timeout=config.timeout)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No chroot path exists")
+        try:
+            await zk.start(connect_timeout or config.timeout)
+        except Unavailable as exc:
+            waited = connect_timeout or config.timeout
+            raise Unavailable(
+                f"cannot reach ZooKeeper at {config.zookeeper} within {waited:g}s"
+            ) from exc
+    try:
+        if command.needs_tree and not await operations.is_bootstrapped(zk):
+            raise NotFound(
+                f"environment {config.zookeeper_env!r} is not bootstrapped; "
+                f"run '{PROG} bootstrap' first"
+            )
+        return await command.handler(zk, args)
+    finally:
+        await zk.stop()
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, CtlConfig]:
+    """Arguments and configuration; raise :class:`UsageError` on anything wrong."""
+    args = build_parser().parse_args(argv)
+    for key, default in _GLOBAL_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, default)
+    try:
+        config = load_config(
+            CtlConfig, file=getattr(args, "config", None), overrides=flag_overrides(args)
+        )
+        layout.chroot(config.zookeeper_env)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not config.timeout > 0:
+        raise UsageError(f"timeout must be a positive number of seconds, not {config.timeout}")
+    return args, config
+
+
+def emit(outcome: Outcome, as_json: bool) -> int:
+    """Print ``outcome`` (JSON or text on stdout, its error on stderr); its exit code."""
+    if as_json:
+        document = dict(outcome.document)
+        if outcome.error:
+            document["error"] = outcome.error
+        print(json.dumps(document, indent=2))
+    elif outcome.text:
+        print(outcome.text)
+    if outcome.error:
+        print(f"{PROG}: error: {outcome.error}", file=sys.stderr)
+    return outcome.code
+
+
+def failure(message: str, code: int) -> Outcome:
+    return Outcome({}, "", code, message)
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: str) -> Iterator[None]:
+    """Log to stderr for the duration of one command; restore the previous set-up after."""
+    root, kazoo = logging.getLogger(), logging.getLogger("kazoo")
+    handlers, root_level, kazoo_level = list(root.handlers), root.level, kazoo.level
+    try:
+        setup_logging(level)
+    except ValueError as exc:
+        raise UsageError(f"bad log level {level!r}") from exc
+    if root.level > logging.DEBUG:
+        kazoo.setLevel(logging.CRITICAL)  # connection trouble is reported as one error line
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        kazoo.setLevel(kazoo_level)
+
+
+def run(args: argparse.Namespace, config: CtlConfig) -> Outcome:
+    """Run the parsed command; every failure becomes an outcome with its exit code."""
+    try:
+        return asyncio.run(execute(args.run, args, config))
+    except BismuthError as exc:
+        return failure(exc.message, exit_code(exc))
+    except KeyboardInterrupt:
+        return failure("interrupted", FAILED)
+    except Exception as exc:
+        log.debug("unexpected failure", exc_info=True)
+        return failure(f"unexpected {type(exc).__name__}: {exc}", FAILED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (the console script exits with it)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, config = parse(argv)
+    except UsageError as exc:
+        return emit(failure(f"{exc} (see '{PROG} --help')", USAGE), "--json" in argv)
+    except SystemExit as exc:  # --help printed
+        return exc.code if isinstance(exc.code, int) else OK
+    try:
+        with logging_to_stderr(config.log_level):
+            outcome = run(args, config)
+    except UsageError as exc:
+        outcome = failure(str(exc), USAGE)
+    return emit(outcome, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
