@@ -1,0 +1,1 @@
+"""bismuth-provider, the per-container service provider: not included in this release yet."""

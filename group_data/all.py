@@ -1,0 +1,69 @@
+"""Settings for every host of a Bismuth deploy: every path, port and knob lives here.
+
+Override per group (``group_data/<group>.py``), per host (the inventory's host data) or per
+run (``pyinfra --data key=value``). Values derived from others (file names under ``etc_dir``,
+the ZooKeeper connect string, ...) are computed by the tasks, so overriding a base setting
+moves everything that depends on it.
+"""
+
+import sys
+
+# --- cluster -----------------------------------------------------------------------------
+# Environment (ZooKeeper chroot) the daemons and bismuthctl use; several can share an ensemble.
+zookeeper_env = "default"
+# This host's IPv4 address: its node name in ZooKeeper, and the address ZooKeeper binds to.
+node_ip = "127.0.0.1"
+# Seconds bismuthctl waits for ZooKeeper to answer before bootstrapping the environment.
+bootstrap_wait = 60
+
+# --- ZooKeeper ---------------------------------------------------------------------------
+# Members of the ensemble are the hosts of the inventory group "zookeeper" (their node_ip,
+# in inventory order, gives each its myid). Without such a group, each host runs a
+# standalone ZooKeeper of its own.
+zookeeper_port = 2181  # client port
+zookeeper_peer_port = 2888  # follower <-> leader (ensembles only)
+zookeeper_election_port = 3888  # leader election (ensembles only)
+zookeeper_heap = "256m"  # JVM -Xmx
+zookeeper_java_opts: list[str] = []  # extra JVM flags
+zookeeper_tick_ms = 2000  # ZooKeeper's time unit; session timeouts are 2-20 ticks
+zookeeper_log_level = "INFO"  # log4j level of ZooKeeper's log: DEBUG, INFO, WARN or ERROR
+zookeeper_java = "/usr/bin/java"
+# Debian's zookeeper.jar names its dependencies in its manifest; add exactly one SLF4J
+# binding (log4j 1.2) so ZooKeeper logs. "/usr/share/java/*" would bring several bindings,
+# which silence ZooKeeper or stop it (log4j-over-slf4j next to slf4j-log4j12).
+zookeeper_classpath = ":".join(
+    [
+        "/usr/share/java/zookeeper.jar",
+        "/usr/share/java/slf4j-log4j12.jar",
+        "/usr/share/java/log4j-1.2.jar",
+    ]
+)
+
+# --- Bismuth daemons ---------------------------------------------------------------------
+api_bind = "127.0.0.1:8002"  # bismuth-api: control-plane HTTP API
+fe_bind = "127.0.0.1:8000"  # bismuthfe: function traffic, routed by Host header
+fe_admin_bind = "127.0.0.1:8003"  # bismuthfe: /healthz and /metrics
+agent_port = 8001  # bismuthd's port on every node's IP (the agent comes in a later release)
+node_loss_grace = 10.0  # seconds a node may be gone before its containers are replaced
+log_level = "info"  # debug, info, warning or error
+# Virtualenv holding the toolkit on the target host; default: the one running pyinfra.
+bismuth_venv = sys.prefix
+
+# --- filesystem --------------------------------------------------------------------------
+etc_dir = "/etc/bismuth"  # configuration: daemon TOML, zookeeper/, supervisord.conf
+var_dir = "/var/lib/bismuth"  # state: ZooKeeper's snapshots and transaction logs
+log_dir = "/var/log/bismuth"  # one log file per daemon
+run_dir = "/run/bismuth"  # supervisord's socket and pidfile
+
+# --- host --------------------------------------------------------------------------------
+# "auto": systemd units where systemd is PID 1, otherwise a supervisord of the toolkit's own.
+service_manager = "auto"
+# Debian packages the deploy needs (make up installs them before pyinfra runs).
+debian_packages = [
+    "curl",
+    "gcc",
+    "python3-dev",
+    "python3-venv",
+    "supervisor",
+    "zookeeper",
+]

@@ -1,0 +1,202 @@
+"""How the daemons are kept running: systemd units where systemd is PID 1, else supervisord.
+
+Without systemd the toolkit runs a supervisord of its own: its config is
+``<etc_dir>/supervisord.conf``, its socket and pidfile live in ``<run_dir>``, and each
+daemon is one templated file in ``<etc_dir>/supervisor.d/``. Every step is guarded so that
+a second run changes nothing: supervisord is started only when it does not answer, programs
+are (re)loaded only when their file changed, and a daemon is restarted only when one of its
+configuration files changed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.operations import files, server, systemd
+
+from tasks.facts import SupervisordPid, SystemdIsInit
+from tasks.rendering import template_file
+
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+# supervisord starts with this environment only, so nothing from the operator's shell
+# (a stray BISMUTH_ZOOKEEPER, say) leaks into the daemons and overrides their config files.
+CLEAN_ENV = "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8"
+
+
+@dataclass(frozen=True)
+class Program:
+    """One long-running daemon, independent of what keeps it running."""
+
+    name: str  # unit / program name, e.g. "bismuth-api"
+    description: str
+    command: tuple[str, ...]
+    directory: str = "/"
+    environment: dict[str, str] = field(default_factory=dict)
+    stop_seconds: int = 10  # SIGTERM, then SIGKILL after this long
+    start_seconds: int = 2  # must stay up this long to count as started
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+
+def uses_systemd() -> bool:
+    choice = host.data.service_manager
+    if choice == "auto":
+        return bool(host.get_fact(SystemdIsInit))
+    if choice not in ("systemd", "supervisord"):
+        raise ValueError(f"service_manager must be auto, systemd or supervisord, not {choice!r}")
+    return bool(choice == "systemd")
+
+
+def supervisord_config() -> str:
+    return f"{host.data.etc_dir}/supervisord.conf"
+
+
+def supervisorctl() -> str:
+    return f"supervisorctl -c {shlex.quote(supervisord_config())}"
+
+
+def supervisord_running() -> bool:
+    """Whether our supervisord answered when the deploy was prepared (before any change)."""
+    return host.get_fact(SupervisordPid, config=supervisord_config()) is not None
+
+
+@deploy("Service manager")
+def service_manager() -> None:
+    """Make sure the service manager runs: nothing to do under systemd, else supervisord."""
+    if uses_systemd():
+        return
+    etc, run, log = host.data.etc_dir, host.data.run_dir, host.data.log_dir
+    files.directory(name="Supervisor program directory", path=f"{etc}/supervisor.d", mode="755")
+    config = template_file(
+        "Supervisord configuration",
+        "supervisord.conf.j2",
+        supervisord_config(),
+        "644",
+        socket=f"{run}/supervisord.sock",
+        pidfile=f"{run}/supervisord.pid",
+        log_file=f"{log}/supervisord.log",
+        log_dir=log,
+        programs=f"{etc}/supervisor.d/*.conf",
+    )
+    pid = host.get_fact(SupervisordPid, config=supervisord_config())
+    conf = shlex.quote(supervisord_config())
+    start = f"{CLEAN_ENV} supervisord -c {conf}"
+    if pid is None:
+        server.shell(
+            name="Start supervisord",
+            commands=[f"{supervisorctl()} pid >/dev/null 2>&1 || {start}"],
+        )
+    else:
+        # a restart, not `supervisorctl reload`: that returns before supervisord has stopped,
+        # and the next supervisorctl call would race it
+        server.shell(
+            name="Restart supervisord for its new configuration",
+            commands=[
+                f"{supervisorctl()} shutdown",
+                _wait_gone(pid),
+                start,
+                _wait_running(supervisorctl(), "all", f"{log}/supervisord.log"),
+            ],
+            _if=config.did_change,
+        )
+
+
+def program(spec: Program, configs: Sequence[OperationMeta] = ()) -> None:
+    """Keep ``spec`` running; restart it when any of ``configs`` (its config files) changed."""
+    if uses_systemd():
+        _systemd_unit(spec, configs)
+    else:
+        _supervisor_program(spec, configs)
+
+
+def _any_changed(configs: Sequence[OperationMeta]) -> bool:
+    return any(op.did_change() for op in configs)
+
+
+def _supervisor_program(spec: Program, configs: Sequence[OperationMeta]) -> None:
+    ctl, name = supervisorctl(), shlex.quote(spec.name)
+    log_file = f"{host.data.log_dir}/{spec.name}.log"
+    unit = template_file(
+        f"Supervisor program {spec.name}",
+        "supervisor-program.conf.j2",
+        f"{host.data.etc_dir}/supervisor.d/{spec.name}.conf",
+        "644",
+        program=spec,
+        log_file=log_file,
+    )
+    # update starts added programs and restarts those whose section changed
+    load = server.shell(
+        name=f"Load supervisor program {spec.name}",
+        commands=[f"{ctl} reread", f"{ctl} update {name}"],
+        _if=unit.did_change,
+    )
+    was_running = supervisord_running()
+    changes = [load]
+    if was_running:
+        changes.append(
+            server.shell(
+                name=f"Restart {spec.name} for its new configuration",
+                commands=[
+                    f"{ctl} restart {name} || {{ tail -n 30 {shlex.quote(log_file)} >&2; exit 1; }}"
+                ],
+                _if=lambda: unit.did_not_change() and _any_changed(configs),
+            )
+        )
+    server.shell(
+        name=f"Wait until {spec.name} runs",
+        commands=[_wait_running(ctl, name, log_file, spec.start_seconds + 30)],
+        _if=lambda: not was_running or _any_changed(changes),
+    )
+
+
+def _wait_running(ctl: str, names: str, log_file: str, timeout: int = 60) -> str:
+    """Shell: wait until every program of ``names`` is RUNNING; fail if one dies, with a log."""
+    verdict = (
+        'awk \'$2 != "RUNNING" {wait = 1} $2 ~ /^(FATAL|EXITED|STOPPED)$/ {dead = 1} '
+        "END {exit dead ? 2 : wait}'"
+    )
+    return (
+        f"for _ in $(seq {timeout * 10}); do "
+        f"{ctl} status {names} | {verdict}; rc=$?; "
+        '[ "$rc" = 0 ] && exit 0; [ "$rc" = 2 ] && break; sleep 0.1; done; '
+        f"{ctl} status {names}; tail -n 30 {shlex.quote(log_file)} >&2; exit 1"
+    )
+
+
+def _wait_gone(pid: int, timeout: int = 60) -> str:
+    """Shell: wait until process ``pid`` has exited (a zombie counts as exited)."""
+    state = f"sed -E 's/.*\\) (.).*/\\1/' /proc/{pid}/stat 2>/dev/null"
+    return (
+        f"for _ in $(seq {timeout * 10}); do "
+        f's=$({state}) && [ "$s" != Z ] || exit 0; sleep 0.1; done; '
+        f"echo 'supervisord {pid} did not exit' >&2; exit 1"
+    )
+
+
+def _systemd_unit(spec: Program, configs: Sequence[OperationMeta]) -> None:
+    service = f"{spec.name}.service"
+    was_running = bool(host.get_fact(SystemdStatus).get(service))
+    unit = template_file(
+        f"systemd unit {service}",
+        "systemd.service.j2",
+        f"{SYSTEMD_UNIT_DIR}/{service}",
+        "644",
+        program=spec,
+    )
+    systemd.daemon_reload(name=f"Reload systemd for {service}", _if=unit.did_change)
+    systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
+    if was_running:
+        systemd.service(
+            name=f"Restart {service} for its new configuration",
+            service=service,
+            restarted=True,
+            _if=lambda: unit.did_change() or _any_changed(configs),
+        )

@@ -1,0 +1,1 @@
+"""Deploy tests: pyinfra against this machine or lab hosts."""
