@@ -28,19 +28,20 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bismuth_core import layout, operations  # noqa: E402
-from bismuth_core.layout import ContainerRecord, NodeAlive  # noqa: E402
-from bismuth_core.zk import ZooKeeper, create  # noqa: E402
-from tests.support.apiserver import definition  # noqa: E402
-from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
+from bismuth_core import layout, operations
+from bismuth_core.layout import ContainerRecord, NodeAlive
+from bismuth_core.zk import ZooKeeper, create
+from tests.support.apiserver import definition
+from tests.support.zkserver import ZooKeeperServer, free_port
 
 
 async def add_nodes(zk: ZooKeeper, count: int) -> None:
     for i in range(count):
         ip = f"10.{i // 250}.{i % 250}.1"  # names only: nothing is ever contacted
         await operations.provision(zk, ip)
-        await zk.create(layout.alive_path(ip), NodeAlive(1024, 1 << 44, "bench").encode(),
-                        ephemeral=True)
+        await zk.create(
+            layout.alive_path(ip), NodeAlive(1024, 1 << 44, "bench").encode(), ephemeral=True
+        )
 
 
 async def wait_healthy(url: str, timeout: float = 30.0) -> None:
@@ -75,8 +76,10 @@ async def load(run: object, seconds: float, concurrency: int) -> list[float]:
 def summary(name: str, latencies: list[float], seconds: float) -> tuple[str, float]:
     rate = len(latencies) / seconds
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-    line = (f"{name:<34} {rate:>9.1f}/s   p50 {q[49] * 1000:7.2f} ms   "
-            f"p99 {q[98] * 1000:7.2f} ms   n={len(latencies)}")
+    line = (
+        f"{name:<34} {rate:>9.1f}/s   p50 {q[49] * 1000:7.2f} ms   "
+        f"p99 {q[98] * 1000:7.2f} ms   n={len(latencies)}"
+    )
     return line, rate
 
 
@@ -88,8 +91,19 @@ async def bench_nodes(server: ZooKeeperServer, nodes: int, args: argparse.Namesp
     await add_nodes(zk, nodes)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bismuth_api.main", "--zookeeper", server.hosts,
-         "--zookeeper-env", env, "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "bismuth_api.main",
+            "--zookeeper",
+            server.hosts,
+            "--zookeeper-env",
+            env,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -99,30 +113,41 @@ async def bench_nodes(server: ZooKeeperServer, nodes: int, args: argparse.Namesp
 
             async def create_one() -> None:
                 nonlocal failures
-                body = definition(max_instances=args.replicas,
-                                  routes=[{"hostname": f"f{uuid.uuid4().hex[:12]}.bench"}])
+                body = definition(
+                    max_instances=args.replicas,
+                    routes=[{"hostname": f"f{uuid.uuid4().hex[:12]}.bench"}],
+                )
                 async with http.post(url + "/function", data=json.dumps(body)) as resp:
                     await resp.read()
                     failures += resp.status != 200
 
             api_line, api_rate = summary(
-                f"API creates, {nodes} nodes", await load(create_one, args.seconds,
-                                                         args.concurrency), args.seconds)
+                f"API creates, {nodes} nodes",
+                await load(create_one, args.seconds, args.concurrency),
+                args.seconds,
+            )
 
         async def raw_one() -> None:
             fid = uuid.uuid4()
             backends = [layout.Backend(f"10.0.{i}.1", uuid.uuid4()) for i in range(args.replicas)]
             record = ContainerRecord(fid, 0.5, 128 << 20).encode()
-            await zk.commit([
-                create(layout.function_path(fid), json.dumps(definition()).encode()),
-                create(layout.backends_path(fid), layout.pack_backends(backends)),
-                *(create(layout.container_path(b.ip, b.container_id), record) for b in backends),
-                create(layout.route_path(f"r{fid.hex[:12]}.bench"), fid.bytes),
-            ])
+            await zk.commit(
+                [
+                    create(layout.function_path(fid), json.dumps(definition()).encode()),
+                    create(layout.backends_path(fid), layout.pack_backends(backends)),
+                    *(
+                        create(layout.container_path(b.ip, b.container_id), record)
+                        for b in backends
+                    ),
+                    create(layout.route_path(f"r{fid.hex[:12]}.bench"), fid.bytes),
+                ]
+            )
 
         raw_line, raw_rate = summary(
-            "baseline: bare kazoo multi-op", await load(raw_one, args.seconds, args.concurrency),
-            args.seconds)
+            "baseline: bare kazoo multi-op",
+            await load(raw_one, args.seconds, args.concurrency),
+            args.seconds,
+        )
         print(api_line + f"   failed={failures}")
         print(raw_line)
         print(f"{'ratio API / baseline':<34} {api_rate / raw_rate:>9.3f}")
@@ -141,8 +166,10 @@ async def main() -> None:
     server = ZooKeeperServer()
     server.start()
     try:
-        print(f"concurrency {args.concurrency}, {args.replicas} replicas per function, "
-              f"{args.seconds:g} s per measurement, {os.cpu_count()} cpus")
+        print(
+            f"concurrency {args.concurrency}, {args.replicas} replicas per function, "
+            f"{args.seconds:g} s per measurement, {os.cpu_count()} cpus"
+        )
         for nodes in (10, 100):
             await bench_nodes(server, nodes, args)
     finally:

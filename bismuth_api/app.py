@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
+from bismuth_core.fleet import FleetCache
 from bismuth_core.zk import ZooKeeper
 
 from . import logs
@@ -69,6 +70,7 @@ class ApiDeps:
     config: ApiConfig
     zk: ZooKeeper
     service: FunctionService
+    fleet: FleetCache
     leader: Leader | None
     metrics: ApiMetrics
 
@@ -180,6 +182,11 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].close()
 
 
+async def _fleet_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[DEPS].fleet.start()
+    yield
+
+
 async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
     leader = app[DEPS].leader
     task = asyncio.create_task(leader.run()) if leader else None
@@ -193,6 +200,7 @@ def create_app(deps: ApiDeps) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=deps.config.max_body_size)
     app[DEPS] = deps
     app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_fleet_ctx)
     app.cleanup_ctx.append(_leader_ctx)
     app.router.add_post("/function", create_function)
     app.router.add_get("/function", list_functions)
@@ -207,9 +215,18 @@ def create_app(deps: ApiDeps) -> web.Application:
 
 
 def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> ApiDeps:
+    lock = asyncio.Lock()
+    fleet = FleetCache(zk)
     leader = (
-        Leader(zk, grace=config.node_loss_grace, interval=config.leader_interval)
+        Leader(
+            zk,
+            grace=config.node_loss_grace,
+            interval=config.leader_interval,
+            nodes=fleet,
+            lock=lock,
+        )
         if with_leader
         else None
     )
-    return ApiDeps(config, zk, FunctionService(zk, config), leader, ApiMetrics.create())
+    service = FunctionService(zk, config, fleet, lock)
+    return ApiDeps(config, zk, service, fleet, leader, ApiMetrics.create())

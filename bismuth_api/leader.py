@@ -3,9 +3,10 @@
 The leader finishes rollouts (an update's or a drain's old containers are removed once every
 other backend of the function is ``Running``) and replaces the containers of lost nodes (a
 node whose ``alive`` znode has been gone for ``node_loss_grace`` seconds). Each pass reads
-the full state; TreeCache events on ``/node`` and ``/function`` only wake it early, and a
-timer guarantees a pass every ``leader_interval`` seconds. State lives in ZooKeeper, so a
-new leader picks up whatever an earlier one left half done.
+what it needs afresh: the pending rollouts (``/rollout`` children) and every node's own
+znodes, never every container. A kazoo ChildrenWatch on ``/rollout`` only wakes it early,
+and a timer guarantees a pass every ``leader_interval`` seconds. State lives in ZooKeeper,
+so a new leader picks up whatever an earlier one left half done.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import uuid
 from collections.abc import Callable
 
 from kazoo.client import KazooState
-from kazoo.recipe.cache import TreeCache
 from kazoo.recipe.election import Election
+from kazoo.recipe.watchers import ChildrenWatch
 
-from bismuth_core import cluster, layout, operations
+from bismuth_core import layout, operations
 from bismuth_core.errors import BismuthError, InsufficientCapacity
+from bismuth_core.fleet import LiveNodes, NodeSource
 from bismuth_core.layout import Backend
 from bismuth_core.zk import ZooKeeper
 
@@ -52,8 +54,18 @@ class NodeLossTracker:
 
 
 class Leader:
-    def __init__(self, zk: ZooKeeper, *, grace: float, interval: float) -> None:
+    def __init__(
+        self,
+        zk: ZooKeeper,
+        *,
+        grace: float,
+        interval: float,
+        nodes: NodeSource | None = None,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
         self.zk = zk
+        self.nodes = nodes or LiveNodes(zk)
+        self.lock = lock or asyncio.Lock()  # shared with the API's own scheduling
         self.grace = grace
         self.interval = interval
         self.is_leader = False
@@ -62,7 +74,6 @@ class Leader:
         self._lost = asyncio.Event()
         self._stopping = False
         self._election = Election(zk.client, layout.API_LEADER, identifier=str(uuid.uuid4()))
-        self._caches: list[TreeCache] = []
 
     async def run(self) -> None:
         """Contend for leadership until :meth:`stop`; lead while elected."""
@@ -97,12 +108,13 @@ class Leader:
         log.info("this API replica leads background work")
         tracker = NodeLossTracker(self.grace)
         wake = self.zk.threadsafe(self._wake.set)
-        self._caches = [
-            TreeCache(self.zk.client, root) for root in (layout.NODES, layout.FUNCTIONS)
-        ]
-        for cache in self._caches:
-            cache.listen(lambda _event: wake())
-            cache.start()
+        watching = True
+
+        def on_rollouts(_children: list[str]) -> bool:
+            wake()
+            return watching  # False ends the watch
+
+        ChildrenWatch(self.zk.client, layout.ROLLOUTS, on_rollouts)
         try:
             while not self._lost.is_set() and not self._stopping:
                 with contextlib.suppress(TimeoutError):
@@ -115,27 +127,32 @@ class Leader:
                 except BismuthError as exc:
                     log.warning("leader pass incomplete: %s", exc.message)
         finally:
-            for cache in self._caches:
-                cache.close()
-            self._caches = []
+            watching = False
             self.is_leader = False
             log.info("this API replica no longer leads")
 
     async def run_pass(self, tracker: NodeLossTracker) -> None:
         """One full pass: finish rollouts, then replace containers of lost nodes."""
         self.passes += 1
-        for view in await cluster.read_functions(self.zk):
-            if view.retiring_version is not None:
-                await operations.finish_rollout(self.zk, view.id)
-        nodes = await cluster.read_nodes(self.zk)
+        for name in await self.zk.children(layout.ROLLOUTS):
+            fid = layout.parse_uuid(name)
+            if fid is not None:
+                async with self.lock:
+                    await operations.finish_rollout(self.zk, fid)
+        nodes = await self.nodes.nodes()
         lost = tracker.observe({ip: n.alive is not None for ip, n in nodes.items()})
         for ip in lost:
-            for cid in sorted(nodes[ip].containers):
-                await self._replace(Backend(ip, cid))
+            for name in sorted(await self.zk.children(layout.containers_path(ip))):
+                cid = layout.parse_uuid(name)
+                if cid is not None:
+                    await self._replace(Backend(ip, cid))
 
     async def _replace(self, backend: Backend) -> None:
         try:
-            fresh = await operations.move_container(self.zk, backend, lost=True)
+            async with self.lock:
+                fresh = await operations.move_container(
+                    self.zk, backend, lost=True, source=self.nodes
+                )
         except InsufficientCapacity as exc:
             log.warning(
                 "cannot replace container of lost node: %s",

@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from bismuth_core import operations
 from bismuth_core.config import (
     ConfigError,
     add_common_arguments,
@@ -43,6 +44,8 @@ async def serve(config: ApiConfig) -> None:
     host, port = split_hostport(config.bind, 8002)
     zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
     await zk.start(timeout=config.connect_timeout)
+    # Top-level znodes a newer release added appear in existing environments too.
+    await operations.bootstrap(zk)
     runner = web.AppRunner(create_app(build_deps(config, zk)), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

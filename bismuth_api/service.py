@@ -7,56 +7,72 @@ the fixed API contract.
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bismuth_core import cluster, layout, operations
 from bismuth_core.cluster import FunctionView
 from bismuth_core.definition import DefinitionLimits, FunctionDefinition, parse_definition
-from bismuth_core.errors import InvalidRequest
+from bismuth_core.errors import InsufficientCapacity, InvalidDefinition, InvalidRequest
+from bismuth_core.fleet import NodeSource
 from bismuth_core.layout import Backend
 from bismuth_core.zk import ZooKeeper
 
 from .config import ApiConfig
 
-LIMITS_TTL = 1.0  # seconds a reading of the fleet's largest node is reused
-
-
-@dataclass
-class _CachedLimits:
-    limits: DefinitionLimits
-    read_at: float
-
 
 class FunctionService:
-    def __init__(self, zk: ZooKeeper, config: ApiConfig) -> None:
+    def __init__(
+        self,
+        zk: ZooKeeper,
+        config: ApiConfig,
+        nodes: NodeSource,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
         self.zk = zk
         self.config = config
-        self._limits: _CachedLimits | None = None
+        self.nodes = nodes
+        # Placements of this process are made one at a time: concurrent ones would all pick
+        # the same emptiest nodes and lose version races to each other. Other processes
+        # (replicas, bismuthctl) are still fenced off by the version checks.
+        self.lock = lock or asyncio.Lock()
 
-    async def limits(self) -> DefinitionLimits:
+    async def limits(self, fresh: bool = False) -> DefinitionLimits:
         """Validation bounds: cpu and memory of the largest live node, else the defaults."""
-        now = time.monotonic()
-        if self._limits and now - self._limits.read_at < LIMITS_TTL:
-            return self._limits.limits
-        nodes = [n for n in (await cluster.read_nodes(self.zk)).values() if n.alive]
-        limits = DefinitionLimits(
-            cpu_max=max((n.alive.cpus for n in nodes if n.alive), default=0.0)
-            or self.config.default_cpu_max,
+        alive = [n.alive for n in (await self.nodes.nodes(fresh)).values() if n.alive]
+        return DefinitionLimits(
+            cpu_max=max((a.cpus for a in alive), default=0.0) or self.config.default_cpu_max,
             max_instances=self.config.max_instances,
-            memory_max=max((n.alive.memory for n in nodes if n.alive), default=0) or None,
+            memory_max=max((a.memory for a in alive), default=0) or None,
             repo_schemes=self.config.repo_schemes,
         )
-        self._limits = _CachedLimits(limits, now)
-        return limits
 
     async def parse(self, raw: object) -> FunctionDefinition:
-        return parse_definition(raw, await self.limits())
+        try:
+            return parse_definition(raw, await self.limits())
+        except InvalidDefinition as exc:
+            if exc.field not in ("cpu", "memory"):
+                raise
+        # a node may have joined since the cache last heard: confirm from fresh reads
+        return parse_definition(raw, await self.limits(fresh=True))
 
     async def create(self, raw: object) -> uuid.UUID:
-        return await operations.create_function(self.zk, await self.parse(raw))
+        definition = await self.parse(raw)
+        async with self.lock, self._no_node_big_enough(raw):
+            return await operations.create_function(self.zk, definition, self.nodes)
+
+    @contextlib.asynccontextmanager
+    async def _no_node_big_enough(self, raw: object | None) -> AsyncIterator[None]:
+        """A shortfall because no node could ever hold one container is a 400, not a 503."""
+        try:
+            yield
+        except InsufficientCapacity:
+            if raw is not None:
+                parse_definition(raw, await self.limits(fresh=True))
+            raise
 
     async def get(self, fid: uuid.UUID) -> dict[str, Any]:
         return await self.describe(await cluster.read_function(self.zk, fid))
@@ -66,7 +82,9 @@ class FunctionService:
 
     async def update(self, fid: uuid.UUID, raw: object | None) -> dict[str, Any]:
         definition = None if raw is None else await self.parse(raw)
-        return await self.describe(await operations.update_function(self.zk, fid, definition))
+        async with self.lock, self._no_node_big_enough(raw):
+            view = await operations.update_function(self.zk, fid, definition, self.nodes)
+        return await self.describe(view)
 
     async def delete(self, fid: uuid.UUID) -> None:
         await operations.delete_function(self.zk, fid)

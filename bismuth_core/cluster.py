@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import layout
 from .definition import DefinitionLimits, FunctionDefinition, parse_definition
 from .errors import NotFound
-from .layout import Backend, ContainerRecord, ContainerStatus, NodeAlive
+from .layout import Backend, ContainerRecord, ContainerStatus, NodeAlive, Reservation
 from .scheduler import NodeCapacity
 from .zk import ZooKeeper
 
@@ -45,16 +45,16 @@ class NodeView:
     alive: NodeAlive | None
     containers: dict[uuid.UUID, ContainerView] = field(default_factory=dict)
     containers_version: int | None = None  # None: the container znode is missing
+    reserved: Reservation = field(default_factory=Reservation)
 
     def capacity(self) -> NodeCapacity:
         alive = self.alive or NodeAlive(0, 0)
-        records = [c.record for c in self.containers.values() if c.record]
         return NodeCapacity(
             ip=self.ip,
             cpus=alive.cpus,
             memory=alive.memory,
-            reserved_cpu=sum(r.cpu for r in records),
-            reserved_memory=sum(r.memory for r in records),
+            reserved_cpu=self.reserved.cpu,
+            reserved_memory=self.reserved.memory,
             enabled=self.enabled,
             alive=self.alive is not None,
         )
@@ -70,7 +70,7 @@ class NodeView:
             "memory": cap.memory,
             "reserved_cpu": round(cap.reserved_cpu, 6),
             "reserved_memory": cap.reserved_memory,
-            "containers": len(self.containers),
+            "containers": self.reserved.containers,
         }
 
 
@@ -89,15 +89,19 @@ class FunctionView:
         return tuple(b for b in self.backends if b not in self.retiring)
 
 
-async def read_node(zk: ZooKeeper, ip: str, with_status: bool = False) -> NodeView | None:
-    node = await zk.get_or_none(layout.node_path(ip))
+async def read_node(
+    zk: ZooKeeper, ip: str, with_status: bool = False, with_containers: bool = True
+) -> NodeView | None:
+    """Node ``ip``; ``with_containers=False`` reads only its three own znodes (scheduling)."""
+    node, alive_raw, containers = await asyncio.gather(
+        zk.get_or_none(layout.node_path(ip)),
+        zk.get_or_none(layout.alive_path(ip)),
+        zk.get_or_none(layout.containers_path(ip)),
+    )
     if node is None:
         return None
-    alive_raw, containers = await asyncio.gather(
-        zk.get_or_none(layout.alive_path(ip)), zk.get_or_none(layout.containers_path(ip))
-    )
     views: dict[uuid.UUID, ContainerView] = {}
-    if containers is not None:
+    if containers is not None and with_containers:
         names = await zk.children(layout.containers_path(ip))
         cids = [cid for cid in map(layout.parse_uuid, names) if cid is not None]
         loaded = await asyncio.gather(*(_read_container(zk, ip, c, with_status) for c in cids))
@@ -108,6 +112,7 @@ async def read_node(zk: ZooKeeper, ip: str, with_status: bool = False) -> NodeVi
         alive=NodeAlive.decode(alive_raw[0]) if alive_raw else None,
         containers=views,
         containers_version=containers[1].version if containers else None,
+        reserved=Reservation.decode(containers[0]) if containers else Reservation(),
     )
 
 
@@ -128,10 +133,12 @@ async def _read_container(
     return ContainerView(ip, cid, record, status)
 
 
-async def read_nodes(zk: ZooKeeper, with_status: bool = False) -> dict[str, NodeView]:
+async def read_nodes(
+    zk: ZooKeeper, with_status: bool = False, with_containers: bool = True
+) -> dict[str, NodeView]:
     names = await zk.children(layout.NODES)
     ips = [ip for ip in map(layout.parse_ipv4, names) if ip is not None]
-    views = await asyncio.gather(*(read_node(zk, ip, with_status) for ip in ips))
+    views = await asyncio.gather(*(read_node(zk, ip, with_status, with_containers) for ip in ips))
     return {v.ip: v for v in views if v is not None}
 
 

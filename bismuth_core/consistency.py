@@ -15,6 +15,11 @@
 ``missing-route``
     a function lists a hostname that has no route. Fix: create the route, guarded by the
     function's version.
+``reservation-drift``
+    a node's reservation (data of ``/node/<ip>/container``) differs from the sum of what
+    its containers reserve. Fix: rewrite it from the containers, guarded by its version.
+``orphan-rollout``
+    a ``/rollout/<fid>`` of a function that does not exist. Fix: delete it.
 ``undecodable``
     a znode whose data cannot be decoded. Fix: undecodable container and route znodes are
     deleted; undecodable function, backends and node znodes are only reported.
@@ -36,11 +41,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from . import layout
-from .cluster import STORED_LIMITS
+from .cluster import STORED_LIMITS, read_node
 from .definition import parse_definition
 from .errors import InvalidRequest
-from .layout import Backend, ContainerRecord
-from .operations import retry_races
+from .layout import Backend, ContainerRecord, Reservation
+from .operations import remove_containers_ops, retry_races
 from .zk import Op, ZooKeeper, create, delete, set_data
 from .zk import check as check_op
 
@@ -54,6 +59,8 @@ class Kind(StrEnum):
     BACKEND_WITHOUT_CONTAINER = "backend-without-container"
     ROUTE_TO_MISSING_FUNCTION = "route-to-missing-function"
     MISSING_ROUTE = "missing-route"
+    RESERVATION_DRIFT = "reservation-drift"
+    ORPHAN_ROLLOUT = "orphan-rollout"
     UNDECODABLE = "undecodable"
 
 
@@ -331,10 +338,81 @@ async def _scan(zk: ZooKeeper) -> list[Finding]:
     present = {c.backend for c in containers}
     return [
         *await _scan_nodes(zk),
+        *await _scan_reservations(zk),
+        *await _scan_rollouts(zk),
         *_container_findings(containers, functions),
         *(f for s in states for f in _function_findings(s, present, routes)),
         *_route_findings(routes, functions),
     ]
+
+
+async def _reservation_finding(zk: ZooKeeper, ip: str) -> Finding | None:
+    node = await read_node(zk, ip)
+    if node is None or node.containers_version is None:
+        return None
+    held = _held(node.containers.values())
+    if held is None or _same(held, node.reserved):
+        return None
+    return Finding(
+        Kind.RESERVATION_DRIFT,
+        layout.containers_path(ip),
+        f"reserves cpu {node.reserved.cpu:g}, memory {node.reserved.memory}, "
+        f"{node.reserved.containers} container(s), but its containers hold cpu {held.cpu:g}, "
+        f"memory {held.memory}, {held.containers} container(s)",
+    )
+
+
+def _held(containers: Iterable[object]) -> Reservation | None:
+    """What the containers reserve together; None if one cannot be decoded."""
+    total = Reservation()
+    for c in containers:
+        record = getattr(c, "record", None)
+        if record is None:
+            return None
+        total = total.plus(record.cpu, record.memory, 1)
+    return total
+
+
+def _same(a: Reservation, b: Reservation) -> bool:
+    return abs(a.cpu - b.cpu) < 1e-6 and a.memory == b.memory and a.containers == b.containers
+
+
+async def _scan_reservations(zk: ZooKeeper) -> list[Finding]:
+    ips = [ip for ip in map(layout.parse_ipv4, await zk.children(layout.NODES)) if ip]
+    found = await asyncio.gather(*(_reservation_finding(zk, ip) for ip in ips))
+    return [f for f in found if f]
+
+
+async def _scan_rollouts(zk: ZooKeeper) -> list[Finding]:
+    findings = []
+    for fid in [f for f in map(layout.parse_uuid, await zk.children(layout.ROLLOUTS)) if f]:
+        if await zk.exists(layout.function_path(fid)) is None:
+            findings.append(
+                Finding(
+                    Kind.ORPHAN_ROLLOUT,
+                    layout.retiring_path(fid),
+                    f"function {fid} does not exist",
+                    function_id=fid,
+                )
+            )
+    return findings
+
+
+async def _plan_reservation(zk: ZooKeeper, ip: str) -> list[Op] | None:
+    node = await read_node(zk, ip)
+    if node is None or node.containers_version is None:
+        return None
+    held = _held(node.containers.values())
+    if held is None or _same(held, node.reserved):
+        return None
+    return [set_data(layout.containers_path(ip), held.encode(), node.containers_version)]
+
+
+async def _plan_rollout(zk: ZooKeeper, fid: uuid.UUID) -> list[Op] | None:
+    got = await zk.get_or_none(layout.retiring_path(fid))
+    if got is None or await zk.exists(layout.function_path(fid)) is not None:
+        return None
+    return [delete(layout.retiring_path(fid), got[1].version)]
 
 
 # --- confirmation and repair plans ----------------------------------------------------
@@ -354,6 +432,10 @@ async def _plan(zk: ZooKeeper, finding: Finding) -> list[Op] | None:
         return await _plan_route(zk, finding, host)
     if kind == Kind.MISSING_ROUTE and host is not None and finding.function_id:
         return await _plan_missing_route(zk, finding.function_id, host)
+    if kind == Kind.RESERVATION_DRIFT:
+        return await _plan_reservation(zk, finding.path.split("/")[2])
+    if kind == Kind.ORPHAN_ROLLOUT and finding.function_id:
+        return await _plan_rollout(zk, finding.function_id)
     return await _still_undecodable(zk, finding)
 
 
@@ -367,12 +449,7 @@ async def _plan_container(zk: ZooKeeper, finding: Finding, b: Backend) -> list[O
         guard = await _orphan_guard(zk, state)
     if guard is None:
         return None
-    status = await zk.exists(layout.status_path(b.ip, b.container_id))
-    return [
-        *guard,
-        *([delete(layout.status_path(b.ip, b.container_id))] if status is not None else []),
-        delete(layout.container_path(b.ip, b.container_id), state.version),
-    ]
+    return [*guard, *await remove_containers_ops(zk, [b])]
 
 
 async def _orphan_guard(zk: ZooKeeper, state: _ContainerState) -> list[Op] | None:

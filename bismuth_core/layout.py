@@ -4,17 +4,24 @@ Every path below is relative to the environment's chroot ``/<env>`` (see :func:`
 
     /function/<fid>                       JSON function definition
     /function/<fid>/backends              4 bytes IPv4 + 16 bytes container UUID, per backend
-    /function/<fid>/retiring              packed backends still serving until the others run
     /node/<ip>                            1 byte: 1 enabled for scheduling, 0 disabled/draining
     /node/<ip>/alive                      ephemeral, JSON capacity/version of the live agent
+    /node/<ip>/container                  JSON reservation: cpu, memory, count of its containers
     /node/<ip>/container/<cid>            16 bytes function UUID, then JSON reservation metadata
     /node/<ip>/container/<cid>/status     1 byte container status (written by the agent)
     /route/<hostname>                     16 bytes function UUID
+    /rollout/<fid>                        packed backends retiring once the others run
     /leader/api                           kazoo Election of the API replica running background work
 
-``retiring`` is desired state owned by the control plane: backends listed there are old
-containers of an update or drain. They keep serving until every other backend of the
-function is ``Running``; then the API's leader removes them in one multi-op.
+``/rollout/<fid>`` is desired state owned by the control plane: the backends listed there
+are old containers of an update or drain (they stay in the function's ``backends`` too).
+They keep serving until every other backend of the function is ``Running``; then the API's
+leader removes them in one multi-op. Its children list is the leader's to-do list.
+
+``/node/<ip>/container`` carries the sum of what the node's containers reserve. Every
+multi-op that adds or removes containers on a node rewrites it with a version check, so
+schedulers read a node's free capacity in one get, and two of them can never both fill
+the same free capacity.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from enum import IntEnum
 FUNCTIONS = "/function"
 NODES = "/node"
 ROUTES = "/route"
-ROOTS = (FUNCTIONS, NODES, ROUTES)
+ROLLOUTS = "/rollout"
+ROUTING_ROOTS = (FUNCTIONS, NODES, ROUTES)  # what a frontend follows
+ROOTS = (*ROUTING_ROOTS, ROLLOUTS)
 API_LEADER = "/leader/api"  # kazoo Election: the API replica that finishes rollouts
 
 _ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -57,7 +66,7 @@ def backends_path(fid: uuid.UUID) -> str:
 
 
 def retiring_path(fid: uuid.UUID) -> str:
-    return f"{FUNCTIONS}/{fid}/retiring"
+    return f"{ROLLOUTS}/{fid}"
 
 
 def node_path(ip: str) -> str:
@@ -70,6 +79,14 @@ def alive_path(ip: str) -> str:
 
 def containers_path(ip: str) -> str:
     return f"{NODES}/{ip}/container"
+
+
+def containers_owner(path: str) -> str | None:
+    """The node whose ``container`` znode ``path`` is, or None for any other path."""
+    parts = path.split("/")
+    if len(parts) == 4 and "/" + parts[1] == NODES and parts[3] == "container":
+        return parse_ipv4(parts[2])
+    return None
 
 
 def container_path(ip: str, cid: uuid.UUID) -> str:
@@ -248,6 +265,43 @@ class ContainerRecord:
         if not isinstance(meta, dict):
             meta = {}
         return cls(fid, float(_number(meta.get("cpu"))), int(_number(meta.get("memory"))))
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a node's containers reserve in total (data of ``/node/<ip>/container``)."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    containers: int = 0
+
+    def plus(self, cpu: float, memory: int, containers: int) -> Reservation:
+        return Reservation(
+            max(round(self.cpu + cpu, 6), 0.0),
+            max(self.memory + memory, 0),
+            max(self.containers + containers, 0),
+        )
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"cpu": self.cpu, "memory": self.memory, "containers": self.containers},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Reservation:
+        """Empty or malformed data reads as nothing reserved."""
+        try:
+            raw = json.loads(data or b"{}")
+        except (ValueError, RecursionError):
+            raw = {}
+        if not isinstance(raw, dict):
+            raw = {}
+        return cls(
+            float(_number(raw.get("cpu"))),
+            int(_number(raw.get("memory"))),
+            int(_number(raw.get("containers"))),
+        )
 
 
 # --- routes -------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from . import layout
 from .cluster import (
@@ -25,12 +25,12 @@ from .cluster import (
     read_function,
     read_function_or_none,
     read_node,
-    read_nodes,
     read_statuses,
 )
 from .definition import FunctionDefinition
 from .errors import Conflict, InsufficientCapacity, NotFound, Unavailable
-from .layout import Backend, ContainerRecord, ContainerStatus
+from .fleet import LiveNodes, NodeSource
+from .layout import Backend, ContainerRecord, ContainerStatus, Reservation
 from .scheduler import place
 from .zk import (
     BadVersionError,
@@ -72,32 +72,74 @@ def _container_ops(
     return [create(layout.container_path(b.ip, b.container_id), record) for b in backends]
 
 
-def _capacity_guards(nodes: dict[str, NodeView], ips: Iterable[str]) -> list[Op]:
-    """Bump each target node's ``container`` znode version: a concurrent placement fails."""
-    ops = []
-    for ip in sorted(set(ips)):
-        version = nodes[ip].containers_version
-        if version is None:
-            ops.append(create(layout.containers_path(ip)))
+Deltas = dict[str, tuple[float, int, int]]  # per node: cpu, memory, container count
+
+
+def _add_delta(deltas: Deltas, ip: str, cpu: float, memory: int, count: int) -> None:
+    c, m, n = deltas.get(ip, (0.0, 0, 0))
+    deltas[ip] = (c + cpu, m + memory, n + count)
+
+
+def _placement_deltas(ips: Iterable[str], definition: FunctionDefinition) -> Deltas:
+    deltas: Deltas = {}
+    for ip in ips:
+        _add_delta(deltas, ip, definition.cpu, definition.memory, 1)
+    return deltas
+
+
+async def _reservation_ops(
+    zk: ZooKeeper, deltas: Deltas, known: Mapping[str, NodeView] | None = None
+) -> list[Op]:
+    """Rewrite each changed node's reservation, guarded by the version it was read at.
+
+    For nodes in ``known`` (the snapshot a placement was decided on) that snapshot's
+    version is used, so a concurrent placement on the same node makes the multi-op fail.
+    """
+    ops: list[Op] = []
+    for ip in sorted(deltas):
+        view = (known or {}).get(ip)
+        if view is not None:
+            current, version = view.reserved, view.containers_version
         else:
-            ops.append(set_data(layout.containers_path(ip), b"", version))
+            got = await zk.get_or_none(layout.containers_path(ip))
+            current = Reservation.decode(got[0]) if got else Reservation()
+            version = got[1].version if got else None
+        data = current.plus(*deltas[ip]).encode()
+        path = layout.containers_path(ip)
+        ops.append(create(path, data) if version is None else set_data(path, data, version))
     return ops
 
 
-async def _removal_ops(zk: ZooKeeper, backends: Iterable[Backend]) -> list[Op]:
-    """Delete container znodes (status first); absent ones need nothing."""
+async def removal_ops(zk: ZooKeeper, backends: Iterable[Backend]) -> tuple[list[Op], Deltas]:
+    """Delete container znodes (status first); absent ones need nothing.
+
+    Returns the ops and the reservations they free, per node.
+    """
     items = sorted(set(backends))
-    exists = await asyncio.gather(
-        *(zk.exists(layout.container_path(b.ip, b.container_id)) for b in items),
+    found = await asyncio.gather(
+        *(zk.get_or_none(layout.container_path(b.ip, b.container_id)) for b in items),
         *(zk.exists(layout.status_path(b.ip, b.container_id)) for b in items),
     )
     ops: list[Op] = []
+    deltas: Deltas = {}
     for i, b in enumerate(items):
-        if exists[len(items) + i] is not None:
+        if found[len(items) + i] is not None:
             ops.append(delete(layout.status_path(b.ip, b.container_id)))
-        if exists[i] is not None:
+        got = found[i]
+        if got is not None:
             ops.append(delete(layout.container_path(b.ip, b.container_id)))
-    return ops
+            try:
+                record = ContainerRecord.decode(got[0])
+                _add_delta(deltas, b.ip, -record.cpu, -record.memory, -1)
+            except ValueError:
+                _add_delta(deltas, b.ip, 0.0, 0, -1)
+    return ops, deltas
+
+
+async def remove_containers_ops(zk: ZooKeeper, backends: Iterable[Backend]) -> list[Op]:
+    """Ops deleting these containers and releasing what they reserved on their nodes."""
+    ops, deltas = await removal_ops(zk, backends)
+    return [*ops, *await _reservation_ops(zk, deltas)]
 
 
 def _retiring_op(view: FunctionView, retiring: Sequence[Backend]) -> list[Op]:
@@ -107,6 +149,31 @@ def _retiring_op(view: FunctionView, retiring: Sequence[Backend]) -> list[Op]:
     if not retiring:
         return [delete(path, view.retiring_version)]
     return [set_data(path, layout.pack_backends(retiring), view.retiring_version)]
+
+
+async def _place(
+    source: NodeSource,
+    tries: int,
+    count: int,
+    cpu: float,
+    memory: int,
+    **constraints: Any,
+) -> tuple[dict[str, NodeView], list[str]]:
+    """Nodes as the source has them and a placement on them.
+
+    A first try may use cached nodes; if those cannot fit the request, the answer is
+    confirmed from fresh reads before the shortfall is reported.
+    """
+    nodes = await source.nodes(fresh=tries > 1)
+    try:
+        return nodes, place(
+            (n.capacity() for n in nodes.values()), count, cpu, memory, **constraints
+        )
+    except InsufficientCapacity:
+        if tries > 1:
+            raise
+    nodes = await source.nodes(fresh=True)
+    return nodes, place((n.capacity() for n in nodes.values()), count, cpu, memory, **constraints)
 
 
 def _new_backends(ips: Iterable[str]) -> list[Backend]:
@@ -190,28 +257,30 @@ async def deprovision(zk: ZooKeeper, ip: str) -> None:
 # --- functions ----------------------------------------------------------------------
 
 
-async def create_function(zk: ZooKeeper, definition: FunctionDefinition) -> uuid.UUID:
+async def create_function(
+    zk: ZooKeeper, definition: FunctionDefinition, source: NodeSource | None = None
+) -> uuid.UUID:
+    source = source or LiveNodes(zk)
+    tries = 0
     fid = uuid.uuid4()
 
     async def attempt() -> uuid.UUID:
+        nonlocal tries
+        tries += 1
         await _check_routes_free(zk, definition.routes, fid)
-        nodes = await read_nodes(zk)
-        ips = place(
-            (n.capacity() for n in nodes.values()),
-            definition.max_instances,
-            definition.cpu,
-            definition.memory,
+        nodes, ips = await _place(
+            source, tries, definition.max_instances, definition.cpu, definition.memory
         )
         backends = _new_backends(ips)
         ops = [
             create(layout.function_path(fid), json.dumps(definition.to_json()).encode()),
             create(layout.backends_path(fid), layout.pack_backends(backends)),
-            *_capacity_guards(nodes, ips),
+            *await _reservation_ops(zk, _placement_deltas(ips, definition), nodes),
             *_container_ops(backends, fid, definition),
             *(create(layout.route_path(h), layout.encode_route(fid)) for h in definition.routes),
         ]
         try:
-            await zk.commit(ops)
+            source.committed(ops, await zk.commit(ops))
         except TransactionFailed as exc:
             _route_conflict(exc, ops)
             raise
@@ -222,19 +291,25 @@ async def create_function(zk: ZooKeeper, definition: FunctionDefinition) -> uuid
 
 
 async def update_function(
-    zk: ZooKeeper, fid: uuid.UUID, definition: FunctionDefinition | None
+    zk: ZooKeeper,
+    fid: uuid.UUID,
+    definition: FunctionDefinition | None,
+    source: NodeSource | None = None,
 ) -> FunctionView:
     """Start a new generation of containers; the current ones retire once those run.
 
     ``definition`` None redeploys the current definition in new containers.
     """
+    source = source or LiveNodes(zk)
+    tries = 0
 
     async def attempt() -> FunctionView:
+        nonlocal tries
+        tries += 1
         current = await read_function(zk, fid)
         new = definition or current.definition
         await _check_routes_free(zk, new.routes, fid)
-        nodes = await read_nodes(zk)
-        ips = place((n.capacity() for n in nodes.values()), new.max_instances, new.cpu, new.memory)
+        nodes, ips = await _place(source, tries, new.max_instances, new.cpu, new.memory)
         fresh = _new_backends(ips)
         old_routes, new_routes = set(current.definition.routes), set(new.routes)
         owners = await _route_owners(zk, old_routes - new_routes)
@@ -248,7 +323,7 @@ async def update_function(
                 current.backends_version,
             ),
             *_retiring_op(current, _union(current.retiring, current.backends)),
-            *_capacity_guards(nodes, ips),
+            *await _reservation_ops(zk, _placement_deltas(ips, new), nodes),
             *_container_ops(fresh, fid, new),
             *(
                 delete(layout.route_path(h))
@@ -261,7 +336,7 @@ async def update_function(
             ),
         ]
         try:
-            await zk.commit(ops)
+            source.committed(ops, await zk.commit(ops))
         except TransactionFailed as exc:
             _route_conflict(exc, ops)
             raise
@@ -276,7 +351,7 @@ async def delete_function(zk: ZooKeeper, fid: uuid.UUID) -> None:
         current = await read_function(zk, fid)
         owners = await _route_owners(zk, current.definition.routes)
         ops = [
-            *await _removal_ops(zk, _union(current.backends, current.retiring)),
+            *await remove_containers_ops(zk, _union(current.backends, current.retiring)),
             *(delete(layout.route_path(h)) for h, o in sorted(owners.items()) if o == fid),
             *(
                 [delete(layout.retiring_path(fid), current.retiring_version)]
@@ -315,7 +390,7 @@ async def finish_rollout(zk: ZooKeeper, fid: uuid.UUID) -> bool:
         if not active or any(s != ContainerStatus.RUNNING for s in statuses.values()):
             return False
         ops = [
-            *await _removal_ops(zk, view.retiring),
+            *await remove_containers_ops(zk, view.retiring),
             set_data(
                 layout.backends_path(fid), layout.pack_backends(active), view.backends_version
             ),
@@ -332,42 +407,45 @@ async def finish_rollout(zk: ZooKeeper, fid: uuid.UUID) -> bool:
     return await retry_races(attempt, "finish rollout")
 
 
-async def move_container(zk: ZooKeeper, backend: Backend, *, lost: bool) -> Backend | None:
+async def move_container(
+    zk: ZooKeeper, backend: Backend, *, lost: bool, source: NodeSource | None = None
+) -> Backend | None:
     """Start a replacement for ``backend`` elsewhere; the new backend, or None if dropped.
 
     ``lost``: the node is gone, so the old container is removed at once; otherwise it
     retires once its replacement runs (drain). A backend no function lists is removed.
     Raises :class:`InsufficientCapacity` when no other node can take it.
     """
+    source = source or LiveNodes(zk)
+    tries = 0
 
     async def attempt() -> Backend | None:
+        nonlocal tries
+        tries += 1
         node = await read_node(zk, backend.ip)
         container = node.containers.get(backend.container_id) if node else None
         view = None
         if container is not None and container.record is not None:
             view = await read_function_or_none(zk, container.record.function_id)
         if view is None or backend not in view.backends:
-            await zk.commit(await _removal_ops(zk, [backend]))
+            await zk.commit(await remove_containers_ops(zk, [backend]))
             return None
         if backend in view.retiring:
             if lost:
                 await _drop_backend(zk, view, backend)
             return None
-        nodes = await read_nodes(zk)
         d = view.definition
         others = Counter(b.ip for b in view.active if b != backend)
-        (ip,) = place(
-            (n.capacity() for n in nodes.values()),
-            1,
-            d.cpu,
-            d.memory,
-            exclude={backend.ip},
-            replicas=others,
+        nodes, (ip,) = await _place(
+            source, tries, 1, d.cpu, d.memory, exclude={backend.ip}, replicas=others
         )
         (fresh,) = _new_backends([ip])
+        deltas = _placement_deltas([ip], d)
         if lost:
             backends = [fresh if b == backend else b for b in view.backends]
-            ops = [*await _removal_ops(zk, [backend])]
+            ops, freed = await removal_ops(zk, [backend])
+            for node_ip, delta in freed.items():
+                _add_delta(deltas, node_ip, *delta)
             retiring = list(view.retiring)
         else:
             backends = [*view.backends, fresh]
@@ -378,10 +456,10 @@ async def move_container(zk: ZooKeeper, backend: Backend, *, lost: bool) -> Back
                 layout.backends_path(view.id), layout.pack_backends(backends), view.backends_version
             ),
             *_retiring_op(view, retiring),
-            *_capacity_guards(nodes, [ip]),
+            *await _reservation_ops(zk, deltas, nodes),
             *_container_ops([fresh], view.id, d),
         ]
-        await zk.commit(ops)
+        source.committed(ops, await zk.commit(ops))
         log.info(
             "moved container to %s",
             ip,
@@ -398,7 +476,7 @@ async def move_container(zk: ZooKeeper, backend: Backend, *, lost: bool) -> Back
 
 async def _drop_backend(zk: ZooKeeper, view: FunctionView, backend: Backend) -> None:
     ops = [
-        *await _removal_ops(zk, [backend]),
+        *await remove_containers_ops(zk, [backend]),
         set_data(
             layout.backends_path(view.id),
             layout.pack_backends([b for b in view.backends if b != backend]),
@@ -409,7 +487,9 @@ async def _drop_backend(zk: ZooKeeper, view: FunctionView, backend: Backend) -> 
     await zk.commit(ops)
 
 
-async def drain(zk: ZooKeeper, ip: str) -> tuple[list[Backend], list[str]]:
+async def drain(
+    zk: ZooKeeper, ip: str, source: NodeSource | None = None
+) -> tuple[list[Backend], list[str]]:
     """Disable ``ip`` and start replacements of its containers on other nodes.
 
     Returns (replacements started, problems). The drained containers keep serving until
@@ -421,7 +501,7 @@ async def drain(zk: ZooKeeper, ip: str) -> tuple[list[Backend], list[str]]:
     problems: list[str] = []
     for cid in sorted(node.containers if node else ()):
         try:
-            fresh = await move_container(zk, Backend(ip, cid), lost=False)
+            fresh = await move_container(zk, Backend(ip, cid), lost=False, source=source)
         except InsufficientCapacity as exc:
             problems.append(f"container {cid}: {exc.message}")
             continue

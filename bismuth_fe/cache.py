@@ -54,7 +54,7 @@ class RouteCache:
     async def start(self, timeout: float = INITIAL_SYNC_TIMEOUT) -> None:
         """Start following ZooKeeper; return once the first complete table is built."""
         self._zk.add_listener(self._on_session_state)
-        for root in layout.ROOTS:
+        for root in layout.ROUTING_ROOTS:
             tree = TreeCache(self._zk.client, root)
             wake = self._zk.threadsafe(functools.partial(self._on_tree_event, root))
             tree.listen(lambda event, wake=wake: wake(event.event_type))
@@ -92,7 +92,7 @@ class RouteCache:
             self._synced.add(root)
             if self._initial_sync.is_set():
                 log.info("ZooKeeper subtree %s reloaded after the session was lost", root)
-            elif self._synced >= set(layout.ROOTS):
+            elif self._synced >= set(layout.ROUTING_ROOTS):
                 self._initial_sync.set()
         self._dirty.set()
 

@@ -14,8 +14,8 @@ import pytest
 from bismuth_core import cluster, consistency, layout, operations
 from bismuth_core.consistency import Finding, Kind
 from bismuth_core.definition import parse_definition
-from bismuth_core.layout import Backend, ContainerRecord, ContainerStatus
-from bismuth_core.zk import ZooKeeper, create, delete
+from bismuth_core.layout import Backend, ContainerRecord, ContainerStatus, Reservation
+from bismuth_core.zk import ZooKeeper, create, delete, set_data
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +39,27 @@ async def backend_of(zk: ZooKeeper, fid: uuid.UUID) -> Backend:
 
 
 async def remove_container(zk: ZooKeeper, b: Backend) -> None:
-    """Delete a container znode (and its status, if the stand-in wrote one) by hand."""
-    ops = []
-    if await zk.exists(layout.status_path(b.ip, b.container_id)):
-        ops.append(delete(layout.status_path(b.ip, b.container_id)))
-    await zk.commit([*ops, delete(layout.container_path(b.ip, b.container_id))])
+    """Delete a container znode (status first) and release its reservation, as a function
+    delete does, but leave the function listing it."""
+    await zk.commit(await operations.remove_containers_ops(zk, [b]))
+
+
+async def add_container(zk: ZooKeeper, b: Backend, data: bytes) -> None:
+    """Write a container znode by hand, reserving its share on the node as the control
+    plane would, so that only the damage a test means to make is there."""
+    try:
+        share = ContainerRecord.decode(data)
+        cpu, memory = share.cpu, share.memory
+    except ValueError:
+        cpu, memory = 0.0, 0
+    current, stat = await zk.get(layout.containers_path(b.ip))
+    reserved = Reservation.decode(current).plus(cpu, memory, 1)
+    await zk.commit(
+        [
+            set_data(layout.containers_path(b.ip), reserved.encode(), stat.version),
+            create(layout.container_path(b.ip, b.container_id), data),
+        ]
+    )
 
 
 def kinds_by_path(findings: list[Finding] | tuple[Finding, ...]) -> dict[str, Kind]:
@@ -106,7 +122,15 @@ async def test_each_kind_of_damage_is_found_and_repaired(zk, standins):
 
     repaired = await consistency.repair(zk, found)
     assert set(repaired) == set(found)
+    # Containers written and removed by hand never updated the node's reservation; that
+    # shows once the undecodable container (whose share is unknowable) is gone.
+    (drift,) = await consistency.check(zk)
+    assert drift.kind == Kind.RESERVATION_DRIFT and drift.path == layout.containers_path(ip)
+    assert "1 container(s)" in drift.detail  # only the kept function's container is left
+    assert await consistency.repair(zk, [drift]) == [drift]
     assert await consistency.check(zk) == []
+    node = await cluster.read_node(zk, ip)
+    assert node is not None and node.reserved.containers == 1
 
     for b in (orphan, unlisted, garbage):
         assert await zk.exists(layout.container_path(ip, b.container_id)) is None
@@ -114,6 +138,15 @@ async def test_each_kind_of_damage_is_found_and_repaired(zk, standins):
     assert layout.decode_route((await zk.get(layout.route_path("kept.test")))[0]) == kept
     assert (await cluster.read_function(zk, lost)).backends == ()
     assert (await cluster.read_function(zk, kept)).backends == (await backend_of(zk, kept),)
+
+
+async def test_rollout_of_a_missing_function_is_removed(zk):
+    fid = uuid.uuid4()
+    await zk.create(layout.retiring_path(fid), b"")
+    (finding,) = await consistency.check(zk)
+    assert finding.kind == Kind.ORPHAN_ROLLOUT and str(fid) in finding.detail
+    assert await consistency.repair(zk, [finding]) == [finding]
+    assert await zk.exists(layout.retiring_path(fid)) is None
 
 
 async def test_missing_backend_is_removed_from_retiring_too(zk, standins):
@@ -137,9 +170,7 @@ async def test_findings_that_no_longer_hold_are_skipped(zk, standins):
     await remove_container(zk, backend)
     await zk.delete(layout.route_path("app.test"))
     orphan = Backend(agent.ip, uuid.uuid4())
-    await zk.create(
-        layout.container_path(agent.ip, orphan.container_id), ContainerRecord(fid).encode()
-    )
+    await add_container(zk, orphan, ContainerRecord(fid).encode())
     found = await consistency.check(zk)
     assert {f.kind for f in found} == {
         Kind.BACKEND_WITHOUT_CONTAINER,
@@ -148,11 +179,9 @@ async def test_findings_that_no_longer_hold_are_skipped(zk, standins):
     }
 
     # Meanwhile, someone else sets each of them right (or differently).
-    await zk.create(
-        layout.container_path(backend.ip, backend.container_id), ContainerRecord(fid).encode()
-    )
+    await add_container(zk, backend, ContainerRecord(fid).encode())
     await zk.create(layout.route_path("app.test"), layout.encode_route(fid))
-    await zk.delete(layout.container_path(agent.ip, orphan.container_id))
+    await remove_container(zk, orphan)
 
     assert await consistency.repair(zk, found) == []
     assert (await cluster.read_function(zk, fid)).backends == (backend,)
@@ -185,9 +214,12 @@ async def test_one_repair_revealing_another_is_finished_in_later_passes(zk, stan
 
     report = await consistency.check_and_repair(zk)
     assert [f.kind for f in report.found] == [Kind.UNDECODABLE]
+    # The undecodable container's share of cpu and memory was unknowable, so removing it
+    # leaves the node's reservation to be rewritten from the containers in a later pass.
     assert [f.kind for f in report.repaired] == [
         Kind.UNDECODABLE,
         Kind.BACKEND_WITHOUT_CONTAINER,
+        Kind.RESERVATION_DRIFT,
     ]
     assert report.remaining == ()
     assert (await cluster.read_function(zk, fid)).backends == ()

@@ -316,8 +316,14 @@ async def test_consistency_reports_then_fixes(zk, ctl, standins):
 
     found = await ctl("consistency")
     assert found.code == 1
-    assert "found 3 inconsistencies" in one_error_line(found.err)
-    for kind in ("orphan-container", "route-to-missing-function", "missing-route"):
+    # the hand-made container also never reserved its share on the node
+    assert "found 4 inconsistencies" in one_error_line(found.err)
+    for kind in (
+        "orphan-container",
+        "route-to-missing-function",
+        "missing-route",
+        "reservation-drift",
+    ):
         assert kind in found.out
 
     fixed = await ctl("--json", "consistency", "--fix")
@@ -326,6 +332,7 @@ async def test_consistency_reports_then_fixes(zk, ctl, standins):
     assert sorted(f["kind"] for f in doc["repaired"]) == [
         "missing-route",
         "orphan-container",
+        "reservation-drift",
         "route-to-missing-function",
     ]
     assert doc["remaining"] == []

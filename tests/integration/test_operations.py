@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bismuth_core import cluster, layout, operations
+from bismuth_core import cluster, consistency, layout, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.errors import Conflict, InsufficientCapacity
 from bismuth_core.layout import ContainerStatus
@@ -108,3 +108,31 @@ async def test_delete_removes_everything(zk, standins):
     assert await zk.children(layout.FUNCTIONS) == []
     assert await zk.children(layout.ROUTES) == []
     assert await zk.children(layout.containers_path(standins.agents[0].ip)) == []
+
+
+async def test_node_reservations_follow_every_operation(zk, standins):
+    a = await standins.add()
+    b = await standins.add()
+
+    async def reserved() -> dict[str, tuple[float, int, int]]:
+        nodes = await cluster.read_nodes(zk, with_containers=False)
+        return {
+            ip: (n.reserved.cpu, n.reserved.memory, n.reserved.containers)
+            for ip, n in nodes.items()
+        }
+
+    fid = await operations.create_function(zk, definition(max_instances=2))
+    assert await reserved() == {a.ip: (0.5, 64 << 20, 1), b.ip: (0.5, 64 << 20, 1)}
+    await eventually(lambda: statuses(zk, fid), what="Running")
+    await operations.update_function(zk, fid, definition(max_instances=1, cpu=1.0))
+    total = sorted((await reserved()).values())
+    assert sum(r[2] for r in total) == 3 and sum(r[0] for r in total) == 2.0
+    await eventually(lambda: operations.finish_rollout(zk, fid), what="rollout finished")
+    assert sorted((await reserved()).values()) == [(0.0, 0, 0), (1.0, 64 << 20, 1)]
+    (current,) = (await cluster.read_function(zk, fid)).backends
+    await operations.move_container(zk, current, lost=True)
+    assert sorted((await reserved()).values()) == [(0.0, 0, 0), (1.0, 64 << 20, 1)]
+    assert await consistency.check(zk) == []
+    await operations.delete_function(zk, fid)
+    assert set((await reserved()).values()) == {(0.0, 0, 0)}
+    assert await consistency.check(zk) == []

@@ -40,7 +40,7 @@ json_objects = st.dictionaries(
 def test_paths_follow_the_documented_tree() -> None:
     assert layout.function_path(FID) == f"/function/{FID}"
     assert layout.backends_path(FID) == f"/function/{FID}/backends"
-    assert layout.retiring_path(FID) == f"/function/{FID}/retiring"
+    assert layout.retiring_path(FID) == f"/rollout/{FID}"
     assert layout.node_path("10.0.0.1") == "/node/10.0.0.1"
     assert layout.alive_path("10.0.0.1") == "/node/10.0.0.1/alive"
     assert layout.containers_path("10.0.0.1") == "/node/10.0.0.1/container"
