@@ -1,0 +1,218 @@
+"""The control plane and the frontend together, as an operator and a client use them.
+
+Functions are created and updated through bismuth-api's HTTP API (its leader finishing
+rollouts and replacing lost nodes' containers); clients call them through bismuthfe by Host;
+stand-in agents play the nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from bismuth_fe.config import FrontendConfig
+from bismuth_fe.server import Frontend
+from tests.support.apiserver import Api, definition
+from tests.support.waiting import eventually
+from tests.support.zkfaults import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def frontend(zk_server, zk_env, standins) -> AsyncIterator[Frontend]:
+    fe = Frontend(
+        FrontendConfig(
+            zookeeper=zk_server.hosts,
+            zookeeper_env=zk_env,
+            bind="127.0.0.1:0",
+            admin_bind="127.0.0.1:0",
+            agent_port=standins.port,
+            shutdown_timeout=2.0,
+        )
+    )
+    await fe.start()
+    yield fe
+    await fe.stop()
+
+
+async def api_call(http, api, method, path, body=None):
+    data = json.dumps(body) if body is not None else None
+    async with http.request(method, api.url + path, data=data) as resp:
+        return resp.status, await resp.json()
+
+
+async def invoke(http, fe, host="app.example", path="/"):
+    async with http.get(fe.url + path, headers={"Host": host}) as resp:
+        text = await resp.text()
+        return resp.status, resp.headers.get("X-Bismuth-Container-ID"), text
+
+
+async def served(http, fe, host="app.example"):
+    status, _, _ = await invoke(http, fe, host)
+    return status == 200
+
+
+async def all_running(http, api, fid, count):
+    status, body = await api_call(http, api, "GET", f"/function/{fid}")
+    states = [b["status"] for b in body["backends"]]
+    return body if status == 200 and states == ["Running"] * count else None
+
+
+class RequestLoop:
+    """Clients calling the frontend back to back until stopped; counts every outcome."""
+
+    def __init__(self, http, fe, host="app.example", workers=4) -> None:
+        self.http, self.fe, self.host = http, fe, host
+        self.outcomes: Counter[int] = Counter()
+        self.served_by: Counter[str] = Counter()
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(workers)]
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            status, cid, _ = await invoke(self.http, self.fe, self.host)
+            self.outcomes[status] += 1
+            if cid:
+                self.served_by[cid] += 1
+
+    async def stop(self) -> Counter[int]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.outcomes
+
+
+async def test_create_then_call_through_the_frontend(api, frontend, standins, http):
+    await standins.add()
+    status, body = await api_call(http, api, "POST", "/function", definition())
+    assert status == 200
+    fid = body["id"]
+    got = await eventually(lambda: all_running(http, api, fid, 1), what="Running")
+    cid = got["backends"][0]["backend"]["container_id"]
+
+    async def served():
+        status, served_by, text = await invoke(http, frontend, path="/hello?x=1")
+        return (status, served_by, json.loads(text)["path"]) if status == 200 else None
+
+    assert await eventually(served, what="served") == (200, cid, "/hello")
+    status, _, text = await invoke(http, frontend, host="nobody.example")
+    assert status == 404 and "nobody.example" in json.loads(text)["error"]
+    assert (await api_call(http, api, "DELETE", f"/function/{fid}"))[0] == 200
+
+    async def gone():
+        status, _, _ = await invoke(http, frontend)
+        return status == 404
+
+    await eventually(gone, what="route removed")
+
+
+async def test_put_under_load_drops_no_request(api, frontend, standins, http):
+    for _ in range(2):
+        await standins.add(start_delay=0.3)  # new containers take a moment to start
+    _, body = await api_call(http, api, "POST", "/function", definition(max_instances=2))
+    fid = body["id"]
+    first = await eventually(lambda: all_running(http, api, fid, 2), what="Running")
+    old = {b["backend"]["container_id"] for b in first["backends"]}
+    await eventually(lambda: served(http, frontend), what="served")
+
+    loop = RequestLoop(http, frontend)
+    await eventually(lambda: sum(loop.outcomes.values()) > 20, what="traffic flowing")
+    status, body = await api_call(
+        http, api, "PUT", f"/function/{fid}", definition(max_instances=2, cpu=1.0)
+    )
+    assert status == 200
+    new = {b["backend"]["container_id"] for b in body["backends"]} - old
+    assert len(new) == 2
+    done = await eventually(lambda: all_running(http, api, fid, 2), what="rollout finished")
+    assert {b["backend"]["container_id"] for b in done["backends"]} == new
+    await eventually(lambda: loop.served_by.keys() & new, what="traffic on new containers")
+    before_end = dict(loop.served_by)
+    await eventually(
+        lambda: sum(loop.served_by[c] for c in new) > sum(before_end.get(c, 0) for c in new) + 20,
+        what="more traffic on the new containers",
+    )
+    outcomes = await loop.stop()
+    assert set(outcomes) == {200}, outcomes
+    assert sum(outcomes.values()) > 40
+
+
+async def test_lost_node_moves_traffic_to_the_other_node(api, frontend, standins, http):
+    a = await standins.add()
+    b = await standins.add()
+    _, body = await api_call(http, api, "POST", "/function", definition(max_instances=1))
+    fid = body["id"]
+    placed = await eventually(lambda: all_running(http, api, fid, 1), what="Running")
+    victim = a if placed["backends"][0]["backend"]["ip"] == a.ip else b
+    survivor = b if victim is a else a
+    await eventually(lambda: served(http, frontend), what="served")
+    loop = asyncio.get_running_loop()
+    lost_at = loop.time()
+    await victim.stop()
+
+    async def served_by_survivor():
+        status, _cid, text = await invoke(http, frontend)
+        return status == 200 and json.loads(text)["node"] == survivor.ip
+
+    await eventually(
+        served_by_survivor,
+        timeout=api.config.node_loss_grace + 8,
+        what="served from the surviving node",
+    )
+    # within the grace period plus a few seconds, and not before the node was gone
+    assert loop.time() - lost_at <= api.config.node_loss_grace + 8
+
+
+async def test_zookeeper_outage_frontend_serves_api_refuses(
+    zk_server, zk_env, api_config, standins, http
+):
+    await standins.add()
+    proxy = TcpProxy(zk_server.port)
+    api = Api(replace(api_config, zookeeper=proxy.hosts))
+    fe = Frontend(
+        FrontendConfig(
+            zookeeper=proxy.hosts,
+            zookeeper_env=zk_env,
+            bind="127.0.0.1:0",
+            admin_bind="127.0.0.1:0",
+            agent_port=standins.port,
+        )
+    )
+    await api.start()
+    await fe.start()
+    try:
+        _, body = await api_call(http, api, "POST", "/function", definition())
+        await eventually(lambda: all_running(http, api, body["id"], 1), what="Running")
+        await eventually(lambda: served(http, fe), what="served")
+        proxy.cut()
+
+        async def api_refuses():
+            status, answer = await api_call(http, api, "GET", "/function")
+            return status == 503 and "ZooKeeper" in answer["error"]
+
+        await eventually(api_refuses, what="API answers 503 while ZooKeeper is away")
+        for _ in range(20):
+            status, _, _ = await invoke(http, fe)
+            assert status == 200
+        proxy.restore()
+        await eventually(lambda: all_running(http, api, body["id"], 1), timeout=15, what="API back")
+    finally:
+        await fe.stop()
+        await api.stop()
+        proxy.close()
+
+
+async def test_no_running_backend_is_503(api, frontend, standins, http):
+    await standins.add(status=None)  # the agent never reports the container running
+    _, body = await api_call(http, api, "POST", "/function", definition())
+    assert body["id"]
+
+    async def unavailable():
+        status, _, text = await invoke(http, frontend)
+        return status == 503 and "error" in json.loads(text)
+
+    await eventually(unavailable, what="503 with no running backend")
