@@ -1,0 +1,78 @@
+"""The OCI runtime spec of a function's container: the isolation it promises."""
+
+from __future__ import annotations
+
+import uuid
+
+from bismuth_agent.spec import IDLE_COMMAND, ContainerPlan, IdMapping, container_spec, process
+from bismuth_core.definition import parse_definition
+
+CID = uuid.UUID(int=7)
+FID = uuid.UUID(int=9)
+
+
+def plan(**changes):
+    raw = {
+        "image": "bismuth.local/python:3.11",
+        "cpu": 0.5,
+        "memory": 128 << 20,
+        "invoke_mode": {"Server": [["/usr/bin/python3", "-m", "http.server"], 8000]},
+    }
+    raw.update(changes)
+    return ContainerPlan(
+        container_id=CID,
+        function_id=FID,
+        definition=parse_definition(raw),
+        auth_token="s3cret",
+        ids=IdMapping(host_start=200_000),
+        cgroup_parent="/bismuth-10.0.0.5/",
+        etc_files={"/etc/hosts": "/var/lib/bismuth/c/hosts"},
+    )
+
+
+def test_every_namespace_is_new_and_ids_are_mapped_to_an_unprivileged_range():
+    spec = container_spec(plan())
+    kinds = {ns["type"] for ns in spec["linux"]["namespaces"]}
+    assert kinds == {"cgroup", "ipc", "mount", "network", "pid", "user", "uts"}
+    assert all("path" not in ns for ns in spec["linux"]["namespaces"])
+    mapping = [{"containerID": 0, "hostID": 200_000, "size": 65536}]
+    assert spec["linux"]["uidMappings"] == mapping == spec["linux"]["gidMappings"]
+
+
+def test_process_is_unprivileged_with_the_contract_environment():
+    proc = container_spec(plan())["process"]
+    assert proc["user"]["uid"] == 1000 and proc["user"]["gid"] == 1000
+    assert proc["noNewPrivileges"] is True
+    assert all(caps == [] for caps in proc["capabilities"].values())
+    env = dict(item.split("=", 1) for item in proc["env"])
+    assert env["BISMUTH_AUTH"] == "s3cret"
+    assert env["BISMUTH_CONTAINER_ID"] == str(CID)
+    assert env["BISMUTH_FUNCTION_ID"] == str(FID)
+    assert proc["args"] == ["/usr/bin/python3", "-m", "http.server"]
+    assert proc["cwd"] == "/"
+
+
+def test_limits_cgroup_and_kernel_paths():
+    linux = container_spec(plan(cpu=0.25, memory=64 << 20))["linux"]
+    assert linux["resources"]["cpu"] == {"quota": 25_000, "period": 100_000}
+    assert linux["resources"]["memory"]["limit"] == 64 << 20
+    assert linux["resources"]["pids"]["limit"] > 0
+    assert linux["cgroupsPath"] == f"/bismuth-10.0.0.5/{CID}"
+    assert "/proc/kcore" in linux["maskedPaths"] and "/proc/sys" in linux["readonlyPaths"]
+
+
+def test_hostname_etc_files_and_readonly_sysfs():
+    spec = container_spec(plan())
+    assert spec["hostname"] == str(CID)
+    by_dest = {m["destination"]: m for m in spec["mounts"]}
+    assert by_dest["/etc/hosts"]["source"] == "/var/lib/bismuth/c/hosts"
+    assert "ro" in by_dest["/etc/hosts"]["options"]
+    assert "ro" in by_dest["/sys"]["options"]
+
+
+def test_executable_functions_idle_and_repo_sets_the_working_directory():
+    p = plan(invoke_mode={"Executable": ["/bin/cat"]}, repo=["file:///srv/repo.git", "main"])
+    proc = container_spec(p)["process"]
+    assert tuple(proc["args"]) == IDLE_COMMAND
+    assert proc["cwd"] == "/repo"
+    assert process(p, ("/bin/cat",))["args"] == ["/bin/cat"]
