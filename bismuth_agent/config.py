@@ -1,0 +1,71 @@
+"""Configuration of ``bismuthd``: file, ``BISMUTH_*`` environment, then flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _memory_bytes() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    zookeeper: str = "127.0.0.1:2181"
+    zookeeper_env: str = "default"
+    # The node's IPv4 address: its name in ZooKeeper and where /invoke and /logs are served.
+    bind: str = "127.0.0.1"
+    port: int = 8001
+    log_level: str = "info"
+    containerd_address: str = "/run/containerd/containerd.sock"
+    containerd_namespace: str = "bismuth"
+    state_dir: str = "/var/lib/bismuth/agent"
+    log_dir: str = "/var/log/bismuth/containers"
+    # cgroup parent of this agent's containers ("" = /bismuth-<node ip>): never shared
+    # between two agents on one machine.
+    cgroup_parent: str = ""
+    # Container ids 0..65535 map onto host ids starting here (one range for every container).
+    id_map_start: int = 1_000_000
+    id_map_size: int = 65536
+    # Capacity advertised for scheduling (0 = all of this machine's cpus / memory).
+    cpus: float = 0.0
+    memory: int = 0
+    pids_limit: int = 512
+    # Seconds: SIGTERM to SIGKILL on removal; restart backoff after a task exits.
+    stop_grace: float = 10.0
+    restart_backoff: float = 1.0
+    restart_backoff_cap: float = 60.0
+    # Executable mode: per-request timeout (s) and concurrent runs per container.
+    exec_timeout: float = 30.0
+    exec_concurrency: int = 8
+    # Bytes of stdout+stderr kept per container.
+    log_max_bytes: int = 10 << 20
+    # Seconds a Server entrypoint may take to accept connections before Failed.
+    start_timeout: float = 60.0
+    # Container subnets (a /30 each) come from this pool.
+    network_pool: str = "10.253.0.0/16"
+    # Outbound internet access from containers through NAT.
+    outbound_nat: bool = False
+    # Per-container egress rate limit in kbit/s (0 = none).
+    rate_limit_kbit: int = 0
+
+    @property
+    def node_ip(self) -> str:
+        return self.bind
+
+    @property
+    def cgroup_root(self) -> str:
+        return self.cgroup_parent or f"/bismuth-{self.bind}"
+
+    @property
+    def advertised_cpus(self) -> float:
+        return self.cpus or float(os.cpu_count() or 1)
+
+    @property
+    def advertised_memory(self) -> int:
+        return self.memory or _memory_bytes()

@@ -1,0 +1,101 @@
+"""Each container's stdout and stderr in one size-capped file, and reading it back.
+
+containerd's shim appends the container's output to ``<log_dir>/<cid>.log`` itself (a
+``file://`` stdio URI), so output keeps flowing while the agent restarts. The agent adds its
+own lines about the container (why it failed to start, for example) prefixed ``bismuthd:``.
+The cap works like logrotate's copytruncate: once the file passes half the cap it is copied
+to ``<cid>.log.1`` and truncated, so the two together stay under the cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+FOLLOW_POLL = 0.2  # seconds between size checks while following
+
+
+class LogStore:
+    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+
+    def path(self, cid: uuid.UUID) -> Path:
+        return self.dir / f"{cid}.log"
+
+    def uri(self, cid: uuid.UUID) -> str:
+        """The stdio URI containerd's shim writes the container's output to."""
+        return f"file://{self.path(cid)}"
+
+    def prepare(self, cid: uuid.UUID) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path(cid).touch(exist_ok=True)
+
+    def note(self, cid: uuid.UUID, message: str) -> None:
+        """Append one line of the agent's own about this container."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        with open(self.path(cid), "a", encoding="utf-8") as fh:
+            fh.write(f"bismuthd: {stamp} {message}\n")
+
+    def enforce_cap(self, cid: uuid.UUID) -> None:
+        current = self.path(cid)
+        try:
+            size = current.stat().st_size
+        except FileNotFoundError:
+            return
+        if size > self.max_bytes // 2:
+            shutil.copyfile(current, current.with_suffix(".log.1"))
+            os.truncate(current, 0)
+
+    def read(self, cid: uuid.UUID) -> bytes:
+        """Everything kept, oldest first."""
+        chunks = []
+        for path in (self.path(cid).with_suffix(".log.1"), self.path(cid)):
+            with contextlib.suppress(FileNotFoundError):
+                chunks.append(path.read_bytes())
+        return b"".join(chunks)
+
+    def remove(self, cid: uuid.UUID) -> None:
+        for path in (self.path(cid), self.path(cid).with_suffix(".log.1")):
+            path.unlink(missing_ok=True)
+
+    async def follow(self, cid: uuid.UUID, alive: Callable[[], bool]) -> AsyncIterator[str]:
+        """Lines as they are written, starting with what is kept; ends when ``alive()`` is
+        false and everything written has been read."""
+        for line in self.read(cid).decode(errors="replace").splitlines():
+            yield line
+        offset = _size(self.path(cid))
+        pending = b""
+        while True:
+            size = _size(self.path(cid))
+            if size < offset:  # truncated by the cap
+                offset = 0
+            if size > offset:
+                with open(self.path(cid), "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(size - offset)
+                offset += len(data)
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+            elif not alive():
+                if pending:
+                    yield pending.decode(errors="replace")
+                return
+            else:
+                await asyncio.sleep(FOLLOW_POLL)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,141 @@
+"""The agent's side of ZooKeeper: its ``alive`` znode, its desired containers, their status.
+
+The agent writes only observed state: the ephemeral ``/node/<ip>/alive`` (recreated after a
+session expires) and each container's ``status`` znode. Desired state (its container znodes
+and their functions' definitions) is read, never written. A kazoo ChildrenWatch on the
+node's container znode only wakes the reconcile loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kazoo.client import KazooState
+from kazoo.recipe.watchers import ChildrenWatch
+
+from bismuth_core import layout
+from bismuth_core.cluster import STORED_LIMITS
+from bismuth_core.definition import FunctionDefinition, parse_definition
+from bismuth_core.errors import BismuthError, Unavailable
+from bismuth_core.layout import ContainerRecord, ContainerStatus, NodeAlive
+from bismuth_core.zk import NodeExistsError, NoNodeError, ZooKeeper
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    container_id: uuid.UUID
+    function_id: uuid.UUID
+    definition: FunctionDefinition
+
+
+class NodePresence:
+    """Announces this node as alive and follows what ZooKeeper wants it to run."""
+
+    def __init__(self, zk: ZooKeeper, ip: str, alive: NodeAlive, wake: Callable[[], None]):
+        self.zk = zk
+        self.ip = ip
+        self.alive = alive
+        self._wake = wake
+        self._watching = True
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if await self.zk.exists(layout.node_path(self.ip)) is None:
+            raise Unavailable(f"node {self.ip} is not provisioned (bismuthctl provision {self.ip})")
+        self.zk.add_listener(self._on_state)
+        await self.announce()
+        wake = self.zk.threadsafe(self._wake)
+
+        def on_children(_children: list[str]) -> bool:
+            wake()
+            return self._watching
+
+        await asyncio.to_thread(
+            ChildrenWatch, self.zk.client, layout.containers_path(self.ip), on_children
+        )
+
+    def stop(self) -> None:
+        self._watching = False
+
+    async def announce(self, containers: int | None = None) -> None:
+        """Create (or refresh) the ephemeral ``alive`` znode with capacity and count."""
+        if containers is not None:
+            self.alive = NodeAlive(
+                self.alive.cpus, self.alive.memory, self.alive.version, containers
+            )
+        data = self.alive.encode()
+        try:
+            await self.zk.create(layout.alive_path(self.ip), data, ephemeral=True)
+        except NodeExistsError:
+            got = await self.zk.get_or_none(layout.alive_path(self.ip))
+            if got is not None and got[1].ephemeralOwner == self.zk.client.client_id[0]:
+                await self.zk.set(layout.alive_path(self.ip), data)
+            # else: a previous session's znode, gone when that session expires; the
+            # reconnect after that calls announce again
+
+    def _on_state(self, state: KazooState) -> None:
+        if state == KazooState.CONNECTED:
+            task = asyncio.ensure_future(self._reannounce())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._wake()
+
+    async def _reannounce(self) -> None:
+        with contextlib.suppress(Unavailable, NoNodeError):
+            await self.announce()
+
+    async def desired(self) -> dict[uuid.UUID, DesiredContainer]:
+        """This node's container znodes with their functions' definitions."""
+        names = await self.zk.children(layout.containers_path(self.ip))
+        cids = [cid for cid in map(layout.parse_uuid, names) if cid is not None]
+        records = await asyncio.gather(
+            *(self.zk.get_or_none(layout.container_path(self.ip, c)) for c in cids)
+        )
+        wanted: dict[uuid.UUID, DesiredContainer] = {}
+        definitions: dict[uuid.UUID, FunctionDefinition | None] = {}
+        for cid, got in zip(cids, records, strict=True):
+            if got is None:
+                continue
+            try:
+                fid = ContainerRecord.decode(got[0]).function_id
+            except ValueError:
+                log.warning("undecodable container znode", extra={"container_id": cid})
+                continue
+            if fid not in definitions:
+                definitions[fid] = await self._definition(fid)
+            definition = definitions[fid]
+            if definition is not None:
+                wanted[cid] = DesiredContainer(cid, fid, definition)
+        return wanted
+
+    async def _definition(self, fid: uuid.UUID) -> FunctionDefinition | None:
+        got = await self.zk.get_or_none(layout.function_path(fid))
+        if got is None:
+            return None
+        try:
+            return parse_definition(json.loads(got[0]), STORED_LIMITS)
+        except (ValueError, BismuthError) as exc:  # a bad definition runs nothing
+            log.warning("undecodable definition: %s", exc, extra={"function_id": fid})
+            return None
+
+    async def status(self, cid: uuid.UUID) -> ContainerStatus | None:
+        got = await self.zk.get_or_none(layout.status_path(self.ip, cid))
+        return layout.decode_status(got[0]) if got else None
+
+    async def set_status(self, cid: uuid.UUID, status: ContainerStatus) -> None:
+        """Write a container's status; nothing if its container znode is gone."""
+        path = layout.status_path(self.ip, cid)
+        data = layout.encode_status(status)
+        try:
+            await self.zk.set(path, data)
+        except NoNodeError:
+            with contextlib.suppress(NodeExistsError, NoNodeError):
+                await self.zk.create(path, data)
