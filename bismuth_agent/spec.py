@@ -68,6 +68,7 @@ class ContainerPlan:
     ids: IdMapping
     cgroup_parent: str  # e.g. "/bismuth-10.0.0.5": each agent its own
     etc_files: dict[str, str] = field(default_factory=dict)  # "/etc/hosts" -> host path
+    repo_dir: str | None = None  # host path of the clone mounted at /repo
     pids_limit: int = 512
     nofile_limit: int = 4096
 
@@ -166,6 +167,15 @@ def _mounts(plan: ContainerPlan) -> list[dict[str, Any]]:
             "options": ["nosuid", "nodev", "mode=1777", "size=65536k"],
         },
     ]
+    if plan.repo_dir:
+        mounts.append(
+            {
+                "destination": "/repo",
+                "type": "bind",
+                "source": plan.repo_dir,
+                "options": ["rbind", "rw", "nosuid", "nodev"],
+            }
+        )
     for destination, source in sorted(plan.etc_files.items()):
         mounts.append(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from bismuth_agent.spec import IDLE_COMMAND, ContainerPlan, IdMapping, container_spec, process
@@ -72,7 +73,11 @@ def test_hostname_etc_files_and_readonly_sysfs():
 
 def test_executable_functions_idle_and_repo_sets_the_working_directory():
     p = plan(invoke_mode={"Executable": ["/bin/cat"]}, repo=["file:///srv/repo.git", "main"])
-    proc = container_spec(p)["process"]
+    p = dataclasses.replace(p, repo_dir="/var/lib/bismuth/agent/c/repo")
+    spec = container_spec(p)
+    repo = next(m for m in spec["mounts"] if m["destination"] == "/repo")
+    assert repo["source"] == "/var/lib/bismuth/agent/c/repo" and "rw" in repo["options"]
+    proc = spec["process"]
     assert tuple(proc["args"]) == IDLE_COMMAND
     assert proc["cwd"] == "/repo"
     assert process(p, ("/bin/cat",))["args"] == ["/bin/cat"]
