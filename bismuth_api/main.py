@@ -10,7 +10,7 @@ import sys
 
 from aiohttp import web
 
-from bismuth_core import operations
+from bismuth_core import eventloop, operations
 from bismuth_core.config import (
     ConfigError,
     add_common_arguments,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bismuth-api: {exc}")
     setup_logging(config.log_level)
     try:
-        asyncio.run(serve(config))
+        eventloop.run(serve(config))
     except Unavailable as exc:
         sys.exit(f"bismuth-api: {exc.message}")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
+from bismuth_core import eventloop
 from bismuth_core.errors import Unavailable
 from bismuth_core.logs import setup_logging
 
@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(argv)
     setup_logging(config.log_level)
     try:
-        asyncio.run(run(config))
+        eventloop.run(run(config))
     except Unavailable as exc:
         log.error("cannot start: %s", exc.message)
         return 1
