@@ -38,7 +38,7 @@ packages: python
 
 # The virtualenv with the toolkit (editable) and its test tools; redone when pyproject changes.
 venv: $(STAMP)
-$(STAMP): pyproject.toml | python
+$(STAMP): pyproject.toml setup.py | packages
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@

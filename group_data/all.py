@@ -60,8 +60,14 @@ run_dir = "/run/bismuth"  # supervisord's socket and pidfile
 service_manager = "auto"
 # Debian packages the deploy needs (make up installs them before pyinfra runs).
 debian_packages = [
+    "containerd",  # the container runtime (brings runc and ctr)
     "curl",
     "gcc",
+    "git",  # the agent clones function repos
+    "golang-github-containerd-containerd-dev",  # containerd's API protos: stubs are generated
+    "iproute2",
+    "mmdebstrap",  # builds the base image from Debian packages
+    "nftables",
     "python3-dev",
     "python3-venv",
     "supervisor",

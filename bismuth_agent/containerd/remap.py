@@ -1,0 +1,123 @@
+"""Snapshots of an image remapped for a user namespace (files owned by the mapped ids).
+
+A container whose uid 0 maps to host uid ``uid_offset`` sees image files owned by host root
+as unmapped (65534) unless the files are chowned by the offset. Doing that is a copy of
+every file, so it is done once per image and mapping: a snapshot is prepared on the image's
+top layer, mounted, every entry ``lchown``ed by the offset (set-id bits restored, since
+chown clears them), and committed under a key naming the image and the mapping. Containers
+then ``prepare`` their rootfs on that key. The image config holds the remapped snapshot for
+the garbage collector, so it lives as long as the image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from bismuth_agent.containerd.client import ContainerdClient
+from bismuth_agent.containerd.errors import AlreadyExists, ContainerdError
+from bismuth_agent.containerd.manifests import snapshot_label
+from bismuth_agent.containerd.snapshots import SnapshotService
+from bismuth_agent.containerd.types import DEFAULT_SNAPSHOTTER, Mount
+from bismuth_agent.containerd.unpack import image_layers, unpack
+
+log = logging.getLogger(__name__)
+
+
+def remap_key(image: str, top: str, uid_offset: int, gid_offset: int, size: int) -> str:
+    """The committed snapshot's key: image name, its layer stack, and the mapping."""
+    return f"bismuth-remap/{image}@{top}/{uid_offset}:{gid_offset}:{size}"
+
+
+def chown_tree(root: Path, uid_offset: int, gid_offset: int) -> int:
+    """Shift the owner of every entry under ``root`` (not following links); entries changed."""
+    count = 0
+    for directory, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            _shift(Path(directory, name), uid_offset, gid_offset)
+            count += 1
+    _shift(root, uid_offset, gid_offset)
+    return count + 1
+
+
+def _shift(path: Path, uid_offset: int, gid_offset: int) -> None:
+    info = path.lstat()
+    os.lchown(path, info.st_uid + uid_offset, info.st_gid + gid_offset)
+    if not stat.S_ISLNK(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        os.chmod(path, stat.S_IMODE(info.st_mode))
+
+
+async def _run(*command: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise ContainerdError("INTERNAL", f"{' '.join(command)}: {stderr.decode().strip()}")
+
+
+async def mount_all(mounts: Sequence[Mount], target: Path) -> None:
+    """Mount a snapshot's mounts (overlay or bind) on ``target`` with mount(8)."""
+    for mount in mounts:
+        if mount.type == "bind" or "bind" in mount.options or "rbind" in mount.options:
+            flag = "--rbind" if "rbind" in mount.options else "--bind"
+            await _run("mount", flag, mount.source, str(target))
+            if "ro" in mount.options:
+                await _run("mount", "-o", "remount,bind,ro", str(target))
+        else:
+            await _run(
+                "mount", "-t", mount.type, "-o", ",".join(mount.options), mount.source, str(target)
+            )
+
+
+async def unmount(target: Path) -> None:
+    await _run("umount", "--recursive", str(target))
+
+
+async def remapped_snapshot(
+    client: ContainerdClient,
+    image: str,
+    uid_offset: int,
+    gid_offset: int,
+    size: int = 65536,
+    snapshotter: str = DEFAULT_SNAPSHOTTER,
+) -> str:
+    """The key of the image's top layer remapped by these offsets, made if it is missing."""
+    layers = await image_layers(client, image)
+    snapshots = SnapshotService(client.conn, snapshotter)
+    if not await snapshots.exists(layers.top):
+        await unpack(client, image, snapshotter)
+    key = remap_key(image, layers.top, uid_offset, gid_offset, size)
+    if await snapshots.exists(key):
+        return key
+    async with client.lease() as leased:
+        leased_snapshots = SnapshotService(leased.conn, snapshotter)
+        work = f"{key}/work-{uuid.uuid4().hex}"
+        mounts = await leased_snapshots.prepare(work, layers.top)
+        try:
+            count = await _chown_mounted(mounts, uid_offset, gid_offset)
+            with contextlib.suppress(AlreadyExists):  # made concurrently: same content
+                await leased_snapshots.commit(key, work)
+                log.info("snapshot remapped", extra={"snapshot": key, "entries": count})
+        finally:
+            await leased_snapshots.discard(work)
+        label = snapshot_label(snapshotter, f"remap-{uid_offset}-{gid_offset}-{size}")
+        await leased.content.set_labels(layers.manifest.config.digest, {label: key})
+    return key
+
+
+async def _chown_mounted(mounts: Sequence[Mount], uid_offset: int, gid_offset: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="bismuth-remap-") as tmp:
+        target = Path(tmp)
+        await mount_all(mounts, target)
+        try:
+            return await asyncio.to_thread(chown_tree, target, uid_offset, gid_offset)
+        finally:
+            await unmount(target)
