@@ -1,1 +1,1 @@
-"""bismuthd, the per-host agent: not included in this release yet (see README)."""
+"""bismuthd, the per-host agent: runs the node's containers through containerd."""

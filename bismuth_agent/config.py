@@ -49,6 +49,8 @@ class AgentConfig:
     start_timeout: float = 60.0
     # Container subnets (a /30 each) come from this pool.
     network_pool: str = "10.253.0.0/16"
+    # Registries (host[:port]) pulled from over plain HTTP: a fleet's own registry.
+    plain_http_registries: tuple[str, ...] = ()
     # Outbound internet access from containers through NAT.
     outbound_nat: bool = False
     # Per-container egress rate limit in kbit/s (0 = none).

@@ -72,7 +72,7 @@ class LogStore:
         for line in self.read(cid).decode(errors="replace").splitlines():
             yield line
         offset = _size(self.path(cid))
-        pending = b""
+        pending: bytes = b""
         while True:
             size = _size(self.path(cid))
             if size < offset:  # truncated by the cap
@@ -83,9 +83,9 @@ class LogStore:
                     data = fh.read(size - offset)
                 offset += len(data)
                 pending += data
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode(errors="replace")
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    yield raw.decode(errors="replace")
             elif not alive():
                 if pending:
                     yield pending.decode(errors="replace")

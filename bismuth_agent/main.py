@@ -1,18 +1,111 @@
-"""Entry point of ``bismuthd``: a placeholder until the agent ships in a later release."""
+"""``bismuthd`` entry point: read config, connect to ZooKeeper and containerd, serve."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 
-MESSAGE = "bismuthd: the agent is not included in this release yet"
+from aiohttp import web
+
+from bismuth_agent.containerd.client import ContainerdClient
+from bismuth_agent.network import Firewall, NetworkAdapter, NetworkSettings
+from bismuth_core import __version__, eventloop
+from bismuth_core.config import ConfigError, add_common_arguments, flag_overrides, load_config
+from bismuth_core.errors import BismuthError
+from bismuth_core.layout import NodeAlive, parse_ipv4
+from bismuth_core.logs import setup_logging
+from bismuth_core.zk import ZooKeeper
+
+from .agent import Agent
+from .config import AgentConfig
+from .http import AgentMetrics, HttpDeps, create_app
+from .logstore import LogStore
+from .presence import NodePresence
+from .runtime import ContainerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bismuthd", description=__doc__)
+    add_common_arguments(
+        parser,
+        "the node's IPv4 address (its name in ZooKeeper; default "
+        "127.0.0.1); /invoke and /logs are served there",
+    )
+    parser.add_argument("--port", type=int, help="HTTP port (default 8001)")
+    parser.add_argument("--containerd-address", metavar="SOCKET")
+    parser.add_argument("--state-dir", metavar="DIR")
+    return parser.parse_args(argv)
+
+
+def network_settings(config: AgentConfig) -> NetworkSettings:
+    return NetworkSettings(
+        pool=config.network_pool,
+        firewall_id="n" + config.node_ip.replace(".", "_"),
+        masquerade=config.outbound_nat,
+        download_rate=config.rate_limit_kbit * 1000,
+        upload_rate=config.rate_limit_kbit * 1000,
+        state_file=f"{config.state_dir}/network/allocations.json",
+    )
+
+
+async def serve(config: AgentConfig) -> None:
+    zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
+    await zk.start()
+    ctrd = ContainerdClient(config.containerd_address, config.containerd_namespace)
+    await ctrd.ensure_namespace()
+    settings = network_settings(config)
+    logs = LogStore(config.log_dir, config.log_max_bytes)
+    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs)
+    wake = asyncio.Event()
+    alive = NodeAlive(config.advertised_cpus, config.advertised_memory, __version__)
+    presence = NodePresence(zk, config.node_ip, alive, wake.set)
+    metrics = AgentMetrics.create()
+    agent = Agent(config, ctrd, runtime, presence, logs, metrics, wake)
+    app = create_app(
+        HttpDeps(
+            agent,
+            logs,
+            metrics,
+            config.exec_timeout,
+            config.exec_concurrency,
+            refresh_metrics=agent.refresh_metrics,
+        )
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.node_ip, config.port).start()
+    await agent.start()
+    log.info("agent of node %s serving on port %d", config.node_ip, config.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down; containers keep running")
+    await agent.stop()
+    await runner.cleanup()
+    await zk.stop()
+    await ctrd.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bismuthd", description=MESSAGE)
-    parser.parse_known_args(argv)
-    sys.stderr.write(MESSAGE + "\n")
-    sys.exit(2)
+    args = parse_args(argv)
+    try:
+        config = load_config(AgentConfig, file=args.config, overrides=flag_overrides(args))
+        if parse_ipv4(config.bind) != config.bind:
+            raise ConfigError(f"config bind: {config.bind!r} is not the node's IPv4 address")
+    except ConfigError as exc:
+        sys.exit(f"bismuthd: {exc}")
+    setup_logging(config.log_level)
+    try:
+        eventloop.run(serve(config))
+    except BismuthError as exc:
+        sys.exit(f"bismuthd: {exc.message}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,429 @@
+"""The agent's reconcile loop and its supervision of containers.
+
+Each pass reads the node's desired containers from ZooKeeper and the actual ones from
+containerd, asks :func:`~bismuth_agent.plan.plan_node` what to do and applies it. Watches,
+task events and timers only wake the loop. Statuses go back to ZooKeeper as they change:
+``Starting`` when a container is being made, ``Running`` once its entrypoint accepts
+connections (an Executable one: once its task runs), ``Failed`` as soon as containerd reports
+the task's exit (from the event stream, not by polling), after which it is restarted with
+exponential backoff. Stopping the agent never stops a container: the next agent adopts the
+running tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from bismuth_agent.containerd.client import ContainerdClient
+from bismuth_agent.containerd.errors import ContainerdError
+from bismuth_agent.containerd.events import TaskExit, TaskOOM
+from bismuth_core.definition import ServerMode
+from bismuth_core.errors import BismuthError, Unavailable
+from bismuth_core.layout import ContainerStatus
+
+from .config import AgentConfig
+from .http import AgentMetrics, ExecResult
+from .logstore import LogStore
+from .plan import Adopt, Backoff, Create, Observed, Remove, Restart, TaskState, plan_node
+from .plan import next_wake as restart_due
+from .presence import DesiredContainer, NodePresence
+from .runtime import ContainerRuntime, Made, SetupFailed
+
+log = logging.getLogger(__name__)
+
+PASS_INTERVAL = 2.0  # seconds between passes when nothing wakes the loop
+HEALTH_POLL = 0.1  # seconds between connection attempts to a starting entrypoint
+LOG_CAP_INTERVAL = 5.0
+NODE_LABEL = "bismuth.node"
+
+_TASK_STATES = {
+    "CREATED": TaskState.CREATED,
+    "RUNNING": TaskState.RUNNING,
+    "PAUSED": TaskState.RUNNING,
+    "PAUSING": TaskState.RUNNING,
+    "STOPPED": TaskState.STOPPED,
+}
+
+
+@dataclass
+class Supervised:
+    """What this agent process knows of one of its containers."""
+
+    desired: DesiredContainer
+    made: Made | None = None
+    status: ContainerStatus = ContainerStatus.STARTING
+    reported: ContainerStatus | None = None
+    busy: bool = False  # being made, restarted or removed right now
+    exited_at: float | None = None
+    failures: int = 0
+    seen_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def server(self) -> ServerMode | None:
+        mode = self.desired.definition.invoke_mode
+        return mode if isinstance(mode, ServerMode) else None
+
+
+class Invocation:
+    """One container as the HTTP server sees it (``Invocable``)."""
+
+    def __init__(self, agent: Agent, sup: Supervised) -> None:
+        self.container_id = sup.desired.container_id
+        self._agent, self._sup = agent, sup
+
+    def serving(self) -> bool:
+        return self._sup.status == ContainerStatus.RUNNING and self._sup.made is not None
+
+    def server_address(self) -> tuple[str, int] | None:
+        made, server = self._sup.made, self._sup.server
+        if made is None or server is None:
+            return None
+        return str(made.allocation.container_address), server.port
+
+    async def execute(self, stdin: bytes, timeout: float) -> ExecResult:
+        made = self._sup.made
+        assert made is not None
+        argv = self._sup.desired.definition.invoke_mode.argv
+        return await self._agent.runtime.execute(self._sup.desired, made, argv, stdin, timeout)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        ctrd: ContainerdClient,
+        runtime: ContainerRuntime,
+        presence: NodePresence,
+        logs: LogStore,
+        metrics: AgentMetrics,
+        wake: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.ctrd = ctrd
+        self.runtime = runtime
+        self.presence = presence
+        self.logs = logs
+        self.metrics = metrics
+        self.backoff = Backoff(config.restart_backoff, config.restart_backoff_cap)
+        self.containers: dict[uuid.UUID, Supervised] = {}
+        self.wake = wake
+        self._removing: set[uuid.UUID] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._work: set[asyncio.Task[None]] = set()
+        self._announced: int | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        stream = self.ctrd.events.subscribe()
+        await stream.ready()
+        await self.runtime.firewall.install(await self.runtime.network.host_networks())
+        await self.presence.start()
+        self._tasks = [
+            asyncio.create_task(self._events(stream), name="task-events"),
+            asyncio.create_task(self._loop(), name="reconcile"),
+            asyncio.create_task(self._cap_logs(), name="log-cap"),
+        ]
+        self.wake.set()
+
+    async def stop(self) -> None:
+        """Stop supervising; every container keeps running for the next agent to adopt."""
+        self.presence.stop()
+        for task in [*self._tasks, *self._work]:
+            task.cancel()
+        for task in [*self._tasks, *self._work]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            timeout = PASS_INTERVAL
+            due = restart_due(self._observed_local(), time.monotonic(), self.backoff)
+            if due is not None:
+                timeout = min(timeout, due + 0.01)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            try:
+                await self.reconcile()
+            except (BismuthError, ContainerdError) as exc:
+                log.warning("reconcile pass incomplete: %s", exc.message)
+            except Exception:
+                log.exception("reconcile pass failed")
+
+    async def reconcile(self) -> None:
+        """One pass: observe, plan, apply; then report statuses and the container count."""
+        try:
+            desired = await self.presence.desired()
+        except Unavailable:
+            return  # ZooKeeper away: keep running what runs
+        observed = await self.observe()
+        for sup in self.containers.values():  # definitions may change on a redeploy
+            if sup.desired.container_id in desired:
+                sup.desired = desired[sup.desired.container_id]
+        now = time.monotonic()
+        for action in plan_node(set(desired), observed, now, self.backoff):
+            cid = action.container_id
+            if isinstance(action, Remove):
+                self._removing.add(cid)
+                if cid in self.containers:
+                    self.containers[cid].busy = True
+                self._spawn(self._remove(cid))
+            elif isinstance(action, Create):
+                sup = self._begin(cid, desired[cid])
+                self._spawn(self._create(sup, leftovers=cid in observed))
+            elif isinstance(action, Restart):
+                sup = self._begin(cid, desired[cid])
+                self._spawn(self._create(sup, leftovers=True))
+            elif isinstance(action, Adopt):
+                sup = self._begin(cid, desired[cid])
+                self._spawn(self._adopt(sup))
+        await self._report()
+
+    def _begin(self, cid: uuid.UUID, desired: DesiredContainer) -> Supervised:
+        sup = self.containers.get(cid)
+        if sup is None:
+            sup = self.containers[cid] = Supervised(desired)
+        sup.busy = True
+        return sup
+
+    async def observe(self) -> dict[uuid.UUID, Observed]:
+        """containerd's containers of this node and their tasks, with what this process knows."""
+        records = await self.ctrd.containers.list([f'labels."{NODE_LABEL}"=={self.config.node_ip}'])
+        tasks = {t.container_id: t for t in await self.ctrd.tasks.list()}
+        observed = self._observed_local()
+        for record in records:
+            cid = _uuid(record.id)
+            if (
+                cid is None
+                or cid in self._removing
+                or (cid in observed and observed[cid].supervised)
+            ):
+                continue
+            task = tasks.get(record.id)
+            state = _TASK_STATES.get(task.status, TaskState.ABSENT) if task else TaskState.ABSENT
+            observed[cid] = Observed(cid, state, supervised=False)
+        for cid, seen in list(observed.items()):
+            task = tasks.get(str(cid))
+            sup = self.containers.get(cid)
+            if (
+                seen.supervised
+                and sup
+                and sup.made
+                and not sup.busy
+                and (task is None or task.status == "STOPPED")
+                and sup.exited_at is None
+            ):
+                self._exited(sup, task.exit_status if task else None)  # missed its event
+                observed[cid] = self._observed(sup)
+        return observed
+
+    def _observed_local(self) -> dict[uuid.UUID, Observed]:
+        return {
+            cid: self._observed(sup)
+            for cid, sup in self.containers.items()
+            if cid not in self._removing
+        }
+
+    @staticmethod
+    def _observed(sup: Supervised) -> Observed:
+        cid = sup.desired.container_id
+        if sup.busy:
+            return Observed(cid, TaskState.CREATED, supervised=True)
+        if sup.exited_at is not None:
+            return Observed(cid, TaskState.STOPPED, True, sup.exited_at, sup.failures)
+        return Observed(cid, TaskState.RUNNING, supervised=True)
+
+    # --- applying actions ---------------------------------------------------------------
+
+    async def _create(self, sup: Supervised, leftovers: bool) -> None:
+        cid = sup.desired.container_id
+        try:
+            await self._set_status(sup, ContainerStatus.STARTING)
+            if leftovers:
+                await self.runtime.remove(cid, keep_logs=True, grace=self.config.stop_grace)
+            sup.made, sup.exited_at = None, None
+            sup.made = await self.runtime.create(sup.desired)
+        except SetupFailed as exc:
+            log.warning("cannot start container: %s", exc.message, extra={"container_id": cid})
+            self._failed(sup)
+            return
+        finally:
+            sup.busy = False
+        self._spawn(self._health(sup))
+
+    async def _adopt(self, sup: Supervised) -> None:
+        cid = sup.desired.container_id
+        try:
+            task = await self.ctrd.tasks.get(str(cid))
+            sup.made = await self.runtime.adopt(cid, task.pid)
+        except (BismuthError, ContainerdError) as exc:
+            log.warning(
+                "cannot adopt container, making it again: %s",
+                exc.message,
+                extra={"container_id": cid},
+            )
+            sup.busy = False
+            await self._create(sup, leftovers=True)
+            return
+        sup.busy = False
+        log.info("adopted running container", extra={"container_id": cid})
+        self._spawn(self._health(sup))
+
+    async def _remove(self, cid: uuid.UUID) -> None:
+        try:
+            await self.runtime.remove(cid, grace=self.config.stop_grace)
+        finally:
+            self.containers.pop(cid, None)
+            self._removing.discard(cid)
+        log.info("removed container", extra={"container_id": cid})
+
+    async def _health(self, sup: Supervised) -> None:
+        """Starting → Running once the entrypoint accepts connections (Server mode)."""
+        made, server = sup.made, sup.server
+        if made is None:
+            return
+        deadline = time.monotonic() + self.config.start_timeout
+        while server is not None:
+            if sup.made is not made or sup.exited_at is not None:
+                return  # restarted or exited meanwhile
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(str(made.allocation.container_address), server.port),
+                    1.0,
+                )
+                writer.close()
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    self.logs.note(
+                        sup.desired.container_id,
+                        f"the entrypoint did not accept connections on port "
+                        f"{server.port} within {self.config.start_timeout:g}s",
+                    )
+                    self._failed(sup)
+                    return
+                await asyncio.sleep(HEALTH_POLL)
+        if sup.status != ContainerStatus.RUNNING:
+            self.metrics.start_latency.observe(time.monotonic() - sup.seen_at)
+        await self._set_status(sup, ContainerStatus.RUNNING)
+
+    def _failed(self, sup: Supervised) -> None:
+        sup.failures += 1
+        sup.exited_at = time.monotonic()
+        sup.status = ContainerStatus.FAILED
+        self._spawn(self._set_status(sup, ContainerStatus.FAILED))
+        self.wake.set()
+
+    def _exited(self, sup: Supervised, code: int | None) -> None:
+        self.logs.note(sup.desired.container_id, f"the process exited with status {code}")
+        self._failed(sup)
+
+    # --- events, statuses, logs -------------------------------------------------------
+
+    async def _events(self, stream: object) -> None:
+        while True:
+            try:
+                async with stream:  # type: ignore[attr-defined]
+                    async for envelope in stream:  # type: ignore[attr-defined]
+                        self._on_event(envelope.event)
+            except (ContainerdError, OSError) as exc:
+                log.warning("task event stream broke, resubscribing: %r", exc)
+            await asyncio.sleep(0.5)
+            stream = self.ctrd.events.subscribe()
+            self.wake.set()  # a pass catches exits missed meanwhile
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, TaskOOM):
+            cid = _uuid(event.container_id)
+            if cid in self.containers:
+                self.logs.note(cid, "the container ran out of memory (OOM kill)")
+        elif isinstance(event, TaskExit) and event.id == event.container_id:
+            cid = _uuid(event.container_id)
+            sup = self.containers.get(cid) if cid else None
+            if sup is not None and not sup.busy and sup.made and sup.made.pid == event.pid:
+                self._exited(sup, event.exit_status)
+
+    async def _set_status(self, sup: Supervised, status: ContainerStatus) -> None:
+        sup.status = status
+        await self._write_status(sup)
+
+    async def _write_status(self, sup: Supervised) -> None:
+        wanted = sup.status
+        if sup.reported == wanted or sup.desired.container_id not in self.containers:
+            return
+        try:
+            await self.presence.set_status(sup.desired.container_id, wanted)
+            sup.reported = wanted
+        except Unavailable:
+            pass  # written by a later pass
+
+    async def _report(self) -> None:
+        for sup in list(self.containers.values()):
+            if not sup.busy:
+                await self._write_status(sup)
+        count = len(self.containers)
+        if count != self._announced:
+            with contextlib.suppress(Unavailable):
+                await self.presence.announce(count)
+                self._announced = count
+
+    async def _cap_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_CAP_INTERVAL)
+            for cid in list(self.containers):
+                with contextlib.suppress(OSError):
+                    self.logs.enforce_cap(cid)
+
+    # --- what the HTTP server asks ------------------------------------------------------
+
+    def lookup(self, cid: uuid.UUID) -> Invocation | None:
+        sup = self.containers.get(cid)
+        return Invocation(self, sup) if sup is not None else None
+
+    def known(self, cid: uuid.UUID) -> bool:
+        return cid in self.containers
+
+    def health(self) -> dict[str, object]:
+        counts: dict[str, int] = {}
+        for sup in self.containers.values():
+            counts[sup.status.label] = counts.get(sup.status.label, 0) + 1
+        return {
+            "node": self.config.node_ip,
+            "containers": counts,
+            "zookeeper": self.presence.zk.connected,
+        }
+
+    async def refresh_metrics(self) -> None:
+        for status in ContainerStatus:
+            self.metrics.containers.labels(status.label).set(
+                sum(1 for s in self.containers.values() if s.status == status)
+            )
+        ids = [str(cid) for cid, s in self.containers.items() if s.made]
+        if not ids:
+            return
+        with contextlib.suppress(ContainerdError):
+            for m in await self.ctrd.tasks.metrics(ids):
+                self.metrics.cpu_seconds.labels(m.container_id).set(m.cpu_usage_ns / 1e9)
+                self.metrics.memory_bytes.labels(m.container_id).set(m.memory_usage_bytes)
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None

@@ -1,0 +1,237 @@
+"""Making and unmaking one container, as a sequence of idempotent steps.
+
+Setup: files (/etc files, repo clone, token) → image (pulled or imported, unpacked, its top
+layer remapped to the container ids once per image) → containerd container and rootfs
+snapshot → task created (runc made the namespaces, process not started; output to the log
+file) → veth into the task's network namespace → firewall elements → task started.
+Teardown runs every step's undo in reverse, each safe when its setup never ran ("not found"
+is success): SIGTERM, a grace period, SIGKILL; task, container, snapshot, firewall, veth,
+files. A failed setup tears down what it made before the error is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bismuth_agent.containerd.client import ContainerdClient
+from bismuth_agent.containerd.errors import ContainerdError, NotFound
+from bismuth_agent.containerd.process import exec_process
+from bismuth_agent.containerd.registry import pull
+from bismuth_agent.containerd.remap import remapped_snapshot
+from bismuth_agent.containerd.types import Stdio
+from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
+from bismuth_core.errors import BismuthError
+
+from . import files
+from .config import AgentConfig
+from .http import ExecResult, ExecTimeout
+from .logstore import LogStore
+from .presence import DesiredContainer
+from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "token"
+
+
+class SetupFailed(BismuthError):
+    """A container could not be made; the message says which step and why."""
+
+
+@dataclass(frozen=True)
+class Made:
+    """A container whose task exists: what serving it needs."""
+
+    container_id: uuid.UUID
+    pid: int
+    allocation: Allocation
+    token: str
+
+
+class ContainerRuntime:
+    def __init__(
+        self,
+        config: AgentConfig,
+        ctrd: ContainerdClient,
+        network: NetworkAdapter,
+        firewall: Firewall,
+        logs: LogStore,
+    ) -> None:
+        self.config = config
+        self.ctrd = ctrd
+        self.network = network
+        self.firewall = firewall
+        self.logs = logs
+        self.ids = IdMapping(config.id_map_start, config.id_map_size)
+        self._image_locks: dict[str, asyncio.Lock] = {}
+
+    def dir(self, cid: uuid.UUID) -> Path:
+        return files.container_dir(self.config.state_dir, cid)
+
+    # --- setup ------------------------------------------------------------------------
+
+    async def create(self, desired: DesiredContainer) -> Made:
+        """Make the container and start its task; on failure leave nothing behind."""
+        cid = desired.container_id
+        self.logs.prepare(cid)
+        try:
+            return await self._create(desired)
+        except (BismuthError, OSError) as exc:
+            why = exc.message if isinstance(exc, BismuthError) else repr(exc)
+            self.logs.note(cid, f"cannot start the container: {why}")
+            await self.remove(cid, keep_logs=True)
+            raise SetupFailed(why) from exc
+
+    async def _create(self, desired: DesiredContainer) -> Made:
+        cid, definition = desired.container_id, desired.definition
+        directory = self.dir(cid)
+        token = self._token(directory)
+        etc = files.write_etc_files(directory, cid, None, files.nameservers())
+        repo_dir = None
+        if definition.repo:
+            url, branch = definition.repo
+            repo_dir = await files.clone_repo(
+                directory,
+                url,
+                branch,
+                self.ids.host_start + CONTAINER_UID,
+                self.ids.host_start + CONTAINER_GID,
+            )
+        parent = await self._image(definition.image)
+        plan = ContainerPlan(
+            container_id=cid,
+            function_id=desired.function_id,
+            definition=definition,
+            auth_token=token,
+            ids=self.ids,
+            cgroup_parent=self.config.cgroup_root,
+            etc_files=etc,
+            repo_dir=repo_dir,
+            pids_limit=self.config.pids_limit,
+        )
+        mounts = await self.ctrd.create_container(
+            str(cid),
+            spec=container_spec(plan),
+            parent=parent,
+            image=definition.image,
+            labels={
+                "bismuth.function": str(desired.function_id),
+                "bismuth.node": self.config.node_ip,
+            },
+        )
+        uri = self.logs.uri(cid)
+        pid = await self.ctrd.tasks.create(
+            str(cid), rootfs=mounts, stdio=Stdio(stdout=uri, stderr=uri)
+        )
+        allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
+        await self.firewall.attach(allocation)
+        files.write_etc_files(
+            directory, cid, str(allocation.container_address), files.nameservers()
+        )
+        await self.ctrd.tasks.start(str(cid))
+        return Made(cid, pid, allocation, token)
+
+    def _token(self, directory: Path) -> str:
+        """The container's provider token, made once and kept across agent restarts."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / TOKEN_FILE
+        if path.exists():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(token)
+        return token
+
+    async def _image(self, reference: str) -> str:
+        """The remapped top snapshot of ``reference``, pulling the image if it is missing."""
+        lock = self._image_locks.setdefault(reference, asyncio.Lock())
+        async with lock:
+            try:
+                await self.ctrd.images.get(reference)
+            except NotFound:
+                try:
+                    await pull(self.ctrd, reference, plain_http=self._plain_http(reference))
+                except (ContainerdError, BismuthError, OSError) as exc:
+                    why = exc.message if isinstance(exc, BismuthError) else repr(exc)
+                    raise SetupFailed(f"image {reference} is not available: {why}") from exc
+            return await remapped_snapshot(
+                self.ctrd, reference, self.ids.host_start, self.ids.host_start, self.ids.size
+            )
+
+    def _plain_http(self, reference: str) -> bool:
+        host = reference.split("/", 1)[0]
+        return host in self.config.plain_http_registries
+
+    # --- running containers ---------------------------------------------------------------
+
+    async def adopt(self, cid: uuid.UUID, pid: int) -> Made:
+        """Take over a running task after an agent restart, without restarting it."""
+        allocation = await self.network.adopt(str(cid), f"/proc/{pid}/ns/net")
+        await self.firewall.attach(allocation)
+        return Made(cid, pid, allocation, self._token(self.dir(cid)))
+
+    async def execute(
+        self,
+        desired: DesiredContainer,
+        made: Made,
+        argv: tuple[str, ...],
+        stdin: bytes,
+        timeout: float,
+    ) -> ExecResult:
+        plan = ContainerPlan(
+            container_id=made.container_id,
+            function_id=desired.function_id,
+            definition=desired.definition,
+            auth_token=made.token,
+            ids=self.ids,
+            cgroup_parent=self.config.cgroup_root,
+        )
+        try:
+            result = await asyncio.wait_for(
+                exec_process(
+                    self.ctrd,
+                    str(made.container_id),
+                    process(plan, argv),
+                    self.dir(made.container_id) / "fifo",
+                    stdin=stdin,
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            raise ExecTimeout() from None
+        return ExecResult(result.exit_code, result.stdout, result.stderr)
+
+    # --- teardown ---------------------------------------------------------------------
+
+    async def stop_task(self, cid: uuid.UUID, grace: float) -> None:
+        """SIGTERM, up to ``grace`` seconds, then SIGKILL; then delete the task."""
+        name = str(cid)
+        with contextlib.suppress(NotFound):
+            await self.ctrd.tasks.kill(name, signal.SIGTERM, all=True)
+            try:
+                await asyncio.wait_for(self.ctrd.tasks.wait(name), grace)
+            except TimeoutError:
+                await self.ctrd.tasks.kill(name, signal.SIGKILL, all=True)
+                await asyncio.wait_for(self.ctrd.tasks.wait(name), 10.0)
+        with contextlib.suppress(NotFound):
+            await self.ctrd.tasks.delete(name)
+
+    async def remove(self, cid: uuid.UUID, *, keep_logs: bool = False, grace: float = 0.0) -> None:
+        """Undo every setup step; each is safe if it never ran."""
+        try:
+            await self.stop_task(cid, grace)
+        except ContainerdError as exc:
+            log.warning("stopping the task failed: %s", exc.message, extra={"container_id": cid})
+        await self.ctrd.delete_container(str(cid))
+        await self.firewall.detach(host_ifname(str(cid)))
+        await self.network.teardown(str(cid))
+        if not keep_logs:
+            files.remove(self.dir(cid))
+            self.logs.remove(cid)
