@@ -14,6 +14,9 @@ from bismuth_core.zk import ZooKeeper
 from tests.support.standin import StandInAgent
 from tests.support.zkserver import ZooKeeperServer, free_port
 
+# fixtures of a private containerd and of in-process agents, for every suite
+pytest_plugins = ["tests.support.containerd", "tests.support.agenthost"]
+
 _SUBNETS = itertools.count(1)
 
 

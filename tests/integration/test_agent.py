@@ -8,156 +8,21 @@ are scheduled through bismuth_core.operations exactly as the API does.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from bismuth_agent.agent import Agent
-from bismuth_agent.config import AgentConfig
-from bismuth_agent.containerd.client import ContainerdClient
-from bismuth_agent.containerd.oci import import_oci_archive
-from bismuth_agent.http import AgentMetrics, HttpDeps, create_app
-from bismuth_agent.logstore import LogStore
-from bismuth_agent.main import network_settings
-from bismuth_agent.network import Firewall, NetworkAdapter
-from bismuth_agent.presence import NodePresence
-from bismuth_agent.runtime import ContainerRuntime
 from bismuth_core import cluster, layout, operations
-from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus, NodeAlive
-from bismuth_core.zk import ZooKeeper
-from tests.support.containerd import (  # noqa: F401 - fixtures
-    busybox_image,
-    containerd_server,
-)
+from tests.support.agenthost import get, httpd, running_backend, start_agent, statuses
 from tests.support.waiting import eventually
-from tests.support.zkserver import free_port
 
 pytestmark = pytest.mark.integration
-
-_NODES = itertools.count(1)
-
-
-def httpd(**changes: object):
-    raw = {
-        "image": "bismuth.test/busybox:1",
-        "cpu": 0.25,
-        "memory": 64 << 20,
-        "invoke_mode": {"Server": [["/bin/httpd", "-f", "-p", "8080", "-h", "/etc"], 8080]},
-        "max_instances": 1,
-        "routes": [{"hostname": f"f{uuid.uuid4().hex[:8]}.test"}],
-    }
-    raw.update(changes)
-    return parse_definition(raw)
-
-
-@dataclass
-class RunningAgent:
-    config: AgentConfig
-    agent: Agent
-    runner: web.AppRunner
-    zk: ZooKeeper
-    ctrd: ContainerdClient
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.node_ip}:{self.config.port}"
-
-    async def stop(self) -> None:
-        await self.agent.stop()
-        await self.runner.cleanup()
-        await self.zk.stop()
-        await self.ctrd.close()
-
-
-async def start_agent(config: AgentConfig) -> RunningAgent:
-    zk = ZooKeeper(config.zookeeper, config.zookeeper_env, session_timeout=4.0)
-    await zk.start()
-    ctrd = ContainerdClient(config.containerd_address, config.containerd_namespace)
-    settings = network_settings(config)
-    logs = LogStore(config.log_dir, config.log_max_bytes)
-    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs)
-    wake = asyncio.Event()
-    presence = NodePresence(zk, config.node_ip, NodeAlive(4.0, 4 << 30, "test"), wake.set)
-    metrics = AgentMetrics.create()
-    agent = Agent(config, ctrd, runtime, presence, logs, metrics, wake)
-    runner = web.AppRunner(
-        create_app(HttpDeps(agent, logs, metrics, refresh_metrics=agent.refresh_metrics)),
-        access_log=None,
-    )
-    await runner.setup()
-    await web.TCPSite(runner, config.node_ip, config.port).start()
-    await agent.start()
-    return RunningAgent(config, agent, runner, zk, ctrd)
-
-
-@pytest.fixture
-async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path):  # noqa: F811
-    """Config of one node whose namespace already holds the busybox image."""
-    n = next(_NODES)
-    ip = f"127.0.{100 + n % 100}.{10 + os.getpid() % 200}"
-    namespace = f"a{uuid.uuid4().hex[:10]}"
-    config = AgentConfig(
-        zookeeper=zk_server.hosts,
-        zookeeper_env=zk_env,
-        bind=ip,
-        port=free_port(),
-        containerd_address=containerd_server.address,
-        containerd_namespace=namespace,
-        state_dir=str(tmp_path / "state"),
-        log_dir=str(tmp_path / "logs"),
-        cgroup_parent=f"{containerd_server.cgroup_parent}/{namespace}",
-        network_pool=f"10.{200 + n % 50}.{os.getpid() % 250}.0/24",
-        start_timeout=10.0,
-        stop_grace=2.0,
-        restart_backoff=0.2,
-        restart_backoff_cap=1.0,
-    )
-    await operations.provision(zk, ip)
-    async with ContainerdClient(config.containerd_address, namespace) as client:
-        await client.ensure_namespace()
-        await import_oci_archive(client, busybox_image.path)
-    yield config
-    async with ContainerdClient(config.containerd_address, namespace) as client:
-        from tests.support.containerd import sweep
-
-        await sweep(client)
-    settings = network_settings(config)
-    await Firewall(settings).remove_all()
-
-
-@pytest.fixture
-async def agent(node) -> AsyncIterator[RunningAgent]:
-    running = await start_agent(node)
-    yield running
-    await running.stop()
-
-
-async def statuses(zk, fid) -> list[ContainerStatus | None]:
-    view = await cluster.read_function(zk, fid)
-    got = await cluster.read_statuses(zk, view.backends)
-    return [got[b] for b in view.backends]
-
-
-async def running_backend(zk, fid) -> layout.Backend | None:
-    view = await cluster.read_function(zk, fid)
-    got = await cluster.read_statuses(zk, view.backends)
-    ok = [b for b in view.backends if got[b] == ContainerStatus.RUNNING]
-    return ok[0] if ok else None
-
-
-async def get(url: str) -> tuple[int, str, dict[str, str]]:
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:
-        return resp.status, await resp.text(), dict(resp.headers)
 
 
 async def test_server_function_runs_and_is_invoked(zk, agent):
