@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from ipaddress import IPv4Address
 
 from aiohttp import web
 
@@ -28,6 +29,8 @@ from .runtime import ContainerRuntime
 
 log = logging.getLogger(__name__)
 
+INTERFACE_GROUP_BASE = 0xB1500000
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bismuthd", description=__doc__)
@@ -43,8 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def network_settings(config: AgentConfig) -> NetworkSettings:
+    """Per node: its own table and interface group, so agents sharing a machine (lab hosts,
+    tests) never apply their rules to each other's containers."""
     return NetworkSettings(
         pool=config.network_pool,
+        interface_group=INTERFACE_GROUP_BASE + int(IPv4Address(config.node_ip)) % 0x100000,
         firewall_id="n" + config.node_ip.replace(".", "_"),
         masquerade=config.outbound_nat,
         download_rate=config.rate_limit_kbit * 1000,
