@@ -49,24 +49,58 @@ up: packages venv
 	@echo "Bismuth is up (environment '$(call setting,zookeeper_env)'):"
 	@echo "  API       http://$(call setting,api_bind)/   (health: /healthz)"
 	@echo "  frontend  http://$(call setting,fe_bind)/   (health: http://$(call setting,fe_admin_bind)/healthz)"
+	@echo "  agent     http://$(call setting,node_ip):$(call setting,agent_port)/healthz   (containerd: $(call setting,containerd_address))"
 	@echo "  ZooKeeper $(call setting,node_ip):$(call setting,zookeeper_port)"
 	@echo "  logs      $(call setting,log_dir)/"
 	@echo "Try:"
-	@echo "  curl -s http://$(call setting,api_bind)/healthz"
+	@if [ "$(call setting,sample_function)" = True ]; then \
+	  echo "  curl -H 'Host: $(call setting,sample_hostname)' http://$(call setting,fe_bind)/   # the sample function"; \
+	fi
 	@echo "  curl -s http://$(call setting,api_bind)/function"
 	@echo "  $(VENV)/bin/bismuthctl nodes"
 
-# Stops supervisord (and with it every daemon) through its own socket, then waits for it to exit.
-# On hosts where systemd is PID 1 the daemons are units instead: stop those.
+# What `make down` stops, from group data. Override on the command line to stop another
+# deploy of this machine (the deploy test does): make down ETC_DIR=... CONTAINERD_ADDRESS=...
+ETC_DIR = $(call setting,etc_dir)
+CONTAINERD_ADDRESS = $(call setting,containerd_address)
+CONTAINERD_NAMESPACE = $(call setting,containerd_namespace)
+SERVICE_MANAGER = $(call setting,service_manager)
+
+# First the agent stops (so it restarts nothing), then every function task in containerd's
+# namespace is killed and deleted (their containers stay: the next `make up` starts them
+# again), then the rest: supervisord, shut down through its own socket (which stops every
+# daemon), waited for until it has exited; or the systemd units where systemd is PID 1.
 down:
-	@if [ -d /run/systemd/system ]; then \
-	  systemctl stop bismuth-fe bismuth-api bismuth-zookeeper 2>/dev/null || true; \
+	@kill_tasks() { \
+	  local ctr=(ctr -a "$(CONTAINERD_ADDRESS)" -n "$(CONTAINERD_NAMESPACE)") tasks left t; \
+	  tasks=$$("$${ctr[@]}" tasks ls -q 2>/dev/null) || return 0; \
+	  [ -n "$$tasks" ] || return 0; \
+	  for t in $$tasks; do "$${ctr[@]}" tasks kill -a -s SIGKILL "$$t" >/dev/null 2>&1 || true; done; \
+	  for _ in $$(seq 100); do \
+	    left=$$("$${ctr[@]}" tasks ls -q) && [ -z "$$left" ] && break; \
+	    for t in $$left; do "$${ctr[@]}" tasks rm "$$t" >/dev/null 2>&1 || true; done; \
+	    sleep 0.1; \
+	  done; \
+	  if [ -n "$$left" ]; then echo "function tasks still there: $$left" >&2; return 1; fi; \
+	  echo "killed and deleted $$(wc -w <<<"$$tasks") function task(s)"; \
+	}; \
+	systemd=no; \
+	case "$(SERVICE_MANAGER)" in \
+	  systemd) systemd=yes ;; \
+	  auto) if [ -d /run/systemd/system ]; then systemd=yes; fi ;; \
+	esac; \
+	if [ "$$systemd" = yes ]; then \
+	  systemctl stop bismuth-agent 2>/dev/null || true; \
+	  kill_tasks; \
+	  systemctl stop bismuth-fe bismuth-api bismuth-containerd bismuth-zookeeper 2>/dev/null || true; \
 	  exit 0; \
 	fi; \
-	conf="$(call setting,etc_dir)/supervisord.conf"; \
+	conf="$(ETC_DIR)/supervisord.conf"; \
 	if ! pid=$$(supervisorctl -c "$$conf" pid 2>/dev/null) || ! [ "$$pid" -gt 0 ] 2>/dev/null; then \
 	  echo "nothing to stop: supervisord ($$conf) is not running"; exit 0; \
 	fi; \
+	supervisorctl -c "$$conf" stop bismuth-agent >/dev/null 2>&1 || true; \
+	kill_tasks; \
 	supervisorctl -c "$$conf" shutdown; \
 	alive() { local s; s=$$(sed -E 's/.*\) (.).*/\1/' "/proc/$$1/stat" 2>/dev/null) && [ "$$s" != Z ]; }; \
 	for _ in $$(seq 600); do alive "$$pid" || break; sleep 0.1; done; \

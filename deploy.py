@@ -1,13 +1,18 @@
 """Bring up a Bismuth cluster: ``pyinfra -y inventories/<fleet>.py deploy.py`` (repo root).
 
 Packages and directories, the service manager, ZooKeeper, the environment and this node in
-it, then the API and the frontend. Settings come from ``group_data/`` and host data; every
-step is idempotent, so a second run reports no changes.
+it, the API and the frontend, containerd, the base image, the agent, and finally a sample
+function served through the frontend. Settings come from ``group_data/`` and host data;
+every step is idempotent, so a second run reports no changes.
 """
 
+from tasks.agent import agent
 from tasks.base import base
 from tasks.cluster import cluster
+from tasks.containerd import containerd
 from tasks.daemons import api, frontend
+from tasks.images import base_image
+from tasks.sample import sample_function
 from tasks.services import service_manager
 from tasks.zookeeper import zookeeper
 
@@ -17,3 +22,7 @@ zookeeper()
 cluster()
 api()
 frontend()
+containerd()
+base_image()
+agent()
+sample_function()

@@ -7,6 +7,7 @@ moves everything that depends on it.
 """
 
 import sys
+from pathlib import Path
 
 # --- cluster -----------------------------------------------------------------------------
 # Environment (ZooKeeper chroot) the daemons and bismuthctl use; several can share an ensemble.
@@ -43,16 +44,50 @@ zookeeper_classpath = ":".join(
 api_bind = "127.0.0.1:8002"  # bismuth-api: control-plane HTTP API
 fe_bind = "127.0.0.1:8000"  # bismuthfe: function traffic, routed by Host header
 fe_admin_bind = "127.0.0.1:8003"  # bismuthfe: /healthz and /metrics
-agent_port = 8001  # bismuthd's port on every node's IP (the agent comes in a later release)
+agent_port = 8001  # bismuthd's port on every node's IP
 node_loss_grace = 10.0  # seconds a node may be gone before its containers are replaced
 log_level = "info"  # debug, info, warning or error
 # Virtualenv holding the toolkit on the target host; default: the one running pyinfra.
 bismuth_venv = sys.prefix
+# Checkout of the toolkit on the target host (the base image is built from its images/).
+bismuth_source = str(Path(__file__).resolve().parent.parent)
+# Seconds the deploy waits for the agent to be alive and for the sample function to answer.
+start_wait = 180
+
+# --- the agent (bismuthd) and its containers ---------------------------------------------
+agent_state_dir = ""  # "" = <var_dir>/agent: network allocations, per-container files
+container_log_dir = ""  # "" = <log_dir>/containers: each container's stdout and stderr
+agent_cgroup_parent = ""  # "" = /bismuth-<node_ip>; two agents on one machine never share one
+network_pool = "10.253.0.0/16"  # every container gets a /30 of it
+plain_http_registries: list[str] = []  # registries (host[:port]) pulled from over plain HTTP
+outbound_nat = False  # containers reach the internet through NAT
+rate_limit_kbit = 0  # per-container rate limit in kbit/s each way (0 = none)
+
+# --- containerd --------------------------------------------------------------------------
+# The toolkit runs containerd with a config of its own (<etc_dir>/containerd.toml, the CRI
+# plugin off). Where systemd is PID 1, Debian's containerd.service is stopped and disabled:
+# it would use the same socket and root.
+containerd_address = "/run/containerd/containerd.sock"  # gRPC socket (ttrpc: <address>.ttrpc)
+containerd_root = "/var/lib/containerd"  # content, images, snapshots
+containerd_state = "/run/containerd"  # runtime state (task bundles)
+containerd_namespace = "bismuth"  # the design's namespace: `ctr -n bismuth tasks ls`
+containerd_command = "/usr/bin/containerd"
+
+# --- base image --------------------------------------------------------------------------
+# Built once from Debian packages (python3 -m images.build), then imported into containerd.
+base_image = "bismuth.local/python:3.11"
+base_image_archive = ""  # "" = <var_dir>/images/python-3.11.oci.tar (name follows base_image)
+
+# --- sample function ---------------------------------------------------------------------
+# A small Python server in the base image, created once through the API and reachable
+# through the frontend: curl -H 'Host: <sample_hostname>' http://<fe_bind>/
+sample_function = True
+sample_hostname = "hello.bismuth.local"
 
 # --- filesystem --------------------------------------------------------------------------
-etc_dir = "/etc/bismuth"  # configuration: daemon TOML, zookeeper/, supervisord.conf
-var_dir = "/var/lib/bismuth"  # state: ZooKeeper's snapshots and transaction logs
-log_dir = "/var/log/bismuth"  # one log file per daemon
+etc_dir = "/etc/bismuth"  # configuration: daemon TOML files, containerd.toml, zookeeper/, ...
+var_dir = "/var/lib/bismuth"  # state: ZooKeeper's data, the agent's state, the base image
+log_dir = "/var/log/bismuth"  # one log file per daemon, containers/ for functions' output
 run_dir = "/run/bismuth"  # supervisord's socket and pidfile
 
 # --- host --------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""The Bismuth daemons of this release: the control-plane API and the frontend.
+"""The cluster-wide Bismuth daemons: the control-plane API and the frontend.
 
 Each gets a TOML config rendered from group data in ``<etc_dir>`` and a program under the
 service manager; a changed config restarts its daemon. The commands come from the
-toolkit's virtualenv (``bismuth_venv``). The agent (bismuthd) and the provider come with a
-later release and are not deployed here.
+toolkit's virtualenv (``bismuth_venv``). The agent, which needs containerd, has its own
+task (``tasks/agent.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def _daemon(name: str, description: str, command: str, config: str) -> Program:
         description=description,
         command=(venv_bin(command), "--config", config),
         directory=host.data.var_dir,
+        priority=300,  # after ZooKeeper, stopped before it
     )
 
 

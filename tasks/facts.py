@@ -1,4 +1,5 @@
-"""Facts the Bismuth deploy decides on: what runs the daemons, and what the cluster holds.
+"""Facts the Bismuth deploy decides on: what runs the daemons, what the cluster holds,
+which images containerd has, and whether the sample function answers.
 
 Facts only observe. Each one's command exits 0 whatever it finds, so "not there yet" is a
 value (``None`` or ``False``), never a failed host.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 from pyinfra.api import FactBase
 
@@ -96,3 +98,123 @@ class ClusterMembership(FactBase[ClusterState]):
     @staticmethod
     def default() -> ClusterState:
         return ClusterState(reachable=False)
+
+
+class ContainerdImages(FactBase[list[str]]):
+    """Names of the images in one namespace of the containerd at ``address`` ([] if it is down)."""
+
+    def command(self, address: str, namespace: str) -> str:
+        ctr = shlex.join(["ctr", "-a", address, "-n", namespace, "images", "ls", "-q"])
+        return f"{ctr} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+# Run from the toolkit's checkout: the base image build's own check (digests, name, platform).
+_ARCHIVE_PROBE = """
+import logging, sys
+from pathlib import Path
+from images.build import BuildOptions, existing_image, host_architecture
+
+logging.basicConfig(level=logging.CRITICAL)
+options = BuildOptions(output=Path(sys.argv[1]), reference=sys.argv[2])
+print("valid" if existing_image(options, host_architecture()) else "invalid")
+"""
+
+
+class ImageArchiveValid(FactBase[bool]):
+    """Whether ``path`` is a complete OCI archive of ``reference`` for this host's platform.
+
+    Asks ``images.build`` (in the checkout ``source``) exactly what it asks before skipping a
+    build, so "valid" here means a build would change nothing.
+    """
+
+    def command(self, python: str, source: str, path: str, reference: str) -> str:
+        probe = shlex.join([python, "-c", _ARCHIVE_PROBE, path, reference])
+        return f"cd {shlex.quote(source)} && {probe} 2>/dev/null || echo invalid"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["valid"]
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+
+def _bismuthctl_listing(output: list[str], key: str) -> list[dict[str, Any]]:
+    """The ``key`` list of ``bismuthctl --json`` output; [] if it printed none (ZooKeeper down)."""
+    try:
+        document = json.loads("\n".join(output))
+    except ValueError:
+        return []
+    items = document.get(key) if isinstance(document, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+class AliveNodes(FactBase[list[str]]):
+    """IPs of the nodes whose agent is alive, as ``bismuthctl --json nodes`` lists them.
+
+    ``bismuthctl`` is the command line up to the subcommand (ensemble and environment set).
+    """
+
+    def command(self, bismuthctl: str) -> str:
+        return f"{bismuthctl} --json nodes 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [str(n["ip"]) for n in _bismuthctl_listing(output, "nodes") if n.get("alive")]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+class RoutedHostnames(FactBase[list[str]]):
+    """Hostnames the environment's functions answer, from ``bismuthctl --json functions``."""
+
+    def command(self, bismuthctl: str) -> str:
+        return f"{bismuthctl} --json functions 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        functions = _bismuthctl_listing(output, "functions")
+        return [str(route) for function in functions for route in function.get("routes", [])]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+class HttpStatus(FactBase[int | None]):
+    """Status of ``GET url`` with ``Host: host_header``, or ``None`` if nothing answered."""
+
+    def command(self, url: str, host_header: str) -> str:
+        return f"{http_probe(url, host_header)} || true"
+
+    def process(self, output: list[str]) -> int | None:
+        text = "".join(output).strip()
+        return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def http_probe(url: str, host_header: str, timeout: float = 5.0) -> str:
+    """Shell: print the status code of ``GET url`` (``000`` if nothing answered)."""
+    return shlex.join(
+        [
+            "curl",
+            "-s",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-m",
+            str(timeout),
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"Host: {host_header}",
+            url,
+        ]
+    )

@@ -11,7 +11,7 @@ configuration files changed.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pyinfra import host
@@ -40,6 +40,9 @@ class Program:
     environment: dict[str, str] = field(default_factory=dict)
     stop_seconds: int = 10  # SIGTERM, then SIGKILL after this long
     start_seconds: int = 2  # must stay up this long to count as started
+    # supervisord starts lower numbers first and stops higher numbers first, waiting for each
+    # to stop: what others depend on (ZooKeeper) gets a low one.
+    priority: int = 999
 
     @property
     def command_line(self) -> str:
@@ -53,6 +56,11 @@ def uses_systemd() -> bool:
     if choice not in ("systemd", "supervisord"):
         raise ValueError(f"service_manager must be auto, systemd or supervisord, not {choice!r}")
     return bool(choice == "systemd")
+
+
+def program_log(name: str) -> str | None:
+    """The file a program's output goes to under supervisord (``None``: systemd's journal)."""
+    return None if uses_systemd() else f"{host.data.log_dir}/{name}.log"
 
 
 def supervisord_config() -> str:
@@ -109,19 +117,26 @@ def service_manager() -> None:
         )
 
 
-def program(spec: Program, configs: Sequence[OperationMeta] = ()) -> None:
-    """Keep ``spec`` running; restart it when any of ``configs`` (its config files) changed."""
+# Asked when the deploy executes: whether this run (re)started the program.
+Started = Callable[[], bool]
+
+
+def program(spec: Program, configs: Sequence[OperationMeta] = ()) -> Started:
+    """Keep ``spec`` running; restart it when any of ``configs`` (its config files) changed.
+
+    The result tells later operations (through ``_if``) whether this run started or restarted
+    it, e.g. to wait until it answers only then.
+    """
     if uses_systemd():
-        _systemd_unit(spec, configs)
-    else:
-        _supervisor_program(spec, configs)
+        return _systemd_unit(spec, configs)
+    return _supervisor_program(spec, configs)
 
 
 def _any_changed(configs: Sequence[OperationMeta]) -> bool:
     return any(op.did_change() for op in configs)
 
 
-def _supervisor_program(spec: Program, configs: Sequence[OperationMeta]) -> None:
+def _supervisor_program(spec: Program, configs: Sequence[OperationMeta]) -> Started:
     ctl, name = supervisorctl(), shlex.quote(spec.name)
     log_file = f"{host.data.log_dir}/{spec.name}.log"
     unit = template_file(
@@ -150,11 +165,16 @@ def _supervisor_program(spec: Program, configs: Sequence[OperationMeta]) -> None
                 _if=lambda: unit.did_not_change() and _any_changed(configs),
             )
         )
+
+    def started() -> bool:
+        return not was_running or _any_changed(changes)
+
     server.shell(
         name=f"Wait until {spec.name} runs",
         commands=[_wait_running(ctl, name, log_file, spec.start_seconds + 30)],
-        _if=lambda: not was_running or _any_changed(changes),
+        _if=started,
     )
+    return started
 
 
 def _wait_running(ctl: str, names: str, log_file: str, timeout: int = 60) -> str:
@@ -181,7 +201,7 @@ def _wait_gone(pid: int, timeout: int = 60) -> str:
     )
 
 
-def _systemd_unit(spec: Program, configs: Sequence[OperationMeta]) -> None:
+def _systemd_unit(spec: Program, configs: Sequence[OperationMeta]) -> Started:
     service = f"{spec.name}.service"
     was_running = bool(host.get_fact(SystemdStatus).get(service))
     unit = template_file(
@@ -192,11 +212,13 @@ def _systemd_unit(spec: Program, configs: Sequence[OperationMeta]) -> None:
         program=spec,
     )
     systemd.daemon_reload(name=f"Reload systemd for {service}", _if=unit.did_change)
-    systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
-    if was_running:
-        systemd.service(
-            name=f"Restart {service} for its new configuration",
-            service=service,
-            restarted=True,
-            _if=lambda: unit.did_change() or _any_changed(configs),
-        )
+    run = systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
+    if not was_running:
+        return run.did_change
+    restart = systemd.service(
+        name=f"Restart {service} for its new configuration",
+        service=service,
+        restarted=True,
+        _if=lambda: unit.did_change() or _any_changed(configs),
+    )
+    return restart.did_change

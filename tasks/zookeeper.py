@@ -106,4 +106,5 @@ def zookeeper_program(conf_dir: str, work_dir: str) -> Program:
         ),
         directory=work_dir,
         stop_seconds=20,
+        priority=100,  # first up, last down: every daemon uses it
     )

@@ -1,8 +1,13 @@
 """The single-node deploy, for real: ``pyinfra -y inventories/local.py deploy.py`` on this machine.
 
-Every path points into a temporary directory and every port is a free loopback port, with an
-environment of its own, so the operator's cluster (``make up``) is never touched. Needs root,
-Debian's zookeeper and supervisor (``.ci/run`` installs them).
+The whole cluster comes up: ZooKeeper, the API, the frontend, containerd, the agent, the base
+image and the sample function, which the test then calls through the frontend. Then ``make
+down`` stops it. Every path points into a temporary directory (containerd's root, state and
+socket too), every port is a free one, the node is a loopback address of its own (so the
+agent's nftables table ``inet bismuth_n<ip>`` is the test's alone), with its own ZooKeeper
+environment, cgroup parent and container subnet pool: the operator's cluster (``make up``)
+is never touched. Needs root and the Debian packages of ``.ci/run``. The base image archive
+is built into the checkout's ``var/images/`` once and reused by later runs.
 """
 
 from __future__ import annotations
@@ -11,14 +16,19 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,9 +40,13 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.prefix) / "bin"
-DEPLOY_TIMEOUT = 240.0
+ARCHIVE = REPO / "var" / "images" / "python-3.11.oci.tar"
+DEPLOY_TIMEOUT = 420.0  # the first run may build the base image (~25 s) and import it
 UP_TIMEOUT = 30.0
-PROGRAMS = ("bismuth-zookeeper", "bismuth-api", "bismuth-fe")
+PROGRAMS = ("bismuth-zookeeper", "bismuth-api", "bismuth-fe", "bismuth-containerd", "bismuth-agent")
+SAMPLE_HOST = "hello.bismuth.local"
+NAMESPACE = "bismuth"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass
@@ -41,19 +55,35 @@ class LocalCluster:
 
     root: Path
     env: str = field(default_factory=lambda: "deploy" + uuid.uuid4().hex[:12])
+    node_ip: str = field(
+        default_factory=lambda: f"127.254.{random.randrange(256)}.{random.randrange(1, 255)}"
+    )
+    cgroup_parent: str = field(
+        default_factory=lambda: f"/bismuth-deploytest-{uuid.uuid4().hex[:8]}"
+    )
     ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("zookeeper", "peer", "election", "api", "fe", "fe_admin", "agent"):
+        for name in ("zookeeper", "peer", "election", "agent"):
+            self.ports[name] = free_port(self.node_ip)
+        for name in ("api", "fe", "fe_admin"):
             self.ports[name] = free_port()
 
     @property
     def zookeeper(self) -> str:
-        return f"127.0.0.1:{self.ports['zookeeper']}"
+        return f"{self.node_ip}:{self.ports['zookeeper']}"
 
     @property
     def supervisord_conf(self) -> Path:
         return self.root / "etc" / "supervisord.conf"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.root / "run" / "containerd" / "containerd.sock"
+
+    @property
+    def firewall_table(self) -> str:
+        return "bismuth_n" + self.node_ip.replace(".", "_")
 
     def data(self) -> dict[str, str]:
         p = self.ports
@@ -63,6 +93,7 @@ class LocalCluster:
             "log_dir": str(self.root / "log"),
             "run_dir": str(self.root / "run"),
             "zookeeper_env": self.env,
+            "node_ip": self.node_ip,
             "zookeeper_port": str(p["zookeeper"]),
             "zookeeper_peer_port": str(p["peer"]),
             "zookeeper_election_port": str(p["election"]),
@@ -71,29 +102,32 @@ class LocalCluster:
             "fe_admin_bind": f"127.0.0.1:{p['fe_admin']}",
             "agent_port": str(p["agent"]),
             "service_manager": "supervisord",
+            "containerd_address": str(self.containerd_socket),
+            "containerd_root": str(self.root / "var" / "containerd"),
+            "containerd_state": str(self.root / "run" / "containerd"),
+            "agent_cgroup_parent": self.cgroup_parent,
+            "network_pool": "10.252.0.0/24",
+            "base_image_archive": str(ARCHIVE),
         }
 
     def deploy(self) -> subprocess.CompletedProcess[str]:
         args = [str(VENV_BIN / "pyinfra"), "-y", "inventories/local.py", "deploy.py"]
         for key, value in self.data().items():
             args += ["--data", f"{key}={value}"]
-        return subprocess.run(
-            args,
-            cwd=REPO,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=DEPLOY_TIMEOUT,
-        )
+        return run(args, DEPLOY_TIMEOUT)
+
+    def make_down(self) -> subprocess.CompletedProcess[str]:
+        """``make down``, aimed at this deploy instead of the one in group data."""
+        overrides = {
+            "ETC_DIR": str(self.root / "etc"),
+            "CONTAINERD_ADDRESS": str(self.containerd_socket),
+            "CONTAINERD_NAMESPACE": NAMESPACE,
+            "SERVICE_MANAGER": "supervisord",
+        }
+        return run(["make", "-s", "down", *(f"{k}={v}" for k, v in overrides.items())], 120)
 
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["supervisorctl", "-c", str(self.supervisord_conf), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run(["supervisorctl", "-c", str(self.supervisord_conf), *args], 60)
 
     def supervisord_pid(self) -> int | None:
         pidfile = self.root / "run" / "supervisord.pid"
@@ -101,10 +135,59 @@ class LocalCluster:
             return int(pidfile.read_text().strip())
         return None
 
-    def shutdown(self) -> None:
-        """Stop the test's supervisord (and its daemons) if it still runs."""
+    def tasks(self) -> dict[str, int]:
+        """Container id -> PID of every task in containerd's ``bismuth`` namespace."""
+        ctr = ["ctr", "-a", str(self.containerd_socket), "-n", NAMESPACE, "tasks", "ls"]
+        result = run(ctr, 30)
+        assert result.returncode == 0, output(result)
+        rows = [line.split() for line in result.stdout.splitlines()[1:]]
+        return {row[0]: int(row[1]) for row in rows if len(row) >= 2}
+
+    def teardown(self) -> None:
+        """Stop everything, even after a failed test; leave no task, table or cgroup behind."""
         if self.supervisord_pid() is not None:
-            self.supervisorctl("shutdown")
+            self.make_down()
+        for pid in self._cgroup_pids():  # only if make down could not kill them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.firewall_table in nft_tables():
+            run(["nft", "delete", "table", "inet", self.firewall_table], 30)
+        self._remove_cgroups()
+        shutil.rmtree(self.root, ignore_errors=True)
+        assert self.firewall_table not in nft_tables()
+
+    def _cgroup_dirs(self) -> list[Path]:
+        """The test's cgroups in every hierarchy, children first."""
+        found: list[Path] = []
+        for hierarchy in [CGROUP_ROOT, *(p for p in CGROUP_ROOT.iterdir() if p.is_dir())]:
+            parent = hierarchy / self.cgroup_parent.lstrip("/")
+            if parent.is_dir():
+                found += sorted(parent.glob("**/"), key=lambda p: -len(p.parts))
+        return found
+
+    def _cgroup_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for directory in self._cgroup_dirs():
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+        return pids
+
+    def _remove_cgroups(self) -> None:
+        for directory in self._cgroup_dirs():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        cwd=REPO,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def clean_env() -> dict[str, str]:
@@ -133,14 +216,23 @@ def changed_operations(table: dict[str, list[str]]) -> list[str]:
     return [name for name, cells in table.items() if name != "Grand total" and cells[1] != "-"]
 
 
-def four_letter_word(port: int, word: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+def four_letter_word(host: str, port: int, word: bytes) -> bytes:
+    with socket.create_connection((host, port), timeout=2) as sock:
         sock.sendall(word)
         sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(4096):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def unix_socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 def is_running(pid: int) -> bool:
@@ -152,14 +244,29 @@ def is_running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-async def get(url: str, host: str | None = None) -> tuple[int, str, str]:
+def nft_tables() -> list[str]:
+    listing = subprocess.run(
+        ["nft", "-j", "list", "tables", "inet"], capture_output=True, text=True, check=True
+    )
+    entries = json.loads(listing.stdout or "{}").get("nftables", [])
+    return [e["table"]["name"] for e in entries if "table" in e]
+
+
+def veths_of(container_ids: set[str]) -> list[str]:
+    """Host interfaces that belong to these containers (their alias is the container id)."""
+    listing = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True)
+    links = json.loads(listing.stdout or "[]")
+    return [link["ifname"] for link in links if link.get("ifalias") in container_ids]
+
+
+async def get(url: str, host: str | None = None) -> tuple[int, dict[str, str], str]:
     headers = {"Host": host} if host else {}
     timeout = aiohttp.ClientTimeout(total=5)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
         session.get(url, headers=headers) as response,
     ):
-        return response.status, response.content_type, await response.text()
+        return response.status, dict(response.headers), await response.text()
 
 
 async def answers_200(url: str) -> bool:
@@ -168,52 +275,63 @@ async def answers_200(url: str) -> bool:
     return True
 
 
+def bismuthctl_json(cluster: LocalCluster, command: str) -> Any:
+    args = [str(VENV_BIN / "bismuthctl"), "--zookeeper", cluster.zookeeper]
+    result = run([*args, "--zookeeper-env", cluster.env, "--json", command], 60)
+    assert result.returncode == 0, output(result)
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A single-node cluster deployed once for this module; shut down at the end in any case."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("deploy"))
-    first = cluster.deploy()
+def cluster() -> Iterator[LocalCluster]:
+    """A single-node cluster deployed once for this module; taken down at the end in any case.
+
+    Its root is world-traversable (711), as the containers' own root must reach their bundles
+    and /etc files in it.
+    """
+    root = Path(tempfile.mkdtemp(prefix="bismuth-deploy-"))
+    root.chmod(0o711)
+    cluster = LocalCluster(root)
     try:
+        first = cluster.deploy()
         assert first.returncode == 0, output(first)
         yield cluster
     finally:
-        cluster.shutdown()
+        cluster.teardown()
 
 
 async def test_deploy_brings_up_zookeeper_api_and_frontend(cluster: LocalCluster) -> None:
-    assert four_letter_word(cluster.ports["zookeeper"], b"ruok") == b"imok"
+    assert four_letter_word(cluster.node_ip, cluster.ports["zookeeper"], b"ruok") == b"imok"
     api = f"http://127.0.0.1:{cluster.ports['api']}"
     fe = f"http://127.0.0.1:{cluster.ports['fe']}"
     admin = f"http://127.0.0.1:{cluster.ports['fe_admin']}"
     await eventually(lambda: answers_200(f"{api}/healthz"), UP_TIMEOUT, what="API /healthz")
     await eventually(lambda: answers_200(f"{admin}/healthz"), UP_TIMEOUT, what="frontend /healthz")
 
-    status, content_type, body = await get(f"{fe}/hello", host="nobody.invalid")
-    assert (status, content_type) == (404, "application/json"), body
+    status, headers, body = await get(f"{fe}/hello", host="nobody.invalid")
+    assert (status, headers["Content-Type"].split(";")[0]) == (404, "application/json"), body
     assert "error" in json.loads(body)
 
 
-async def test_bismuthctl_lists_this_node_enabled(cluster: LocalCluster) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(VENV_BIN / "bismuthctl"),
-            "--zookeeper",
-            cluster.zookeeper,
-            "--zookeeper-env",
-            cluster.env,
-            "--json",
-            "nodes",
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, output(result)
-    listing = json.loads(result.stdout)
-    nodes = listing["nodes"] if isinstance(listing, dict) else listing
-    assert [(n["ip"], n["enabled"]) for n in nodes] == [("127.0.0.1", True)]
+async def test_this_node_is_enabled_and_its_agent_alive(cluster: LocalCluster) -> None:
+    listing = await asyncio.to_thread(bismuthctl_json, cluster, "nodes")
+    nodes = [(n["ip"], n["enabled"], n["alive"]) for n in listing["nodes"]]
+    assert nodes == [(cluster.node_ip, True, True)]
+    agent = f"http://{cluster.node_ip}:{cluster.ports['agent']}/healthz"
+    await eventually(lambda: answers_200(agent), UP_TIMEOUT, what="agent /healthz")
+
+
+async def test_sample_function_answers_through_the_frontend(cluster: LocalCluster) -> None:
+    fe = f"http://127.0.0.1:{cluster.ports['fe']}/"
+    status, headers, body = await get(fe, host=SAMPLE_HOST)
+    assert status == 200, body
+    container = headers["X-Bismuth-Container-ID"]
+    assert body == f"Hello from Bismuth, container {container}\n"
+    # the design's promise to operators: containerd's container id is the container's UUID
+    tasks = await asyncio.to_thread(cluster.tasks)
+    assert list(tasks) == [container]
+    functions = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
+    assert [f["routes"] for f in functions] == [[SAMPLE_HOST]]
 
 
 def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:
@@ -227,18 +345,43 @@ def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:
     assert int(unchanged) == int(hosts) > 0
 
 
-async def test_shutting_down_supervisord_stops_every_daemon(cluster: LocalCluster) -> None:
+async def test_make_down_kills_function_tasks_and_stops_every_daemon(
+    cluster: LocalCluster,
+) -> None:
     supervisord = cluster.supervisord_pid()
     assert supervisord is not None and is_running(supervisord)
     pids = cluster.supervisorctl("pid", *PROGRAMS).stdout.split()
     assert len(pids) == len(PROGRAMS) and all(p.isdigit() and int(p) > 0 for p in pids), pids
-    daemons = [supervisord, *map(int, pids)]
+    tasks = await asyncio.to_thread(cluster.tasks)
+    assert len(tasks) == 1 and veths_of(set(tasks)), tasks
+    processes = [supervisord, *map(int, pids), *tasks.values()]
 
-    result = cluster.supervisorctl("shutdown")
+    result = await asyncio.to_thread(cluster.make_down)
     assert result.returncode == 0, output(result)
+    assert "killed and deleted 1 function task(s)" in result.stdout, output(result)
 
     await eventually(
-        lambda: not any(is_running(pid) for pid in daemons), UP_TIMEOUT, what="daemons gone"
+        lambda: not any(is_running(pid) for pid in processes), UP_TIMEOUT, what="processes gone"
     )
+    # a veth goes with its container's network namespace, once the kernel has freed that
+    await eventually(lambda: veths_of(set(tasks)) == [], UP_TIMEOUT, what="veths gone")
+    assert not unix_socket_answers(cluster.containerd_socket)
     with pytest.raises(ConnectionRefusedError):
-        four_letter_word(cluster.ports["zookeeper"], b"ruok")
+        four_letter_word(cluster.node_ip, cluster.ports["zookeeper"], b"ruok")
+
+
+async def test_deploy_after_make_down_brings_the_same_container_back(
+    cluster: LocalCluster,
+) -> None:
+    again = await asyncio.to_thread(cluster.deploy)
+    assert again.returncode == 0, output(again)
+    assert f"Create the sample function ({SAMPLE_HOST})" not in changed_operations(
+        results_table(again.stdout + again.stderr)
+    )
+    (function,) = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
+    (backend,) = function["backends"]
+    fe = f"http://127.0.0.1:{cluster.ports['fe']}/"
+    status, headers, body = await get(fe, host=SAMPLE_HOST)
+    assert status == 200, body
+    assert headers["X-Bismuth-Container-ID"] == backend["backend"]["container_id"]
+    assert list(await asyncio.to_thread(cluster.tasks)) == [headers["X-Bismuth-Container-ID"]]

@@ -1,0 +1,92 @@
+"""The agent, ``bismuthd``: runs this node's containers through containerd.
+
+Its TOML config is rendered from group data to ``<etc_dir>/agent.toml``; it runs as the
+program ``bismuth-agent`` once containerd answers and the node is provisioned (deploy.py
+orders the tasks so). The deploy then waits, with a deadline, until ZooKeeper lists the
+node's agent as alive, so that functions can be placed on it.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+
+from tasks.cluster import bismuthctl, venv_bin
+from tasks.facts import AliveNodes
+from tasks.rendering import template_file
+from tasks.services import Program, program, program_log
+from tasks.waiting import wait_until
+from tasks.zookeeper import connect_string
+
+# Run by the toolkit's Python on `bismuthctl --json nodes`: exit 0 iff node argv[1] is alive.
+_ALIVE_CHECK = (
+    "import json, sys; nodes = json.load(sys.stdin)['nodes']; "
+    "sys.exit(not any(n['ip'] == sys.argv[1] and n['alive'] for n in nodes))"
+)
+
+
+def state_dir() -> str:
+    return str(host.data.agent_state_dir or f"{host.data.var_dir}/agent")
+
+
+def container_log_dir() -> str:
+    return str(host.data.container_log_dir or f"{host.data.log_dir}/containers")
+
+
+def node_alive() -> bool:
+    """Whether ZooKeeper lists this node's agent as alive, asked when the deploy executes."""
+    return host.data.node_ip in host.get_fact(AliveNodes, bismuthctl=bismuthctl())
+
+
+@deploy("Bismuth agent")
+def agent() -> None:
+    """Directories, config and ``bismuthd``; then wait until the node's agent is alive."""
+    # 711: containers' /etc files are bind-mounted from here by the container's own root
+    files.directory(name="Agent state directory", path=state_dir(), mode="711")
+    files.directory(name="Container log directory", path=container_log_dir(), mode="750")
+    path = f"{host.data.etc_dir}/agent.toml"
+    config = template_file(
+        "bismuthd configuration",
+        "agent.toml.j2",
+        path,
+        "640",
+        zookeeper=connect_string(),
+        zookeeper_env=host.data.zookeeper_env,
+        bind=host.data.node_ip,
+        port=host.data.agent_port,
+        log_level=host.data.log_level,
+        containerd_address=host.data.containerd_address,
+        containerd_namespace=host.data.containerd_namespace,
+        state_dir=state_dir(),
+        log_dir=container_log_dir(),
+        cgroup_parent=host.data.agent_cgroup_parent,
+        network_pool=host.data.network_pool,
+        plain_http_registries=host.data.plain_http_registries,
+        outbound_nat=host.data.outbound_nat,
+        rate_limit_kbit=host.data.rate_limit_kbit,
+    )
+    spec = Program(
+        name="bismuth-agent",
+        description="Bismuth agent (bismuthd)",
+        command=(venv_bin("bismuthd"), "--config", path),
+        directory=host.data.var_dir,
+        priority=400,  # last up, first down: after containerd and ZooKeeper
+    )
+    program(spec, [config])
+    check = shlex.join([venv_bin("python"), "-c", _ALIVE_CHECK, host.data.node_ip])
+    server.shell(
+        name=f"Wait until the agent of node {host.data.node_ip} is alive",
+        commands=[
+            wait_until(
+                f"{bismuthctl('--json', 'nodes')} 2>/dev/null | {check}",
+                float(host.data.start_wait),
+                f"agent of node {host.data.node_ip} alive",
+                program_log(spec.name),
+                interval=0.5,
+            )
+        ],
+        _if=lambda: not node_alive(),
+    )

@@ -1,0 +1,95 @@
+"""The sample function: proof that a fresh cluster serves requests end to end.
+
+Its definition (``templates/sample-function.json.j2``: the base image running
+``templates/sample-function.py`` in Server mode) is rendered to
+``<etc_dir>/sample-function.json`` and POSTed to the API once, when no function answers
+``sample_hostname`` yet. The deploy then waits, with a deadline, until the frontend answers
+that hostname with 200. Off with ``sample_function = False``.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from tasks.cluster import bismuthctl
+from tasks.facts import HttpStatus, RoutedHostnames, http_probe
+from tasks.rendering import TEMPLATES, template_file
+from tasks.services import program_log
+from tasks.waiting import wait_until
+
+PROGRAM = TEMPLATES / "sample-function.py"
+
+
+def frontend_url() -> str:
+    return f"http://{host.data.fe_bind}/"
+
+
+def routed() -> bool:
+    """Whether a function answers ``sample_hostname``, asked when the deploy executes."""
+    return host.data.sample_hostname in host.get_fact(RoutedHostnames, bismuthctl=bismuthctl())
+
+
+def answers() -> bool:
+    """Whether the frontend answers ``sample_hostname`` with 200 right now."""
+    status = host.get_fact(HttpStatus, url=frontend_url(), host_header=host.data.sample_hostname)
+    return bool(status == 200)
+
+
+def create_command(definition: str) -> str:
+    return shlex.join(
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "--noproxy",
+            "*",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            f"@{definition}",
+            f"http://{host.data.api_bind}/function",
+        ]
+    )
+
+
+@deploy("Sample function")
+def sample_function() -> None:
+    """Create the sample function unless its hostname is routed; wait until it answers."""
+    if not host.data.sample_function:
+        return
+    hostname = host.data.sample_hostname
+    path = f"{host.data.etc_dir}/sample-function.json"
+    template_file(
+        "Sample function definition",
+        "sample-function.json.j2",
+        path,
+        "644",
+        image=host.data.base_image,
+        hostname=hostname,
+        program=PROGRAM.read_text(),
+    )
+    server.shell(
+        name=f"Create the sample function ({hostname})",
+        commands=[create_command(path)],
+        _if=lambda: not routed(),
+    )
+    probe = http_probe(frontend_url(), hostname)
+    server.shell(
+        name=f"Wait until {hostname} answers through the frontend",
+        commands=[
+            wait_until(
+                f'[ "$({probe})" = 200 ]',
+                float(host.data.start_wait),
+                f"{hostname} answering 200 at {frontend_url()}",
+                program_log("bismuth-agent"),
+                interval=0.5,
+            )
+        ],
+        _if=lambda: not answers(),
+    )
