@@ -77,7 +77,7 @@ def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
         args,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ.get("BENCH_STDERR", os.devnull), "ab"),
         start_new_session=True,
     )
 
