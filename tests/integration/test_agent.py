@@ -8,9 +8,11 @@ are scheduled through bismuth_core.operations exactly as the API does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -130,3 +132,82 @@ async def test_invoke_json_for_unknown_container(agent):
     status, body, headers = await get(f"{agent.url}/invoke/{uuid.uuid4()}/")
     assert status == 503 and headers["X-Bismuth-Not-Forwarded"] == "1"
     assert json.loads(body)["error"]
+
+
+async def test_command_that_exits_at_once_is_failed_and_retried(zk, agent):
+    fid = await operations.create_function(
+        zk, httpd(invoke_mode={"Server": [["/bin/false"], 8080]})
+    )
+    (backend,) = (await cluster.read_function(zk, fid)).backends
+
+    async def noted_twice():
+        _, body, _ = await get(f"{agent.url}/logs/{backend.container_id}")
+        return body.count("exited with status 1") >= 2  # failed, restarted, failed again
+
+    await eventually(noted_twice, timeout=20, what="two failed starts in the log")
+    assert await statuses(zk, fid) in ([ContainerStatus.FAILED], [ContainerStatus.STARTING])
+
+
+async def test_entrypoint_that_never_listens_is_failed_and_removed(zk, node):
+    running = await start_agent(dataclasses.replace(node, start_timeout=1.5, restart_backoff=30.0))
+    try:
+        fid = await operations.create_function(
+            zk, httpd(invoke_mode={"Server": [["/bin/sleep", "3600"], 8080]})
+        )
+        (backend,) = (await cluster.read_function(zk, fid)).backends
+
+        async def failed():
+            return (await statuses(zk, fid)) == [ContainerStatus.FAILED]
+
+        await eventually(failed, timeout=20, what="Failed")
+        _, body, _ = await get(f"{running.url}/logs/{backend.container_id}")
+        assert "did not accept connections on port 8080" in body
+        await eventually(lambda: _no_tasks(running), timeout=10, what="task removed")
+    finally:
+        await running.stop()
+
+
+async def _no_tasks(running) -> bool:
+    return not await running.ctrd.tasks.list()
+
+
+async def test_repo_is_cloned_into_the_container(zk, agent, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for args in (["init", "-q", "-b", "main"],):
+        subprocess.run(["git", "-C", str(source), *args], check=True)
+    (source / "app.txt").write_text("from the repo\n")
+    subprocess.run(["git", "-C", str(source), "add", "app.txt"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(source),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "x",
+        ],
+        check=True,
+    )
+    fid = await operations.create_function(
+        zk,
+        httpd(
+            repo=[f"file://{source}", "main"],
+            invoke_mode={"Executable": ["/bin/sh", "-c", "cat /repo/app.txt; ls -n /repo/app.txt"]},
+        ),
+    )
+    backend = await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{agent.url}/invoke/{backend.container_id}", data=b"") as resp,
+    ):
+        out = (await resp.read()).decode()
+    assert resp.status == 200, out
+    first, listing = out.splitlines()
+    assert first == "from the repo"
+    assert listing.split()[2:4] == ["1000", "1000"]  # owned by the container user
