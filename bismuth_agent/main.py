@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from ipaddress import IPv4Address
 
@@ -87,11 +86,7 @@ async def serve(config: AgentConfig) -> None:
     await web.TCPSite(runner, config.node_ip, config.port).start()
     await agent.start()
     log.info("agent of node %s serving on port %d", config.node_ip, config.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await eventloop.until_signalled()
     log.info("shutting down; containers keep running")
     await agent.stop()
     await runner.cleanup()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
 from aiohttp import web
@@ -56,11 +54,7 @@ async def serve(config: ApiConfig) -> None:
         config.zookeeper,
         config.zookeeper_env,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await eventloop.until_signalled()
     log.info("shutting down")
     await runner.cleanup()
     await zk.stop()

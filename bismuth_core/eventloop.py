@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -13,3 +15,12 @@ T = TypeVar("T")
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Like ``asyncio.run``, on uvloop: the proxies spend most of their time in the loop."""
     return uvloop.run(main)
+
+
+async def until_signalled() -> None:
+    """Return once the process gets SIGTERM or SIGINT (a daemon's orderly stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -213,18 +213,22 @@ class NodeAlive:
     @classmethod
     def decode(cls, data: bytes | None) -> NodeAlive:
         """Missing fields read as zero capacity, so a malformed znode schedules nothing."""
-        try:
-            raw = json.loads(data or b"{}")
-        except (ValueError, RecursionError):
-            raw = {}
-        if not isinstance(raw, dict):
-            raw = {}
+        raw = _json_object(data)
         return cls(
             cpus=float(_number(raw.get("cpus"))),
             memory=int(_number(raw.get("memory"))),
             version=str(raw.get("version", "")),
             containers=int(_number(raw.get("containers"))),
         )
+
+
+def _json_object(data: bytes | None) -> dict[str, object]:
+    """``data`` as a JSON object; empty, malformed or non-object data reads as ``{}``."""
+    try:
+        raw = json.loads(data or b"{}")
+    except (ValueError, RecursionError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def _number(value: object) -> float | int:
@@ -291,12 +295,7 @@ class Reservation:
     @classmethod
     def decode(cls, data: bytes | None) -> Reservation:
         """Empty or malformed data reads as nothing reserved."""
-        try:
-            raw = json.loads(data or b"{}")
-        except (ValueError, RecursionError):
-            raw = {}
-        if not isinstance(raw, dict):
-            raw = {}
+        raw = _json_object(data)
         return cls(
             float(_number(raw.get("cpu"))),
             int(_number(raw.get("memory"))),
