@@ -125,6 +125,7 @@ class Agent:
         stream = self.ctrd.events.subscribe()
         await stream.ready()
         await self.runtime.firewall.install(await self.runtime.network.host_networks())
+        await self.reap()
         await self.presence.start()
         self._tasks = [
             asyncio.create_task(self._events(stream), name="task-events"),
@@ -132,6 +133,20 @@ class Agent:
             asyncio.create_task(self._cap_logs(), name="log-cap"),
         ]
         self.wake.set()
+
+    async def reap(self) -> None:
+        """Remove veths and firewall elements of containers containerd no longer has: what an
+        agent killed in the middle of a removal leaves behind."""
+        records = await self.ctrd.containers.list([f'labels."{NODE_LABEL}"=={self.config.node_ip}'])
+        known = {r.id for r in records}
+        for found in await self.runtime.network.list():
+            if found.container_id is not None and found.container_id not in known:
+                log.info(
+                    "reaping the network of a container that is gone",
+                    extra={"container_id": found.container_id},
+                )
+                await self.runtime.firewall.detach(found.ifname)
+                await self.runtime.network.teardown(found.container_id)
 
     async def stop(self) -> None:
         """Stop supervising; every container keeps running for the next agent to adopt."""

@@ -19,6 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bismuth_agent.main import network_settings
+from bismuth_agent.network import Firewall, NetworkAdapter
 from bismuth_core import cluster, layout, operations
 from bismuth_core.layout import ContainerStatus, NodeAlive
 from tests.support.agenthost import get, httpd, running_backend, start_agent, statuses
@@ -211,3 +213,26 @@ async def test_repo_is_cloned_into_the_container(zk, agent, tmp_path):
     first, listing = out.splitlines()
     assert first == "from the repo"
     assert listing.split()[2:4] == ["1000", "1000"]  # owned by the container user
+
+
+async def test_start_reaps_the_network_of_containers_that_are_gone(zk, node):
+    """An agent killed between deleting a container and its veth leaves the veth; the next
+    agent removes it."""
+    netns = f"reap{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        settings = network_settings(node)
+        leftover = str(uuid.uuid4())
+        adapter = NetworkAdapter(settings)
+        allocation = await adapter.setup(leftover, f"/var/run/netns/{netns}")
+        await Firewall(settings).install()
+        await Firewall(settings).attach(allocation)
+        assert [i.container_id for i in await adapter.list()] == [leftover]
+        running = await start_agent(node)
+        try:
+            assert await running.agent.runtime.network.list() == []
+            assert await running.agent.runtime.firewall.attached() == {}
+        finally:
+            await running.stop()
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=True)
