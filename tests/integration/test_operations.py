@@ -32,6 +32,10 @@ async def statuses(zk, fid):
     return [got[b] for b in view.backends]
 
 
+async def all_running(zk, fid) -> bool:
+    return set(await statuses(zk, fid)) == {ContainerStatus.RUNNING}
+
+
 async def test_create_spreads_replicas_and_writes_routes(zk, standins):
     for _ in range(3):
         await standins.add()
@@ -40,7 +44,7 @@ async def test_create_spreads_replicas_and_writes_routes(zk, standins):
     assert sorted(b.ip for b in view.backends) == sorted(a.ip for a in standins.agents)
     assert layout.decode_route((await zk.get(layout.route_path("app.test")))[0]) == fid
     await eventually(
-        lambda: statuses(zk, fid),
+        lambda: all_running(zk, fid),
         what="all Running",
     )
     assert set(await statuses(zk, fid)) == {ContainerStatus.RUNNING}
@@ -68,7 +72,7 @@ async def test_update_retires_old_containers_once_new_run(zk, standins):
     agent = await standins.add()
     fid = await operations.create_function(zk, definition())
     (old,) = (await cluster.read_function(zk, fid)).backends
-    await eventually(lambda: statuses(zk, fid), what="Running")
+    await eventually(lambda: all_running(zk, fid), what="Running")
     agent.status = None  # new containers stay without status for now
     view = await operations.update_function(zk, fid, None)
     assert old in view.retiring and len(view.backends) == 2
@@ -103,7 +107,7 @@ async def test_drain_moves_containers_and_lost_node_is_replaced(zk, standins):
 async def test_delete_removes_everything(zk, standins):
     await standins.add()
     fid = await operations.create_function(zk, definition(max_instances=1))
-    await eventually(lambda: statuses(zk, fid), what="Running")
+    await eventually(lambda: all_running(zk, fid), what="Running")
     await operations.delete_function(zk, fid)
     assert await zk.children(layout.FUNCTIONS) == []
     assert await zk.children(layout.ROUTES) == []
@@ -123,7 +127,7 @@ async def test_node_reservations_follow_every_operation(zk, standins):
 
     fid = await operations.create_function(zk, definition(max_instances=2))
     assert await reserved() == {a.ip: (0.5, 64 << 20, 1), b.ip: (0.5, 64 << 20, 1)}
-    await eventually(lambda: statuses(zk, fid), what="Running")
+    await eventually(lambda: all_running(zk, fid), what="Running")
     await operations.update_function(zk, fid, definition(max_instances=1, cpu=1.0))
     total = sorted((await reserved()).values())
     assert sum(r[2] for r in total) == 3 and sum(r[0] for r in total) == 2.0
