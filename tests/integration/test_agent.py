@@ -236,3 +236,29 @@ async def test_start_reaps_the_network_of_containers_that_are_gone(zk, node):
             await running.stop()
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=True)
+
+
+async def test_agent_stopped_in_the_middle_of_a_create_converges_after_restart(zk, node):
+    """The agent is cut off right after the task exists (before its network is wired or it
+    is started), leaving a half-made container; the next agent finishes the job cleanly."""
+    first = await start_agent(node)
+    fid = await operations.create_function(zk, httpd())
+
+    async def task_exists():
+        return await first.ctrd.tasks.list()
+
+    await eventually(task_exists, timeout=30, interval=0.005, what="task created")
+    await first.stop()  # cancels the create wherever it is: no teardown runs
+    second = await start_agent(node)
+    try:
+        backend = await eventually(
+            lambda: running_backend(zk, fid), timeout=30, what="Running after the restart"
+        )
+        status, body, _ = await get(f"{second.url}/invoke/{backend.container_id}/hello")
+        assert status == 200 and body == "hello from layer 2\n"
+        links = await second.agent.runtime.network.list()
+        assert [i.container_id for i in links] == [str(backend.container_id)]
+        assert len(await second.ctrd.tasks.list()) == 1
+        assert len(await second.ctrd.containers.list()) == 1
+    finally:
+        await second.stop()
