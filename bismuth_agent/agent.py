@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PASS_INTERVAL = 2.0  # seconds between passes when nothing wakes the loop
 HEALTH_POLL = 0.1  # seconds between connection attempts to a starting entrypoint
 LOG_CAP_INTERVAL = 5.0
+STOP_TIMEOUT = 5.0  # seconds stop() waits for its cancelled tasks
 NODE_LABEL = "bismuth.node"
 
 _TASK_STATES = {
@@ -151,11 +152,14 @@ class Agent:
     async def stop(self) -> None:
         """Stop supervising; every container keeps running for the next agent to adopt."""
         self.presence.stop()
-        for task in [*self._tasks, *self._work]:
+        tasks = [*self._tasks, *self._work]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._work]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            if stuck:
+                names = sorted(t.get_name() for t in stuck)
+                log.warning("tasks did not stop within %ss: %s", STOP_TIMEOUT, names)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
