@@ -116,6 +116,9 @@ class Agent:
         self.containers: dict[uuid.UUID, Supervised] = {}
         self.wake = wake
         self._removing: set[uuid.UUID] = set()
+        # Loops also check this flag: Python 3.11's wait_for can swallow a cancellation that
+        # races with its inner future completing.
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._work: set[asyncio.Task[None]] = set()
         self._announced: int | None = None
@@ -151,6 +154,8 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop supervising; every container keeps running for the next agent to adopt."""
+        self._stopping = True
+        self.wake.set()
         self.presence.stop()
         tasks = [*self._tasks, *self._work]
         for task in tasks:
@@ -169,7 +174,7 @@ class Agent:
     # --- the loop ---------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             timeout = PASS_INTERVAL
             due = restart_due(self._observed_local(), time.monotonic(), self.backoff)
             if due is not None:
@@ -177,9 +182,12 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.reconcile()
             except (BismuthError, ContainerdError) as exc:
+                _reraise_cancellation(exc)
                 log.warning("reconcile pass incomplete: %s", exc.message)
             except Exception:
                 log.exception("reconcile pass failed")
@@ -355,14 +363,19 @@ class Agent:
     # --- events, statuses, logs -------------------------------------------------------
 
     async def _events(self, stream: object) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with stream:  # type: ignore[attr-defined]
                     async for envelope in stream:  # type: ignore[attr-defined]
                         self._on_event(envelope.event)
             except (ContainerdError, OSError) as exc:
+                _reraise_cancellation(exc)
+                if self._stopping:
+                    return
                 log.warning("task event stream broke, resubscribing: %r", exc)
             await asyncio.sleep(0.5)
+            if self._stopping:
+                return
             stream = self.ctrd.events.subscribe()
             self.wake.set()  # a pass catches exits missed meanwhile
 
@@ -402,7 +415,7 @@ class Agent:
                 self._announced = count
 
     async def _cap_logs(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(LOG_CAP_INTERVAL)
             for cid in list(self.containers):
                 with contextlib.suppress(OSError):
@@ -439,6 +452,14 @@ class Agent:
             for m in await self.ctrd.tasks.metrics(ids):
                 self.metrics.cpu_seconds.labels(m.container_id).set(m.cpu_usage_ns / 1e9)
                 self.metrics.memory_bytes.labels(m.container_id).set(m.memory_usage_bytes)
+
+
+def _reraise_cancellation(exc: BaseException) -> None:
+    """A gRPC call cut short by cancelling this task surfaces as a CANCELLED error, not as
+    CancelledError: turn it back, so that a cancelled loop really stops."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def _uuid(text: str) -> uuid.UUID | None:
