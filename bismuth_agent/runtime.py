@@ -93,7 +93,8 @@ class ContainerRuntime:
         cid, definition = desired.container_id, desired.definition
         directory = self.dir(cid)
         token = self._token(directory)
-        etc = files.write_etc_files(directory, cid, None, files.nameservers())
+        dns = files.nameservers()
+        etc = files.write_etc_files(directory, cid, None, dns)
         repo_dir = None
         if definition.repo:
             url, branch = definition.repo
@@ -132,9 +133,7 @@ class ContainerRuntime:
         )
         allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
-        files.write_etc_files(
-            directory, cid, str(allocation.container_address), files.nameservers()
-        )
+        files.write_etc_files(directory, cid, str(allocation.container_address), dns)
         await self.ctrd.tasks.start(str(cid))
         return Made(cid, pid, allocation, token)
 
