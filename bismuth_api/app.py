@@ -1,4 +1,6 @@
-"""The ``bismuth-api`` aiohttp application: thin handlers over :class:`FunctionService`.
+"""The ``bismuth-api`` aiohttp application: thin handlers over its services.
+
+:class:`FunctionService` handles functions, :class:`SecretService` their secrets.
 
 One middleware maps every :class:`BismuthError` (and aiohttp's own HTTP errors) to a JSON
 body ``{"error": ...}`` with its status; nothing a client sends produces a 500.
@@ -18,13 +20,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
 from bismuth_core.fleet import FleetCache
+from bismuth_core.secrets import MAX_SECRET_SIZE, validate_secret_name, validate_secret_value
 from bismuth_core.zk import ZooKeeper
 
 from . import logs
 from .config import ApiConfig
 from .leader import Leader
 from .openapi import openapi_document
-from .service import FunctionService, parse_function_id
+from .service import FunctionService, SecretService, parse_function_id, secret_box
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class ApiDeps:
     fleet: FleetCache
     leader: Leader | None
     metrics: ApiMetrics
+    secrets: SecretService
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -153,6 +157,35 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     return await logs.respond(request, request.app[HTTP], backends, deps.config.agent_port, follow)
 
 
+async def _secret_value(request: web.Request) -> bytes:
+    """The raw request body (any content type), refused early when it is declared too big."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_SECRET_SIZE:
+        raise TooLarge(f"secret value is {declared} bytes; the limit is {MAX_SECRET_SIZE} bytes")
+    return validate_secret_value(await request.read())
+
+
+async def put_secret(request: web.Request) -> web.Response:
+    secrets = request.app[DEPS].secrets
+    fid = parse_function_id(request.match_info["id"])
+    name = validate_secret_name(request.match_info["name"])
+    secrets.require_key()
+    await secrets.set(fid, name, await _secret_value(request))
+    return web.Response(status=204)
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    fid = parse_function_id(request.match_info["id"])
+    return web.json_response({"secrets": await request.app[DEPS].secrets.names(fid)})
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    fid = parse_function_id(request.match_info["id"])
+    name = validate_secret_name(request.match_info["name"])
+    await request.app[DEPS].secrets.delete(fid, name)
+    return web.Response(status=204)
+
+
 async def healthz(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     return web.json_response(
@@ -208,6 +241,9 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_put("/function/{id}", update_function)
     app.router.add_delete("/function/{id}", delete_function)
     app.router.add_get("/function/{id}/logs", function_logs)
+    app.router.add_get("/function/{id}/secrets", list_secrets)
+    app.router.add_put("/function/{id}/secrets/{name}", put_secret)
+    app.router.add_delete("/function/{id}/secrets/{name}", delete_secret)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
@@ -215,6 +251,8 @@ def create_app(deps: ApiDeps) -> web.Application:
 
 
 def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> ApiDeps:
+    """The API's parts; :class:`ConfigError` if the configured cluster key is unusable."""
+    secrets = SecretService(zk, secret_box(config))
     lock = asyncio.Lock()
     fleet = FleetCache(zk)
     leader = (
@@ -229,4 +267,4 @@ def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> Ap
         else None
     )
     service = FunctionService(zk, config, fleet, lock)
-    return ApiDeps(config, zk, service, fleet, leader, ApiMetrics.create())
+    return ApiDeps(config, zk, service, fleet, leader, ApiMetrics.create(), secrets)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,3 +26,7 @@ class ApiConfig:
     repo_schemes: tuple[str, ...] = ("https", "http", "git", "ssh", "file")
     # Seconds to wait for ZooKeeper on start before giving up.
     connect_timeout: float = 30.0
+    # The fleet's cluster key, which seals function secrets in ZooKeeper: base64 of 32 bytes,
+    # inline or in a file (set one). Without it, setting a secret answers 503.
+    cluster_key: str = field(default="", repr=False)
+    cluster_key_file: str = ""

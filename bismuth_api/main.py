@@ -41,10 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(config: ApiConfig) -> None:
     host, port = split_hostport(config.bind, 8002)
     zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
+    deps = build_deps(config, zk)  # a bad cluster key stops the API before it connects
     await zk.start(timeout=config.connect_timeout)
     # Top-level znodes a newer release added appear in existing environments too.
     await operations.bootstrap(zk)
-    runner = web.AppRunner(create_app(build_deps(config, zk)), access_log=None)
+    runner = web.AppRunner(create_app(deps), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info(
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(config.log_level)
     try:
         eventloop.run(serve(config))
+    except ConfigError as exc:
+        sys.exit(f"bismuth-api: {exc}")
     except Unavailable as exc:
         sys.exit(f"bismuth-api: {exc.message}")
 

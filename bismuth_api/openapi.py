@@ -15,13 +15,14 @@ _ID = {
 }
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def _errors(*codes: int, reasons: dict[int, str] | None = None) -> dict[str, Any]:
     reasons = {
         400: "invalid request or definition",
         404: "unknown function",
         409: "a hostname is already routed to another function",
         413: "request body too large",
         503: "ZooKeeper unreachable or not enough capacity in the fleet",
+        **(reasons or {}),
     }
     return {
         str(c): {"description": reasons[c], "content": {"application/json": {"schema": _ERROR}}}
@@ -88,6 +89,73 @@ _DEFINITION: dict[str, Any] = {
                 "required": ["hostname"],
                 "additionalProperties": False,
                 "properties": {"hostname": {"type": "string", "format": "hostname"}},
+            },
+        },
+    },
+}
+
+_SECRET_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-', not starting with '.'",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"},
+}
+
+_SECRETS: dict[str, Any] = {
+    "/function/{id}/secrets": {
+        "parameters": [_ID],
+        "get": {
+            "summary": "Names of the function's secrets, sorted (never their values)",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"secrets": {"type": "array", "items": {"type": "string"}}},
+                    }
+                ),
+                **_errors(400, 404, 503),
+            },
+        },
+    },
+    "/function/{id}/secrets/{name}": {
+        "parameters": [_ID, _SECRET_NAME],
+        "put": {
+            "summary": "Set a secret: the raw body (any content type, at most 64 KiB) is its value",
+            "description": "Stored in ZooKeeper sealed with the cluster key (AES-256-GCM); "
+            "the function's code reads it from its provider.",
+            "requestBody": {
+                "required": True,
+                "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "responses": {
+                "204": {"description": "stored (created or replaced)"},
+                **_errors(
+                    400,
+                    404,
+                    413,
+                    503,
+                    reasons={
+                        400: "invalid function id or secret name",
+                        413: "secret value over 64 KiB",
+                        503: "no cluster key configured, or ZooKeeper unreachable",
+                    },
+                ),
+            },
+        },
+        "delete": {
+            "summary": "Delete a secret",
+            "responses": {
+                "204": {"description": "deleted"},
+                **_errors(
+                    400,
+                    404,
+                    503,
+                    reasons={
+                        400: "invalid function id or secret name",
+                        404: "unknown function or secret",
+                    },
+                ),
             },
         },
     },
@@ -205,6 +273,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            **_SECRETS,
             "/healthz": {
                 "get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}
             },

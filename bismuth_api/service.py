@@ -2,7 +2,8 @@
 
 Handlers parse and respond; this module validates against the fleet's current limits,
 calls :mod:`bismuth_core.operations` (each change one multi-op) and shapes the answers of
-the fixed API contract.
+the fixed API contract. Secrets are sealed here with the cluster key before they are
+stored; their values are never read back, logged or returned.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from typing import Any
 from bismuth_core import cluster, layout, operations
 from bismuth_core.cluster import FunctionView
 from bismuth_core.definition import DefinitionLimits, FunctionDefinition, parse_definition
-from bismuth_core.errors import InsufficientCapacity, InvalidDefinition, InvalidRequest
+from bismuth_core.errors import (
+    InsufficientCapacity,
+    InvalidDefinition,
+    InvalidRequest,
+    Unavailable,
+)
 from bismuth_core.fleet import NodeSource
 from bismuth_core.layout import Backend
+from bismuth_core.secrets import SecretBox, load_cluster_key
 from bismuth_core.zk import ZooKeeper
 
 from .config import ApiConfig
@@ -113,3 +120,37 @@ def parse_function_id(text: str) -> uuid.UUID:
     if fid is None:
         raise InvalidRequest(f"function id {text!r} is not a UUID")
     return fid
+
+
+class SecretService:
+    """Secrets of functions: set (sealed with the cluster key), list by name, delete."""
+
+    def __init__(self, zk: ZooKeeper, box: SecretBox | None) -> None:
+        self.zk = zk
+        self.box = box
+
+    def require_key(self) -> SecretBox:
+        if self.box is None:
+            raise Unavailable(
+                "no cluster key configured: set cluster_key or cluster_key_file in the "
+                "API's configuration to store secrets"
+            )
+        return self.box
+
+    async def set(self, fid: uuid.UUID, name: str, value: bytes) -> bool:
+        """Store ``value`` sealed; True if the secret is new, False if it was replaced."""
+        sealed = self.require_key().seal(fid, name, value)
+        return await operations.set_secret(self.zk, fid, name, sealed)
+
+    async def names(self, fid: uuid.UUID) -> list[str]:
+        return await operations.secret_names(self.zk, fid)
+
+    async def delete(self, fid: uuid.UUID, name: str) -> None:
+        await operations.delete_secret(self.zk, fid, name)
+
+
+def secret_box(config: ApiConfig) -> SecretBox | None:
+    """The cluster key's box if one is configured; :class:`ConfigError` if it is unusable."""
+    if not config.cluster_key and not config.cluster_key_file:
+        return None
+    return SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))

@@ -20,6 +20,9 @@
     its containers reserve. Fix: rewrite it from the containers, guarded by its version.
 ``orphan-rollout``
     a ``/rollout/<fid>`` of a function that does not exist. Fix: delete it.
+``orphan-secrets``
+    a ``/secret/<fid>`` (sealed secrets) of a function that does not exist. Fix: delete it
+    and its children in one multi-op. Secrets of existing functions are never findings.
 ``undecodable``
     a znode whose data cannot be decoded. Fix: undecodable container and route znodes are
     deleted; undecodable function, backends and node znodes are only reported.
@@ -45,7 +48,7 @@ from .cluster import STORED_LIMITS, read_node
 from .definition import parse_definition
 from .errors import InvalidRequest
 from .layout import Backend, ContainerRecord, Reservation
-from .operations import remove_containers_ops, retry_races
+from .operations import remove_containers_ops, retry_races, secret_removal_ops
 from .zk import Op, ZooKeeper, create, delete, set_data
 from .zk import check as check_op
 
@@ -61,6 +64,7 @@ class Kind(StrEnum):
     MISSING_ROUTE = "missing-route"
     RESERVATION_DRIFT = "reservation-drift"
     ORPHAN_ROLLOUT = "orphan-rollout"
+    ORPHAN_SECRETS = "orphan-secrets"
     UNDECODABLE = "undecodable"
 
 
@@ -340,6 +344,7 @@ async def _scan(zk: ZooKeeper) -> list[Finding]:
         *await _scan_nodes(zk),
         *await _scan_reservations(zk),
         *await _scan_rollouts(zk),
+        *await _scan_secrets(zk),
         *_container_findings(containers, functions),
         *(f for s in states for f in _function_findings(s, present, routes)),
         *_route_findings(routes, functions),
@@ -408,6 +413,27 @@ async def _plan_reservation(zk: ZooKeeper, ip: str) -> list[Op] | None:
     return [set_data(layout.containers_path(ip), held.encode(), node.containers_version)]
 
 
+async def _scan_secrets(zk: ZooKeeper) -> list[Finding]:
+    fids = [f for f in map(layout.parse_uuid, await zk.children(layout.SECRETS)) if f]
+    stats = await asyncio.gather(*(zk.exists(layout.function_path(f)) for f in fids))
+    return [
+        Finding(
+            Kind.ORPHAN_SECRETS,
+            layout.secrets_path(fid),
+            f"secrets of function {fid}, which does not exist",
+            function_id=fid,
+        )
+        for fid, stat in zip(fids, stats, strict=True)
+        if stat is None
+    ]
+
+
+async def _plan_secrets(zk: ZooKeeper, fid: uuid.UUID) -> list[Op] | None:
+    if await zk.exists(layout.function_path(fid)) is not None:
+        return None
+    return await secret_removal_ops(zk, fid) or None
+
+
 async def _plan_rollout(zk: ZooKeeper, fid: uuid.UUID) -> list[Op] | None:
     got = await zk.get_or_none(layout.retiring_path(fid))
     if got is None or await zk.exists(layout.function_path(fid)) is not None:
@@ -436,6 +462,8 @@ async def _plan(zk: ZooKeeper, finding: Finding) -> list[Op] | None:
         return await _plan_reservation(zk, finding.path.split("/")[2])
     if kind == Kind.ORPHAN_ROLLOUT and finding.function_id:
         return await _plan_rollout(zk, finding.function_id)
+    if kind == Kind.ORPHAN_SECRETS and finding.function_id:
+        return await _plan_secrets(zk, finding.function_id)
     return await _still_undecodable(zk, finding)
 
 

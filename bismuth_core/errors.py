@@ -57,3 +57,18 @@ class Unavailable(BismuthError):
 
 class InsufficientCapacity(Unavailable):
     """The fleet cannot place what was asked; the message names the shortfall."""
+
+
+class SecretUndecryptable(BismuthError):
+    """A sealed secret cannot be opened with this cluster key.
+
+    ``key_mismatch`` tells the two causes apart: the value was sealed with another cluster
+    key (a configuration problem of this host or of the writer), or it is corrupt (damaged,
+    or moved to another function or name). Never garbage: opening either fails.
+    """
+
+    status = 503
+
+    def __init__(self, message: str, *, key_mismatch: bool) -> None:
+        super().__init__(message)
+        self.key_mismatch = key_mismatch

@@ -11,6 +11,8 @@ Every path below is relative to the environment's chroot ``/<env>`` (see :func:`
     /node/<ip>/container/<cid>/status     1 byte container status (written by the agent)
     /route/<hostname>                     16 bytes function UUID
     /rollout/<fid>                        packed backends retiring once the others run
+    /secret/<fid>                         no data; its children are the function's secrets
+    /secret/<fid>/<name>                  the secret's value, sealed (bismuth_core.secrets)
     /leader/api                           kazoo Election of the API replica running background work
 
 ``/rollout/<fid>`` is desired state owned by the control plane: the backends listed there
@@ -22,6 +24,13 @@ leader removes them in one multi-op. Its children list is the leader's to-do lis
 multi-op that adds or removes containers on a node rewrites it with a version check, so
 schedulers read a node's free capacity in one get, and two of them can never both fill
 the same free capacity.
+
+``/secret`` is a root of its own rather than a child of ``/function/<fid>``: every frontend
+caches the whole ``/function`` subtree, and secrets are none of its business. A value is
+sealed with the cluster key, which is never in ZooKeeper; a name is 1-128 characters of
+``[A-Za-z0-9._-]`` not starting with '.'. Setting a secret checks in the same multi-op that
+the function exists, and the multi-op that deletes a function deletes ``/secret/<fid>`` and
+its children too, so secrets never outlive their function.
 """
 
 from __future__ import annotations
@@ -39,8 +48,9 @@ FUNCTIONS = "/function"
 NODES = "/node"
 ROUTES = "/route"
 ROLLOUTS = "/rollout"
+SECRETS = "/secret"
 ROUTING_ROOTS = (FUNCTIONS, NODES, ROUTES)  # what a frontend follows
-ROOTS = (*ROUTING_ROOTS, ROLLOUTS)
+ROOTS = (*ROUTING_ROOTS, ROLLOUTS, SECRETS)
 API_LEADER = "/leader/api"  # kazoo Election: the API replica that finishes rollouts
 
 _ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -67,6 +77,15 @@ def backends_path(fid: uuid.UUID) -> str:
 
 def retiring_path(fid: uuid.UUID) -> str:
     return f"{ROLLOUTS}/{fid}"
+
+
+def secrets_path(fid: uuid.UUID) -> str:
+    """The parent of function ``fid``'s secrets (absent until its first secret is set)."""
+    return f"{SECRETS}/{fid}"
+
+
+def secret_path(fid: uuid.UUID, name: str) -> str:
+    return f"{SECRETS}/{fid}/{name}"
 
 
 def node_path(ip: str) -> str:

@@ -1,11 +1,11 @@
 """Every change to desired state, each as one guarded ZooKeeper multi-op.
 
 Used by the control plane (create, update, delete, finishing rollouts, replacing containers
-of lost nodes) and by ``bismuthctl`` (bootstrap, provision, drain, consistency). Writers
-race on version checks: a function's znodes are guarded by their versions, and every node
-that receives containers has its ``container`` znode's version bumped in the same multi-op,
-so two schedulers can never both fill the same free capacity. A lost race is retried with
-freshly read state.
+of lost nodes, secrets) and by ``bismuthctl`` (bootstrap, provision, drain, consistency,
+secrets). Writers race on version checks: a function's znodes are guarded by their
+versions, and every node that receives containers has its ``container`` znode's version
+bumped in the same multi-op, so two schedulers can never both fill the same free capacity.
+A lost race is retried with freshly read state.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .zk import (
     Op,
     TransactionFailed,
     ZooKeeper,
+    check,
     create,
     delete,
     set_data,
@@ -358,6 +359,7 @@ async def delete_function(zk: ZooKeeper, fid: uuid.UUID) -> None:
                 if current.retiring_version is not None
                 else []
             ),
+            *await secret_removal_ops(zk, fid),
             delete(layout.backends_path(fid), current.backends_version),
             delete(layout.function_path(fid), current.version),
         ]
@@ -508,3 +510,80 @@ async def drain(
         if fresh is not None:
             moved.append(fresh)
     return moved, problems
+
+
+# --- secrets --------------------------------------------------------------------------
+# Values arrive sealed (bismuth_core.secrets); nothing here sees or logs a plain value.
+
+
+async def _require_function(zk: ZooKeeper, fid: uuid.UUID) -> None:
+    if await zk.exists(layout.function_path(fid)) is None:
+        raise NotFound(f"function {fid} not found")
+
+
+async def set_secret(zk: ZooKeeper, fid: uuid.UUID, name: str, sealed: bytes) -> bool:
+    """Create or replace secret ``name`` of function ``fid``; True if it was new.
+
+    The multi-op checks that the function exists, so a secret never outlives a concurrent
+    delete of its function (which in turn fails on a secret added meanwhile, and retries).
+    """
+
+    async def attempt() -> bool:
+        await _require_function(zk, fid)
+        root, parent, existing = await asyncio.gather(
+            zk.exists(layout.SECRETS),  # absent in an environment older than secrets
+            zk.exists(layout.secrets_path(fid)),
+            zk.exists(layout.secret_path(fid, name)),
+        )
+        path = layout.secret_path(fid, name)
+        ops = [
+            check(layout.function_path(fid), -1),  # any version: it exists
+            *([create(layout.SECRETS)] if root is None else []),
+            *([create(layout.secrets_path(fid))] if parent is None else []),
+            create(path, sealed) if existing is None else set_data(path, sealed),
+        ]
+        await zk.commit(ops)
+        return existing is None
+
+    created = await retry_races(attempt, "set secret")
+    log.info("secret %s %s", name, "created" if created else "replaced", extra={"function_id": fid})
+    return created
+
+
+async def delete_secret(zk: ZooKeeper, fid: uuid.UUID, name: str) -> None:
+    """Delete secret ``name`` of function ``fid``; :class:`NotFound` if either is absent."""
+    await _require_function(zk, fid)
+    try:
+        await zk.delete(layout.secret_path(fid, name))
+    except NoNodeError as exc:
+        raise NotFound(f"function {fid} has no secret {name!r}") from exc
+    log.info("secret %s deleted", name, extra={"function_id": fid})
+
+
+async def secret_names(zk: ZooKeeper, fid: uuid.UUID) -> list[str]:
+    """Names of function ``fid``'s secrets, sorted; :class:`NotFound` if it does not exist."""
+    await _require_function(zk, fid)
+    return sorted(await zk.children(layout.secrets_path(fid)))
+
+
+async def read_sealed_secret(zk: ZooKeeper, fid: uuid.UUID, name: str) -> bytes:
+    """Secret ``name`` of function ``fid`` as stored (sealed); :class:`NotFound` if absent."""
+    got = await zk.get_or_none(layout.secret_path(fid, name))
+    if got is None:
+        raise NotFound(f"function {fid} has no secret {name!r}")
+    return got[0]
+
+
+async def secret_removal_ops(zk: ZooKeeper, fid: uuid.UUID) -> list[Op]:
+    """Ops deleting every secret of ``fid`` and their parent; none if it has none.
+
+    A secret added after this read makes the parent's delete fail (not empty): the caller's
+    multi-op then loses the race and is retried with fresh reads.
+    """
+    if await zk.exists(layout.secrets_path(fid)) is None:
+        return []
+    names = await zk.children(layout.secrets_path(fid))
+    return [
+        *(delete(layout.secret_path(fid, n)) for n in sorted(names)),
+        delete(layout.secrets_path(fid)),
+    ]

@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,8 +23,9 @@ from kazoo.recipe.watchers import ChildrenWatch
 from bismuth_core import cluster, consistency, layout, operations
 from bismuth_core.cluster import FunctionView, NodeView
 from bismuth_core.consistency import Finding
-from bismuth_core.errors import Conflict
+from bismuth_core.errors import Conflict, InvalidRequest, TooLarge
 from bismuth_core.layout import Backend, ContainerStatus
+from bismuth_core.secrets import MAX_SECRET_SIZE, validate_secret_name
 from bismuth_core.zk import TransactionFailed, ZooKeeper
 
 from .tables import format_bytes, format_cpus, render_table
@@ -57,13 +60,27 @@ Handler = Callable[[ZooKeeper, argparse.Namespace], Awaitable[Outcome]]
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its handler and whether it needs a bootstrapped environment."""
+    """A subcommand: its handler and whether it needs a bootstrapped environment.
+
+    ``needs_cluster_key``: the parsed arguments carry ``secret_box``, a
+    :class:`~bismuth_core.secrets.SecretBox` with the configured cluster key.
+    """
 
     name: str
     help: str
     handler: Handler
     needs_tree: bool = True
     arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda _p: None)
+    needs_cluster_key: bool = False
+
+
+@dataclass(frozen=True)
+class CommandGroup:
+    """A subcommand with subcommands of its own (``bismuthctl secret set ...``)."""
+
+    name: str
+    help: str
+    commands: tuple[Command, ...]
 
 
 # --- cluster set-up and nodes ----------------------------------------------------------
@@ -285,6 +302,82 @@ def _findings_table(findings: tuple[Finding, ...] | list[Finding]) -> str:
     return render_table(["kind", "path", "detail"], [(f.kind, f.path, f.detail) for f in findings])
 
 
+# --- secrets ---------------------------------------------------------------------------
+
+
+async def secret_set(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    value = read_secret_value(args)
+    sealed = args.secret_box.seal(args.function, args.name, value)
+    created = await operations.set_secret(zk, args.function, args.name, sealed)
+    doc = {"function": str(args.function), "secret": args.name, "created": created}
+    what = "created" if created else "replaced"
+    return Outcome(doc, f"secret {args.name!r} of function {args.function} {what}")
+
+
+def read_secret_value(args: argparse.Namespace) -> bytes:
+    """The value from ``--value``, ``--from-file`` or stdin; at most ``MAX_SECRET_SIZE`` bytes."""
+    if args.value is not None:
+        value, source = args.value.encode("utf-8"), "--value"
+    elif args.from_file is not None:
+        try:
+            with open(args.from_file, "rb") as fh:
+                value = fh.read(MAX_SECRET_SIZE + 1)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {args.from_file}: {exc.strerror or exc}") from exc
+        source = args.from_file
+    else:
+        value, source = sys.stdin.buffer.read(MAX_SECRET_SIZE + 1), "stdin"
+    if len(value) > MAX_SECRET_SIZE:
+        raise TooLarge(f"secret value from {source} is over the limit of {MAX_SECRET_SIZE} bytes")
+    return value
+
+
+async def secret_list(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    names = await operations.secret_names(zk, args.function)
+    text = "\n".join(names) if names else f"function {args.function} has no secrets"
+    return Outcome({"function": str(args.function), "secrets": names}, text)
+
+
+async def secret_delete(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    await operations.delete_secret(zk, args.function, args.name)
+    doc = {"function": str(args.function), "secret": args.name, "deleted": True}
+    return Outcome(doc, f"secret {args.name!r} of function {args.function} deleted")
+
+
+def function_id(text: str) -> uuid.UUID:
+    """argparse type: a function's UUID."""
+    fid = layout.parse_uuid(text)
+    if fid is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a function id (a UUID)")
+    return fid
+
+
+def secret_name(text: str) -> str:
+    """argparse type: a valid secret name."""
+    try:
+        return validate_secret_name(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
+def _function_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("function", metavar="FID", type=function_id, help="the function's id")
+
+
+def _secret_arguments(parser: argparse.ArgumentParser) -> None:
+    _function_argument(parser)
+    parser.add_argument("name", metavar="NAME", type=secret_name, help="the secret's name")
+
+
+def _secret_set_arguments(parser: argparse.ArgumentParser) -> None:
+    _secret_arguments(parser)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--value", metavar="V", help="the value (visible to other local users in ps: prefer a file)"
+    )
+    source.add_argument("--from-file", metavar="F", help="read the value from file F")
+
+
 def _ip_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ip", metavar="IP", type=ipv4, help="the node's IPv4 address")
 
@@ -360,5 +453,23 @@ COMMANDS = (
         "check the tree for inconsistencies (and --fix them)",
         check_consistency,
         arguments=_consistency_arguments,
+    ),
+    CommandGroup(
+        "secret",
+        "set, list (names only) and delete a function's secrets",
+        (
+            Command(
+                "set",
+                "set a secret from --value, --from-file or stdin (at most 64 KiB), "
+                "sealed with the cluster key",
+                secret_set,
+                arguments=_secret_set_arguments,
+                needs_cluster_key=True,
+            ),
+            Command(
+                "list", "list a function's secret names", secret_list, arguments=_function_argument
+            ),
+            Command("delete", "delete a secret", secret_delete, arguments=_secret_arguments),
+        ),
     ),
 )

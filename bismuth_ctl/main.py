@@ -2,9 +2,10 @@
 
 Usage: ``bismuthctl [global flags] COMMAND [args]``; global flags may also follow COMMAND.
 Global flags: ``--config FILE``, ``--zookeeper HOST:PORT[,...]``, ``--zookeeper-env NAME``,
-``--log-level LEVEL``, ``--json`` (one JSON document on stdout) and ``--timeout SECONDS``
-(ZooKeeper connect timeout, default 10). Settings come from :class:`CtlConfig`: defaults,
-the TOML file, ``BISMUTH_*`` environment variables, then flags.
+``--log-level LEVEL``, ``--json`` (one JSON document on stdout), ``--timeout SECONDS``
+(ZooKeeper connect timeout, default 10) and ``--cluster-key-file FILE`` (the fleet's cluster
+key, which ``secret set`` seals values with). Settings come from :class:`CtlConfig`:
+defaults, the TOML file, ``BISMUTH_*`` environment variables, then flags.
 
 Exit codes:
 
@@ -30,7 +31,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from bismuth_core import layout, operations
@@ -41,13 +42,26 @@ from bismuth_core.errors import (
     InsufficientCapacity,
     InvalidRequest,
     NotFound,
+    TooLarge,
     Unavailable,
 )
 from bismuth_core.logs import setup_logging
+from bismuth_core.secrets import SecretBox, load_cluster_key
 from bismuth_core.zk import ZooKeeper
 
 from . import commands
-from .commands import COMMANDS, CONFLICT, FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE, Outcome
+from .commands import (
+    COMMANDS,
+    CONFLICT,
+    FAILED,
+    NOT_FOUND,
+    OK,
+    UNAVAILABLE,
+    USAGE,
+    Command,
+    CommandGroup,
+    Outcome,
+)
 
 PROG = "bismuthctl"
 log = logging.getLogger(__name__)
@@ -70,6 +84,9 @@ class CtlConfig:
     zookeeper_env: str = "default"
     log_level: str = "warning"
     timeout: float = 10.0
+    # The fleet's cluster key (base64), inline or in a file: only 'secret set' needs it.
+    cluster_key: str = field(default="", repr=False)
+    cluster_key_file: str = ""
 
 
 class UsageError(Exception):
@@ -96,6 +113,12 @@ def _global_flags() -> _Parser:
         type=commands.seconds,
         help="ZooKeeper connect timeout (default 10)",
     )
+    group.add_argument(
+        "--cluster-key-file",
+        metavar="FILE",
+        help="file holding the fleet's cluster key, for 'secret set' "
+        "(or cluster_key / BISMUTH_CLUSTER_KEY)",
+    )
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return parser
@@ -110,23 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
+    _add_commands(parser, COMMANDS, common, "command")
+    return parser
+
+
+def _add_commands(
+    parser: argparse.ArgumentParser,
+    entries: Sequence[Command | CommandGroup],
+    common: argparse.ArgumentParser,
+    dest: str,
+) -> None:
+    """One subparser per command; a group's commands below its own subparser."""
+    subparsers = parser.add_subparsers(dest=dest, metavar="COMMAND", required=True)
+    for entry in entries:
         sub = subparsers.add_parser(
-            command.name,
-            help=command.help,
-            description=command.help,
+            entry.name,
+            help=entry.help,
+            description=entry.help,
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             parents=[common],
         )
-        command.arguments(sub)
-        sub.set_defaults(run=command)
-    return parser
+        if isinstance(entry, CommandGroup):
+            _add_commands(sub, entry.commands, common, f"{entry.name}_command")
+        else:
+            entry.arguments(sub)
+            sub.set_defaults(run=entry)
 
 
 def exit_code(error: BismuthError) -> int:
-    if isinstance(error, InvalidRequest):
+    if isinstance(error, (InvalidRequest, TooLarge)):
         return USAGE
     if isinstance(error, NotFound):
         return NOT_FOUND
@@ -182,7 +218,18 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, CtlConfig]:
         raise UsageError(str(exc)) from exc
     if not config.timeout > 0:
         raise UsageError(f"timeout must be a positive number of seconds, not {config.timeout}")
+    if args.run.needs_cluster_key:
+        args.secret_box = _secret_box(config)
     return args, config
+
+
+def _secret_box(config: CtlConfig) -> SecretBox:
+    try:
+        return SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))
+    except ConfigError as exc:
+        raise UsageError(
+            f"{exc}: storing a secret needs the fleet's cluster key (--cluster-key-file FILE)"
+        ) from exc
 
 
 def emit(outcome: Outcome, as_json: bool) -> int:

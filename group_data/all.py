@@ -16,6 +16,11 @@ zookeeper_env = "default"
 node_ip = "127.0.0.1"
 # Seconds bismuthctl waits for ZooKeeper to answer before bootstrapping the environment.
 bootstrap_wait = 60
+# The fleet's cluster key seals function secrets in ZooKeeper; every host gets the same one.
+# Kept on the machine running the deploy (generated there, mode 0600, if missing; back it up:
+# without it the stored secrets are lost); "" = <this checkout>/var/secrets/<zookeeper_env>.key
+cluster_key_source = ""
+cluster_key_file = ""  # "" = <etc_dir>/cluster.key: where the API and the agent read it
 
 # --- ZooKeeper ---------------------------------------------------------------------------
 # Members of the ensemble are the hosts of the inventory group "zookeeper" (their node_ip,

@@ -2,19 +2,23 @@
 
 Its TOML config is rendered from group data to ``<etc_dir>/agent.toml``; it runs as the
 program ``bismuth-agent`` once containerd answers and the node is provisioned (deploy.py
-orders the tasks so). The deploy then waits, with a deadline, until ZooKeeper lists the
+orders the tasks so); it restarts when its config or the cluster key it reads changed. The
+deploy then waits, with a deadline, until ZooKeeper lists the
 node's agent as alive, so that functions can be placed on it.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 
 from tasks.cluster import bismuthctl, venv_bin
+from tasks.cluster_key import cluster_key_file
 from tasks.facts import AliveNodes
 from tasks.rendering import template_file
 from tasks.services import Program, program, program_log
@@ -42,8 +46,11 @@ def node_alive() -> bool:
 
 
 @deploy("Bismuth agent")
-def agent() -> None:
-    """Directories, config and ``bismuthd``; then wait until the node's agent is alive."""
+def agent(restart_on: Sequence[OperationMeta] = ()) -> None:
+    """Directories, config and ``bismuthd``; then wait until the node's agent is alive.
+
+    ``restart_on``: other files it reads (the cluster key); a change restarts it.
+    """
     # 711: containers' /etc files are bind-mounted from here by the container's own root
     files.directory(name="Agent state directory", path=state_dir(), mode="711")
     files.directory(name="Container log directory", path=container_log_dir(), mode="750")
@@ -67,6 +74,7 @@ def agent() -> None:
         plain_http_registries=host.data.plain_http_registries,
         outbound_nat=host.data.outbound_nat,
         rate_limit_kbit=host.data.rate_limit_kbit,
+        cluster_key_file=cluster_key_file(),
     )
     spec = Program(
         name="bismuth-agent",
@@ -75,7 +83,7 @@ def agent() -> None:
         directory=host.data.var_dir,
         priority=400,  # last up, first down: after containerd and ZooKeeper
     )
-    program(spec, [config])
+    program(spec, [config, *restart_on])
     check = shlex.join([venv_bin("python"), "-c", _ALIVE_CHECK, host.data.node_ip])
     server.shell(
         name=f"Wait until the agent of node {host.data.node_ip} is alive",

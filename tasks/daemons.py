@@ -1,17 +1,22 @@
 """The cluster-wide Bismuth daemons: the control-plane API and the frontend.
 
 Each gets a TOML config rendered from group data in ``<etc_dir>`` and a program under the
-service manager; a changed config restarts its daemon. The commands come from the
+service manager; a changed config restarts its daemon (the API's also when the cluster key
+it reads, ``tasks/cluster_key.py``, changed). The commands come from the
 toolkit's virtualenv (``bismuth_venv``). The agent, which needs containerd, has its own
 task (``tasks/agent.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 
 from tasks.cluster import venv_bin
+from tasks.cluster_key import cluster_key_file
 from tasks.rendering import template_file
 from tasks.services import Program, program
 from tasks.zookeeper import connect_string
@@ -28,8 +33,11 @@ def _daemon(name: str, description: str, command: str, config: str) -> Program:
 
 
 @deploy("Bismuth API")
-def api() -> None:
-    """``bismuth-api``: function CRUD and scheduling, on ``api_bind``."""
+def api(restart_on: Sequence[OperationMeta] = ()) -> None:
+    """``bismuth-api``: function CRUD and scheduling, on ``api_bind``.
+
+    ``restart_on``: other files it reads (the cluster key); a change restarts it.
+    """
     path = f"{host.data.etc_dir}/api.toml"
     config = template_file(
         "bismuth-api configuration",
@@ -42,8 +50,10 @@ def api() -> None:
         agent_port=host.data.agent_port,
         node_loss_grace=host.data.node_loss_grace,
         log_level=host.data.log_level,
+        cluster_key_file=cluster_key_file(),
     )
-    program(_daemon("bismuth-api", "Bismuth control-plane API", "bismuth-api", path), [config])
+    spec = _daemon("bismuth-api", "Bismuth control-plane API", "bismuth-api", path)
+    program(spec, [config, *restart_on])
 
 
 @deploy("Bismuth frontend")

@@ -7,7 +7,8 @@ socket too), every port is a free one, the node is a loopback address of its own
 agent's nftables table ``inet bismuth_n<ip>`` is the test's alone), with its own ZooKeeper
 environment, cgroup parent and container subnet pool: the operator's cluster (``make up``)
 is never touched. Needs root and the Debian packages of ``.ci/run``. The base image archive
-is built into the checkout's ``var/images/`` once and reused by later runs.
+is built into the checkout's ``var/images/`` once and reused by later runs. The cluster key
+is generated in the test's directory, not in the checkout's ``var/secrets/``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -82,6 +84,11 @@ class LocalCluster:
         return self.root / "run" / "containerd" / "containerd.sock"
 
     @property
+    def cluster_key_source(self) -> Path:
+        """The key on the "control machine": private to this test, outside the checkout."""
+        return self.root / "control" / "cluster.key"
+
+    @property
     def firewall_table(self) -> str:
         return "bismuth_n" + self.node_ip.replace(".", "_")
 
@@ -108,6 +115,7 @@ class LocalCluster:
             "agent_cgroup_parent": self.cgroup_parent,
             "network_pool": "10.252.0.0/24",
             "base_image_archive": str(ARCHIVE),
+            "cluster_key_source": str(self.cluster_key_source),
         }
 
     def deploy(self) -> subprocess.CompletedProcess[str]:
@@ -332,6 +340,25 @@ async def test_sample_function_answers_through_the_frontend(cluster: LocalCluste
     assert list(tasks) == [container]
     functions = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
     assert [f["routes"] for f in functions] == [[SAMPLE_HOST]]
+
+
+async def test_cluster_key_is_installed_and_the_api_stores_secrets(
+    cluster: LocalCluster,
+) -> None:
+    installed = cluster.root / "etc" / "cluster.key"
+    assert installed.read_bytes() == cluster.cluster_key_source.read_bytes()
+    for path in (installed, cluster.cluster_key_source):
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0), path
+    (function,) = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
+    url = f"http://127.0.0.1:{cluster.ports['api']}/function/{function['id']}/secrets"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.put(f"{url}/deploy-check", data=b"value") as response:
+            assert response.status == 204, await response.text()
+        async with session.get(url) as response:
+            assert await response.json() == {"secrets": ["deploy-check"]}
+        async with session.delete(f"{url}/deploy-check") as response:
+            assert response.status == 204, await response.text()
 
 
 def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:

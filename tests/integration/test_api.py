@@ -261,6 +261,8 @@ async def test_health_metrics_openapi(api, standins, http):
         "/function",
         "/function/{id}",
         "/function/{id}/logs",
+        "/function/{id}/secrets",
+        "/function/{id}/secrets/{name}",
         "/healthz",
         "/metrics",
         "/openapi.json",

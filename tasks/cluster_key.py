@@ -1,0 +1,66 @@
+"""The fleet's cluster key: seals function secrets in ZooKeeper; the same on every host.
+
+It is kept on the machine that runs the deploy, in ``cluster_key_source`` (default
+``<this checkout>/var/secrets/<zookeeper_env>.key``, mode 0600), generated there the first
+time a deploy needs it, and uploaded to ``cluster_key_file`` (default
+``<etc_dir>/cluster.key``, root, mode 0600) on every host, whose API and agent read it. A
+second deploy finds the same key on both sides and changes nothing. Losing the source
+file means losing every stored secret: back it up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files
+
+from bismuth_core.secrets import generate_cluster_key, load_cluster_key
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def cluster_key_file() -> str:
+    """Where the daemons of a host read the key: ``cluster_key_file`` or under ``etc_dir``."""
+    return str(host.data.cluster_key_file or f"{host.data.etc_dir}/cluster.key")
+
+
+def cluster_key_source() -> Path:
+    """The key's file on the machine running the deploy."""
+    if host.data.cluster_key_source:
+        return Path(host.data.cluster_key_source)
+    return CHECKOUT / "var" / "secrets" / f"{host.data.zookeeper_env}.key"
+
+
+def ensure_key_source(path: Path) -> Path:
+    """Create ``path`` with a new key (0600, directory 0700) unless it exists; check it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(generate_cluster_key() + "\n")
+    load_cluster_key(file=str(path))  # a damaged key file stops the deploy, named
+    return path
+
+
+@deploy("Cluster key")
+def cluster_key() -> OperationMeta:
+    """Upload the fleet's key (generated on this machine if missing); the upload's result.
+
+    Daemons that read the key restart when it changed (pass the result to their task).
+    """
+    source = ensure_key_source(cluster_key_source())
+    return files.put(
+        name="Cluster key",
+        src=str(source),
+        dest=cluster_key_file(),
+        mode="600",
+        user="root",
+        group="root",
+    )
