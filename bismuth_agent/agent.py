@@ -165,6 +165,7 @@ class Agent:
             if stuck:
                 names = sorted(t.get_name() for t in stuck)
                 log.warning("tasks did not stop within %ss: %s", STOP_TIMEOUT, names)
+        self.runtime.providers.close()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -297,7 +298,7 @@ class Agent:
         cid = sup.desired.container_id
         try:
             task = await self.ctrd.tasks.get(str(cid))
-            sup.made = await self.runtime.adopt(cid, task.pid)
+            sup.made = await self.runtime.adopt(sup.desired, task.pid)
         except (BismuthError, ContainerdError) as exc:
             log.warning(
                 "cannot adopt container, making it again: %s",

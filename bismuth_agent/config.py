@@ -55,6 +55,18 @@ class AgentConfig:
     outbound_nat: bool = False
     # Per-container egress rate limit in kbit/s (0 = none).
     rate_limit_kbit: int = 0
+    # The per-container provider: where its data lives (local:///path or s3://bucket/prefix),
+    # the S3 endpoint and credentials for s3://, and how to run it (default: this Python's
+    # ``-m bismuth_provider``).
+    provider_storage: str = "local:///var/lib/bismuth/data"
+    provider_s3_endpoint: str = ""
+    provider_s3_region: str = "us-east-1"
+    provider_s3_access_key: str = ""
+    provider_s3_secret_key: str = ""
+    provider_command: tuple[str, ...] = ()
+    provider_log_level: str = "info"
+    # File with the cluster key that opens function secrets ("" = secrets unavailable).
+    cluster_key_file: str = ""
 
     @property
     def node_ip(self) -> str:

@@ -3,10 +3,11 @@
 Setup: files (/etc files, repo clone, token) → image (pulled or imported, unpacked, its top
 layer remapped to the container ids once per image) → containerd container and rootfs
 snapshot → task created (runc made the namespaces, process not started; output to the log
-file) → veth into the task's network namespace → firewall elements → task started.
+file) → veth into the task's network namespace → firewall elements → provider started and
+answering → task started.
 Teardown runs every step's undo in reverse, each safe when its setup never ran ("not found"
-is success): SIGTERM, a grace period, SIGKILL; task, container, snapshot, firewall, veth,
-files. A failed setup tears down what it made before the error is reported.
+is success): SIGTERM, a grace period, SIGKILL; task, provider, container, snapshot,
+firewall, veth, files. A failed setup tears down what it made before the error is reported.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .config import AgentConfig
 from .http import ExecResult, ExecTimeout
 from .logstore import LogStore
 from .presence import DesiredContainer
+from .providers import Launch, ProviderSupervisor
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class ContainerRuntime:
         self.firewall = firewall
         self.logs = logs
         self.ids = IdMapping(config.id_map_start, config.id_map_size)
+        self.providers = ProviderSupervisor(config.provider_command)
         self._image_locks: dict[str, asyncio.Lock] = {}
 
     def dir(self, cid: uuid.UUID) -> Path:
@@ -134,8 +137,34 @@ class ContainerRuntime:
         allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
         files.write_etc_files(directory, cid, str(allocation.container_address), dns)
+        await self.providers.start(self._launch(desired, allocation, token))
         await self.ctrd.tasks.start(str(cid))
         return Made(cid, pid, allocation, token)
+
+    def _launch(self, desired: DesiredContainer, allocation: Allocation, token: str) -> Launch:
+        """How this container's provider runs: its address, scope, quotas and storage."""
+        cid, definition, config = desired.container_id, desired.definition, self.config
+        quotas = definition.svc_quotas
+        directory = self.dir(cid)
+        port = self.network.settings.provider_port
+        env = {
+            "BISMUTH_BIND": f"{allocation.provider_address}:{port}",
+            "BISMUTH_TOKEN_FILE": str(directory / TOKEN_FILE),
+            "BISMUTH_FUNCTION_ID": str(desired.function_id),
+            "BISMUTH_GROUP_ID": str(definition.svc_group_id or desired.function_id),
+            "BISMUTH_STORAGE": config.provider_storage,
+            "BISMUTH_KV_QUOTA": str(quotas.kv if quotas and quotas.kv is not None else -1),
+            "BISMUTH_BLOB_QUOTA": str(quotas.blob if quotas and quotas.blob is not None else -1),
+            "BISMUTH_ZOOKEEPER": config.zookeeper,
+            "BISMUTH_ZOOKEEPER_ENV": config.zookeeper_env,
+            "BISMUTH_CLUSTER_KEY_FILE": config.cluster_key_file,
+            "BISMUTH_S3_ENDPOINT": config.provider_s3_endpoint,
+            "BISMUTH_S3_REGION": config.provider_s3_region,
+            "BISMUTH_S3_ACCESS_KEY": config.provider_s3_access_key,
+            "BISMUTH_S3_SECRET_KEY": config.provider_s3_secret_key,
+            "BISMUTH_LOG_LEVEL": config.provider_log_level,
+        }
+        return Launch(cid, directory, str(allocation.provider_address), port, token, env)
 
     def _token(self, directory: Path) -> str:
         """The container's provider token, made once and kept across agent restarts."""
@@ -170,11 +199,15 @@ class ContainerRuntime:
 
     # --- running containers ---------------------------------------------------------------
 
-    async def adopt(self, cid: uuid.UUID, pid: int) -> Made:
-        """Take over a running task after an agent restart, without restarting it."""
+    async def adopt(self, desired: DesiredContainer, pid: int) -> Made:
+        """Take over a running task (and its provider) after an agent restart, restarting
+        neither."""
+        cid = desired.container_id
         allocation = await self.network.adopt(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
-        return Made(cid, pid, allocation, self._token(self.dir(cid)))
+        token = self._token(self.dir(cid))
+        await self.providers.adopt(self._launch(desired, allocation, token))
+        return Made(cid, pid, allocation, token)
 
     async def execute(
         self,
@@ -228,6 +261,7 @@ class ContainerRuntime:
             await self.stop_task(cid, grace)
         except ContainerdError as exc:
             log.warning("stopping the task failed: %s", exc.message, extra={"container_id": cid})
+        await self.providers.stop(cid, self.dir(cid))
         await self.ctrd.delete_container(str(cid))
         await self.firewall.detach(host_ifname(str(cid)))
         await self.network.teardown(str(cid))

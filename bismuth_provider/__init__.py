@@ -1,1 +1,1 @@
-"""bismuth-provider, the per-container service provider: not included in this release yet."""
+"""bismuth-provider: key/value pairs, blobs and secrets for the code in one container."""

@@ -1,18 +1,105 @@
-"""Entry point of ``bismuth-provider``: a placeholder until a later release ships it."""
+"""``bismuth-provider`` entry point: one container's key/value, blob and secret service.
+
+The agent starts it with its settings in ``BISMUTH_*`` environment variables; it reads the
+token file, opens the storage backend, binds the container's host-side address and serves
+until SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
-MESSAGE = "bismuth-provider: the provider is not included in this release yet"
+from aiohttp import web
+
+from bismuth_core import eventloop
+from bismuth_core.config import (
+    ConfigError,
+    add_common_arguments,
+    flag_overrides,
+    load_config,
+    split_hostport,
+)
+from bismuth_core.errors import BismuthError
+from bismuth_core.logs import setup_logging
+from bismuth_core.secrets import SecretBox, load_cluster_key
+
+from .app import Limits, ProviderDeps, create_app
+from .config import ProviderConfig
+from .secretstore import SecretReader
+from .storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bismuth-provider", description=__doc__)
+    add_common_arguments(parser, "ADDR:PORT to serve on (the container's host-side address)")
+    parser.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
+    parser.add_argument("--function-id", metavar="UUID", help="the container's function")
+    parser.add_argument("--group-id", metavar="UUID", help="data scope (default: function id)")
+    parser.add_argument("--storage", metavar="URL", help="local:///path or s3://bucket/prefix")
+    return parser.parse_args(argv)
+
+
+def build_deps(config: ProviderConfig) -> ProviderDeps:
+    token = Path(config.token_file).read_text().strip()
+    if len(token) < 32:
+        raise ConfigError(f"config token_file: the token in {config.token_file} is too short")
+    key = None
+    if config.cluster_key or config.cluster_key_file:
+        key = SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))
+    return ProviderDeps(
+        token=token,
+        storage=open_storage(config.storage, config.group, config.quotas, _s3_settings(config)),
+        secrets=SecretReader(config.zookeeper, config.zookeeper_env, key, config.function),
+        limits=Limits(config.max_value_bytes, config.max_blob_bytes),
+    )
+
+
+def _s3_settings(config: ProviderConfig) -> object | None:
+    """S3 settings, only for an s3:// storage: boto3 costs ~20 MB per provider to import."""
+    if not config.storage.startswith("s3:"):
+        return None
+    from .storage.s3 import S3Settings
+
+    return S3Settings(
+        endpoint=config.s3_endpoint,
+        region=config.s3_region,
+        access_key=config.s3_access_key,
+        secret_key=config.s3_secret_key,
+    )
+
+
+async def serve(config: ProviderConfig) -> None:
+    host, port = split_hostport(config.bind, 9000)
+    runner = web.AppRunner(create_app(build_deps(config)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    log.info(
+        "serving on %s:%d (group %s, storage %s)",
+        host,
+        port,
+        config.group,
+        config.storage.split("://", 1)[0],
+        extra={"function_id": config.function_id},
+    )
+    await eventloop.until_signalled()
+    await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bismuth-provider", description=MESSAGE)
-    parser.parse_known_args(argv)
-    sys.stderr.write(MESSAGE + "\n")
-    sys.exit(2)
+    args = parse_args(argv)
+    try:
+        config = load_config(ProviderConfig, file=args.config, overrides=flag_overrides(args))
+        setup_logging(config.log_level)
+        eventloop.run(serve(config))
+    except (ConfigError, OSError) as exc:
+        sys.exit(f"bismuth-provider: {exc}")
+    except BismuthError as exc:
+        sys.exit(f"bismuth-provider: {exc.message}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Policy for a container whose host end is ``bthX`` holding ``.1`` (its subnet's `
 - to the host (input): only TCP to its own ``.1:<provider port>``, and replies on connections
   the host opened (the agent's proxy); everything else is dropped, so the host's daemons and
   other addresses, and other containers' provider addresses, are out of reach;
+- providers from anywhere else (another host, the host's other interfaces): dropped; only
+  the host itself (over ``lo``) and the container reach a ``.1:<provider port>``;
 - ``<metadata address>:<provider port>`` is DNATed to the container's own ``.1`` on the way in;
 - forwarded (the outside world): allowed, except to private, shared, link-local, loopback,
   multicast and reserved ranges, the pool, the host's own networks and any extra networks,
@@ -116,6 +118,7 @@ def _rules(settings: NetworkSettings, guard_forwarding: bool) -> list[str]:
         f"prerouting iifgroup {group} ip daddr {settings.metadata_address} tcp dport {port}"
         f" dnat ip to iifname map @{PROVIDER_MAP}",
         f"input iifgroup {group} jump container_to_host",
+        f'input iifname != "lo" ip daddr {settings.pool} tcp dport {port} drop',
         f"forward iifgroup {group} jump from_container",
         f"forward oifgroup {group} jump to_container",
         "container_to_host meta nfproto != ipv4 drop",

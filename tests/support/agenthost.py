@@ -7,11 +7,14 @@ parent, subnet pool and nftables table, and its namespace holds the busybox test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -26,6 +29,7 @@ from bismuth_agent.logstore import LogStore
 from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall, NetworkAdapter
 from bismuth_agent.presence import NodePresence
+from bismuth_agent.providers import recorded_pid
 from bismuth_agent.runtime import ContainerRuntime
 from bismuth_core import cluster, layout, operations
 from bismuth_core.definition import parse_definition
@@ -119,8 +123,26 @@ async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path
     yield config
     async with ContainerdClient(config.containerd_address, namespace) as client:
         await sweep(client)
+    end_providers(Path(config.state_dir))
     settings = network_settings(config)
     await Firewall(settings).remove_all()
+
+
+@pytest.fixture
+async def pynode(node, python_image):
+    """A node whose namespace also holds the toolkit's Python base image."""
+    async with ContainerdClient(node.containerd_address, node.containerd_namespace) as client:
+        await import_oci_archive(client, python_image)
+    return node
+
+
+def end_providers(state_dir: Path) -> None:
+    """Kill the providers the test's agents started (by the PIDs they recorded)."""
+    for pid_file in state_dir.glob("containers/*/provider.pid"):
+        pid = recorded_pid(pid_file.parent)
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

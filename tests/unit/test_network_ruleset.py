@@ -30,12 +30,16 @@ def rules(script: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("masquerade", [False, True])
 def test_base_chains_only_touch_container_interfaces(masquerade: bool) -> None:
-    """The host's own traffic never matches: every hooked rule first checks the group."""
+    """The host's own traffic never matches: every hooked rule first checks the group, except
+    the one that keeps other hosts away from the providers (the pool's provider port)."""
     settings = NetworkSettings(firewall_id="t1", interface_group=0xB150, masquerade=masquerade)
     script = install_script(settings)
     hooked = [rule for chain, rule in rules(script) if chain in BASE_CHAINS]
     assert hooked
-    assert all(rule.startswith(("iifgroup 45392 ", "oifgroup 45392 ")) for rule in hooked)
+    providers_only = f'iifname != "lo" ip daddr {settings.pool} tcp dport 9000 drop'
+    assert [r for r in hooked if not r.startswith(("iifgroup 45392 ", "oifgroup 45392 "))] == [
+        providers_only
+    ]
     assert "policy accept" in script and "policy drop" not in script
 
 

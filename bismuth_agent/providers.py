@@ -1,0 +1,269 @@
+"""Supervision of the per-container ``bismuth-provider`` processes.
+
+Contract:
+- ``start`` launches the container's provider on its host-side address and returns once the
+  provider answers ``/healthz`` with the container's token; it raises ``ProviderFailed`` (and
+  leaves no process) if it does not within ``ready_timeout``.
+- A provider that dies is started again, after a backoff that doubles up to a cap; a
+  provider that stayed up for ``STABLE_AFTER`` seconds starts the backoff over.
+- Providers run in their own session, so they outlive the agent: ``adopt`` (after an agent
+  restart) takes over the recorded process if it is still the provider it started, and
+  starts a new one only if it is gone. ``close`` stops watching without stopping them.
+- ``stop`` (SIGTERM, a grace period, SIGKILL) is safe for a container that has no provider.
+
+Exits are seen through a pidfd, which works for processes this agent did not start.
+The provider's settings go into its environment, never its command line, and the token stays
+in its file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from bismuth_core.errors import BismuthError
+
+log = logging.getLogger(__name__)
+
+PID_FILE = "provider.pid"
+LOG_FILE = "provider.log"
+STABLE_AFTER = 30.0
+PROCESS_NAMES = (b"bismuth_provider", b"bismuth-provider")  # in the provider's command line
+
+
+class ProviderFailed(BismuthError):
+    """The provider did not come up; the message says why."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to (re)start one container's provider."""
+
+    container_id: uuid.UUID
+    directory: Path  # the container's state directory (token file, pid file, log)
+    address: str  # host-side veth address
+    port: int
+    token: str
+    env: dict[str, str]  # BISMUTH_* settings of the provider
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
+@dataclass
+class _Watched:
+    launch: Launch
+    pid: int
+    started: float
+    fd: int = -1
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    failures: int = 0
+
+
+class ProviderSupervisor:
+    def __init__(
+        self,
+        command: tuple[str, ...] = (),
+        ready_timeout: float = 15.0,
+        backoff: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        self.command = command or (sys.executable, "-m", "bismuth_provider")
+        self.ready_timeout = ready_timeout
+        self.backoff, self.backoff_cap = backoff, backoff_cap
+        self._watched: dict[uuid.UUID, _Watched] = {}
+        self._restarts: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+    def pid(self, cid: uuid.UUID) -> int | None:
+        watched = self._watched.get(cid)
+        return watched.pid if watched else None
+
+    async def start(self, launch: Launch) -> None:
+        """Launch the provider and wait until it answers; ``ProviderFailed`` if it does not."""
+        pid = self._spawn(launch)
+        watched = self._watch(launch, pid)
+        try:
+            await self._ready(watched)
+        except ProviderFailed:
+            await self.stop(launch.container_id, grace=1.0)
+            raise
+
+    async def adopt(self, launch: Launch) -> None:
+        """Keep the provider a previous agent started, or start one if it is gone."""
+        pid = recorded_pid(launch.directory)
+        if pid is None:
+            await self.start(launch)
+            return
+        self._watch(launch, pid)
+        log.info("adopted provider %d", pid, extra={"container_id": launch.container_id})
+
+    async def stop(self, cid: uuid.UUID, directory: Path | None = None, grace: float = 5.0) -> None:
+        """End the container's provider (watched, or recorded in ``directory``)."""
+        restart = self._restarts.pop(cid, None)
+        if restart:
+            restart.cancel()
+        watched = self._watched.get(cid)
+        if watched is None and directory is not None:
+            pid = recorded_pid(directory)
+            if pid is not None:
+                launch = Launch(cid, directory, "", 0, "", {})
+                watched = self._watch(launch, pid)
+        if watched is None:
+            return
+        self._watched.pop(cid, None)  # its exit is no longer a failure
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(watched.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(watched.exited.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(watched.pid, signal.SIGKILL)
+            await asyncio.wait_for(watched.exited.wait(), 5.0)
+        (watched.launch.directory / PID_FILE).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop watching (the agent is stopping); the providers keep running."""
+        for task in self._restarts.values():
+            task.cancel()
+        self._restarts.clear()
+        loop = asyncio.get_running_loop()
+        for watched in self._watched.values():
+            if watched.fd >= 0:
+                loop.remove_reader(watched.fd)
+                os.close(watched.fd)
+                watched.fd = -1
+        self._watched.clear()
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _spawn(self, launch: Launch) -> int:
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **launch.env}
+        with open(launch.directory / LOG_FILE, "ab") as out:
+            process = subprocess.Popen(
+                self.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        _record_pid(launch.directory, process.pid)
+        log.info("started provider %d", process.pid, extra={"container_id": launch.container_id})
+        return process.pid
+
+    def _watch(self, launch: Launch, pid: int) -> _Watched:
+        watched = _Watched(launch, pid, time.monotonic())
+        try:
+            watched.fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            watched.exited.set()
+            return watched
+        self._watched[launch.container_id] = watched
+        asyncio.get_running_loop().add_reader(watched.fd, self._on_exit, watched)
+        return watched
+
+    def _on_exit(self, watched: _Watched) -> None:
+        asyncio.get_running_loop().remove_reader(watched.fd)
+        os.close(watched.fd)
+        watched.fd = -1
+        code = _reap(watched.pid)
+        watched.exited.set()
+        cid = watched.launch.container_id
+        if self._watched.get(cid) is not watched:
+            return  # stopped on purpose, or replaced
+        del self._watched[cid]
+        ran = time.monotonic() - watched.started
+        failures = 0 if ran >= STABLE_AFTER else watched.failures + 1
+        delay = min(self.backoff_cap, self.backoff * 2 ** max(failures - 1, 0))
+        log.warning(
+            "provider %d exited (%s) after %.1f s; starting it again in %.1f s",
+            watched.pid,
+            code,
+            ran,
+            delay,
+            extra={"container_id": cid},
+        )
+        self._restarts[cid] = asyncio.create_task(self._restart(watched.launch, delay, failures))
+
+    async def _restart(self, launch: Launch, delay: float, failures: int) -> None:
+        await asyncio.sleep(delay)  # the backoff itself, not a wait for a condition
+        self._restarts.pop(launch.container_id, None)
+        try:
+            pid = self._spawn(launch)
+            watched = self._watch(launch, pid)
+            watched.failures = failures
+            await self._ready(watched)
+        except (ProviderFailed, OSError) as exc:
+            log.warning(
+                "provider restart failed: %s", exc, extra={"container_id": launch.container_id}
+            )
+
+    async def _ready(self, watched: _Watched) -> None:
+        launch = watched.launch
+        headers = {"Authorization": f"Bearer {launch.token}"}
+        deadline = time.monotonic() + self.ready_timeout
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.monotonic() < deadline:
+                if watched.exited.is_set():
+                    raise ProviderFailed(f"the provider exited at start; see {LOG_FILE}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"{launch.url}/healthz", headers=headers) as response:
+                        if response.status == 200:
+                            return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watched.exited.wait(), 0.05)
+        raise ProviderFailed(
+            f"the provider did not answer on {launch.url} within {self.ready_timeout} s"
+        )
+
+
+def _record_pid(directory: Path, pid: int) -> None:
+    path = directory / PID_FILE
+    path.write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def recorded_pid(directory: Path) -> int | None:
+    """The recorded provider's PID if that very process still runs (not a reused PID)."""
+    try:
+        pid_text, start = (directory / PID_FILE).read_text().split()
+        pid = int(pid_text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if _start_time(pid) != start or not any(n in cmdline for n in PROCESS_NAMES):
+        return None
+    return pid
+
+
+def _start_time(pid: int) -> str:
+    """When the process started (clock ticks since boot): with the PID, names it uniquely."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _reap(pid: int) -> str:
+    """Collect the exit status if the process was our child; describe how it ended."""
+    try:
+        _, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "not our child"
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"code {os.waitstatus_to_exitcode(status)}" if status else "code 0"

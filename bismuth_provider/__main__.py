@@ -1,0 +1,5 @@
+"""``python -m bismuth_provider``."""
+
+from .main import main
+
+main()

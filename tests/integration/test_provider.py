@@ -1,0 +1,470 @@
+"""The provider as code in a container sees it: real agent, containerd, ZooKeeper, provider.
+
+Each function here runs a probe (Python in the base image, Executable mode) that makes the
+HTTP calls it is given to ``http://169.254.169.254:9000`` with its own ``BISMUTH_AUTH``, or
+opens TCP connections, and prints what it got back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bismuth_agent.config import AgentConfig
+from bismuth_agent.providers import recorded_pid
+from bismuth_core import operations
+from bismuth_core.definition import parse_definition
+from bismuth_core.secrets import generate_cluster_key
+from tests.support.agenthost import RunningAgent, running_backend, start_agent
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+PROBE = r"""
+import base64, json, os, socket, sys, urllib.error, urllib.request
+out = []
+for op in json.load(sys.stdin):
+    if op[0] == "connect":
+        try:
+            socket.create_connection((op[1], op[2]), timeout=1.5).close()
+            out.append("open")
+        except OSError as exc:
+            out.append(type(exc).__name__)
+        continue
+    method, path, body, token = op
+    data = None if body is None else base64.b64decode(body)
+    req = urllib.request.Request("http://169.254.169.254:9000" + path, data=data, method=method)
+    token = os.environ["BISMUTH_AUTH"] if token is None else token
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            out.append([resp.status, base64.b64encode(resp.read()).decode()])
+    except urllib.error.HTTPError as err:
+        out.append([err.code, base64.b64encode(err.read()).decode()])
+json.dump(out, sys.stdout)
+"""
+
+
+def probe_function(**changes: object):
+    raw: dict[str, object] = {
+        "image": "bismuth.local/python:3.11",
+        "cpu": 0.5,
+        "memory": 128 << 20,
+        "invoke_mode": {"Executable": ["/usr/bin/python3", "-c", PROBE]},
+        "max_instances": 1,
+        "routes": [],
+    }
+    raw.update(changes)
+    return parse_definition(raw)
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    body: bytes
+
+    @property
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+class Probe:
+    """One running probe container: ``call`` makes provider requests from inside it."""
+
+    def __init__(self, agent: RunningAgent, fid: uuid.UUID, cid: uuid.UUID) -> None:
+        self.agent, self.fid, self.cid = agent, fid, cid
+
+    async def run(self, ops: list[list[object]]) -> list[object]:
+        url = f"{self.agent.url}/invoke/{self.cid}"
+        async with aiohttp.ClientSession() as http, http.post(url, data=json.dumps(ops)) as resp:
+            body = await resp.read()
+            assert resp.status == 200, body
+        return json.loads(body)
+
+    async def call(
+        self, method: str, path: str, body: bytes | None = None, token: str | None = None
+    ) -> Reply:
+        (reply,) = await self.calls([(method, path, body, token)])
+        return reply
+
+    async def calls(self, calls: list[tuple[str, str, bytes | None, str | None]]) -> list[Reply]:
+        ops: list[list[object]] = [
+            [m, p, None if b is None else base64.b64encode(b).decode(), t] for m, p, b, t in calls
+        ]
+        return [Reply(s, base64.b64decode(b)) for s, b in await self.run(ops)]  # type: ignore[misc]
+
+    async def connect(self, host: str, port: int) -> str:
+        (result,) = await self.run([["connect", host, port]])
+        return str(result)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.agent.config.state_dir) / "containers" / str(self.cid)
+
+    @property
+    def token(self) -> str:
+        return (self.directory / "token").read_text().strip()
+
+    @property
+    def provider_pid(self) -> int | None:
+        return recorded_pid(self.directory)
+
+    async def provider_address(self) -> str:
+        made = self.agent.agent.containers[self.cid].made
+        assert made is not None
+        return str(made.allocation.provider_address)
+
+
+async def deploy_probe(zk, agent: RunningAgent, **changes: object) -> Probe:
+    fid = await operations.create_function(zk, probe_function(**changes))
+    backend = await eventually(lambda: running_backend(zk, fid), timeout=60, what="probe Running")
+    return Probe(agent, fid, backend.container_id)
+
+
+@pytest.fixture
+async def pyagent(pynode: AgentConfig):
+    running = await start_agent(pynode)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+async def storage_agent(request, pynode: AgentConfig):
+    """An agent whose providers keep data on this host's disk, or in S3 (a loopback server)."""
+    config = pynode
+    if request.param == "s3":
+        settings = request.getfixturevalue("s3_settings")
+        config = dataclasses.replace(
+            pynode,
+            provider_storage=f"s3://{request.getfixturevalue('s3_bucket')}/bismuth",
+            provider_s3_endpoint=settings.endpoint,
+            provider_s3_access_key=settings.access_key,
+            provider_s3_secret_key=settings.secret_key,
+        )
+    running = await start_agent(config)
+    yield running
+    await running.stop()
+
+
+# --- key/value and blobs -------------------------------------------------------------------
+
+
+async def test_kv_round_trip_and_errors_from_inside(zk, storage_agent):
+    probe = await deploy_probe(zk, storage_agent)
+    set_, got, gone, missing, empty_key = await probe.calls(
+        [
+            ("POST", "/kv/v1/settings/colour", b"blue", None),
+            ("GET", "/kv/v1/settings/colour", None, None),
+            ("DELETE", "/kv/v1/settings/colour", None, None),
+            ("GET", "/kv/v1/settings/colour", None, None),
+            ("GET", "/kv/v1/a//b", None, None),
+        ]
+    )
+    assert set_.status == 204
+    assert (got.status, got.body) == (200, b"blue")
+    assert gone.status == 204
+    assert missing.status == 404 and "no value" in missing.json["error"]
+    assert empty_key.status == 400 and "'//'" in empty_key.json["error"]
+    control = await probe.call("GET", "/kv/v1/a%01b")
+    assert control.status == 400 and "control" in control.json["error"]
+    too_big = await probe.call("POST", "/kv/v1/big", b"x" * ((1 << 20) + 1))
+    assert too_big.status == 413 and "limit" in too_big.json["error"]
+
+
+async def test_blob_create_replace_list_and_errors_from_inside(zk, storage_agent):
+    probe = await deploy_probe(zk, storage_agent)
+    content = os.urandom(300_000)
+    replies = await probe.calls(
+        [
+            ("POST", "/blob/v1/photos/1.jpg", content, None),
+            ("POST", "/blob/v1/photos/1.jpg", b"again", None),
+            ("PUT", "/blob/v1/photos/2.jpg", b"nope", None),
+            ("POST", "/blob/v1/photos/2.jpg", b"two", None),
+            ("POST", "/blob/v1/notes.txt", b"n", None),
+            ("PUT", "/blob/v1/photos/2.jpg", b"TWO", None),
+            ("GET", "/blob/v1/photos/1.jpg", None, None),
+            ("GET", "/blob/v1/photos/2.jpg", None, None),
+            ("GET", "/blob/v1/?prefix=photos/&limit=1", None, None),
+            ("GET", "/blob/v1/?prefix=photos/&limit=1&after=photos/1.jpg", None, None),
+            ("DELETE", "/blob/v1/notes.txt", None, None),
+            ("GET", "/blob/v1/", None, None),
+        ]
+    )
+    statuses = [r.status for r in replies]
+    assert statuses == [201, 409, 404, 201, 201, 200, 200, 200, 200, 200, 204, 200]
+    assert "exists" in replies[1].json["error"] and "no blob" in replies[2].json["error"]
+    assert replies[6].body == content and replies[7].body == b"TWO"
+    assert replies[8].json == {"keys": ["photos/1.jpg"], "next": "photos/1.jpg"}
+    assert replies[9].json == {"keys": ["photos/2.jpg"], "next": None}
+    assert replies[11].json == {"keys": ["photos/1.jpg", "photos/2.jpg"], "next": None}
+
+
+async def test_writes_past_the_quota_are_refused_and_change_nothing(zk, storage_agent):
+    probe = await deploy_probe(zk, storage_agent, svc_quotas={"kv": 100, "blob": 1000})
+    replies = await probe.calls(
+        [
+            ("POST", "/kv/v1/a", b"x" * 60, None),
+            ("POST", "/kv/v1/b", b"y" * 60, None),
+            ("GET", "/kv/v1/b", None, None),
+            ("POST", "/kv/v1/a", b"z" * 100, None),
+            ("GET", "/kv/v1/a", None, None),
+            ("POST", "/blob/v1/big", b"b" * 800, None),
+            ("PUT", "/blob/v1/big", b"c" * 1001, None),
+            ("POST", "/blob/v1/more", b"d" * 300, None),
+            ("GET", "/blob/v1/big", None, None),
+            ("GET", "/blob/v1/", None, None),
+        ]
+    )
+    assert [r.status for r in replies] == [204, 413, 404, 413, 200, 201, 413, 413, 200, 200]
+    assert replies[1].json["quota"] == "kv" and "quota" in replies[1].json["error"]
+    assert replies[4].body == b"x" * 60
+    assert replies[6].json["quota"] == "blob" and replies[7].json["quota"] == "blob"
+    assert replies[8].body == b"b" * 800
+    assert replies[9].json == {"keys": ["big"], "next": None}
+
+
+# --- tokens, reachability, scope -----------------------------------------------------------
+
+
+async def test_requests_need_the_containers_own_token(zk, pyagent):
+    a = await deploy_probe(zk, pyagent)
+    b = await deploy_probe(zk, pyagent)
+    none, wrong, others, own = await b.calls(
+        [
+            ("GET", "/healthz", None, ""),
+            ("GET", "/healthz", None, "x" * 43),
+            ("GET", "/healthz", None, a.token),
+            ("GET", "/healthz", None, None),
+        ]
+    )
+    assert none.status == 401 and "missing bearer token" in none.json["error"]
+    assert wrong.status == 401 and others.status == 401 and "wrong" in others.json["error"]
+    assert own.status == 200
+    assert a.token != b.token and len(a.token) >= 43  # 32 random bytes, base64
+
+
+async def test_a_container_cannot_reach_another_containers_provider(zk, pyagent):
+    a = await deploy_probe(zk, pyagent)
+    b = await deploy_probe(zk, pyagent)
+    a_address, b_address = await a.provider_address(), await b.provider_address()
+    assert await b.connect(b_address, 9000) == "open"
+    assert await b.connect(a_address, 9000) != "open"
+    assert await a.connect(a_address, 9000) == "open"
+    # the provider binds only its container's address: not loopback, not the node's address
+    for host in ("127.0.0.1", pyagent.config.node_ip):
+        with pytest.raises(OSError):
+            await asyncio.open_connection(host, 9000)
+
+
+async def test_functions_of_one_group_share_data_and_other_groups_do_not(zk, storage_agent):
+    group = str(uuid.uuid4())
+    a = await deploy_probe(zk, storage_agent, svc_group_id=group)
+    b = await deploy_probe(zk, storage_agent, svc_group_id=group)
+    c = await deploy_probe(zk, storage_agent)
+    assert (await a.call("POST", "/kv/v1/shared", b"from a")).status == 204
+    assert (await a.call("POST", "/blob/v1/doc", b"blob from a")).status == 201
+    seen_by_b = await b.calls(
+        [("GET", "/kv/v1/shared", None, None), ("GET", "/blob/v1/doc", None, None)]
+    )
+    assert [(r.status, r.body) for r in seen_by_b] == [(200, b"from a"), (200, b"blob from a")]
+    seen_by_c = await c.calls(
+        [("GET", "/kv/v1/shared", None, None), ("GET", "/blob/v1/", None, None)]
+    )
+    assert seen_by_c[0].status == 404
+    assert seen_by_c[1].json == {"keys": [], "next": None}
+
+
+# --- the provider process --------------------------------------------------------------------
+
+
+async def test_provider_killed_comes_back_with_its_data_and_survives_agent_restart(zk, pynode):
+    first = await start_agent(pynode)
+    try:
+        probe = await deploy_probe(zk, first)
+        assert (await probe.call("POST", "/kv/v1/durable", b"kept")).status == 204
+        killed = probe.provider_pid
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            pid = probe.provider_pid
+            return pid is not None and pid != killed
+
+        await eventually(restarted, timeout=20, what="a new provider")
+        reply = await eventually(
+            lambda: _answered(probe.call("GET", "/kv/v1/durable")), timeout=20, what="answers"
+        )
+        assert reply.body == b"kept"
+        before = probe.provider_pid
+    finally:
+        await first.stop()
+    second = await start_agent(pynode)
+    try:
+        probe.agent = second
+        await eventually(lambda: second.agent.containers.get(probe.cid), timeout=20, what="adopted")
+        assert (await probe.call("GET", "/kv/v1/durable")).body == b"kept"
+        assert probe.provider_pid == before  # adopted, not restarted
+    finally:
+        await second.stop()
+
+
+async def _answered(call) -> Reply | None:
+    reply = await call
+    return reply if reply.status == 200 else None
+
+
+async def test_removing_the_function_stops_its_provider(zk, pyagent):
+    probe = await deploy_probe(zk, pyagent)
+    pid = probe.provider_pid
+    assert pid is not None
+    await operations.delete_function(zk, probe.fid)
+
+    def gone() -> bool:
+        stopped = not Path(f"/proc/{pid}").exists() or _zombie(pid)
+        return stopped and not probe.directory.exists()
+
+    await eventually(gone, timeout=30, what="provider stopped and its files removed")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+async def test_secrets_set_through_the_api_are_read_inside(zk, pynode, zk_server, zk_env, tmp_path):
+    from bismuth_api.config import ApiConfig
+    from tests.support.apiserver import Api
+
+    key = generate_cluster_key()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_text(key)
+    config = dataclasses.replace(pynode, cluster_key_file=str(key_file))
+    running = await start_agent(config)
+    api = Api(ApiConfig(zookeeper=zk_server.hosts, zookeeper_env=zk_env, cluster_key=key))
+    await api.start()
+    try:
+        probe = await deploy_probe(zk, running)
+        async with aiohttp.ClientSession() as http:
+            url = f"{api.url}/function/{probe.fid}/secrets/db-password"
+            async with http.put(url, data=b"hunter2") as resp:
+                assert resp.status == 204, await resp.text()
+        found, missing, bad = await probe.calls(
+            [
+                ("GET", "/secrets/v1/db-password", None, None),
+                ("GET", "/secrets/v1/nothing", None, None),
+                ("GET", "/secrets/v1/..", None, None),
+            ]
+        )
+        assert (found.status, found.body) == (200, b"hunter2")
+        assert missing.status == 404
+        assert bad.status in (400, 404)
+        log = (probe.directory / "provider.log").read_text()
+        assert "hunter2" not in log and probe.token not in log
+    finally:
+        await api.stop()
+        await running.stop()
+
+
+async def test_a_wrong_cluster_key_is_an_error_not_garbage(zk, pynode, zk_server, zk_env, tmp_path):
+    from bismuth_api.config import ApiConfig
+    from tests.support.apiserver import Api
+
+    key_file = tmp_path / "other.key"
+    key_file.write_text(generate_cluster_key())
+    running = await start_agent(dataclasses.replace(pynode, cluster_key_file=str(key_file)))
+    api_key = generate_cluster_key()
+    api = Api(ApiConfig(zookeeper=zk_server.hosts, zookeeper_env=zk_env, cluster_key=api_key))
+    await api.start()
+    try:
+        probe = await deploy_probe(zk, running)
+        async with aiohttp.ClientSession() as http:
+            url = f"{api.url}/function/{probe.fid}/secrets/token"
+            async with http.put(url, data=b"s3cret") as resp:
+                assert resp.status == 204
+        reply = await probe.call("GET", "/secrets/v1/token")
+        assert reply.status == 503 and "key" in reply.json["error"]
+        assert b"s3cret" not in reply.body
+    finally:
+        await api.stop()
+        await running.stop()
+
+
+# --- from another host ---------------------------------------------------------------------
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5).close()
+    print("open")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+class Outsider:
+    """A network namespace routed to this host through a veth pair: another host's view."""
+
+    def __init__(self, route: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.netns, self.outer, inner = f"po{tag}", f"vpo{tag}", f"vpi{tag}"
+        octet = 1 + os.getpid() % 250
+        network = f"10.254.{octet}"
+        for argv in (
+            ["netns", "add", self.netns],
+            ["link", "add", self.outer, "type", "veth", "peer", "name", inner],
+            ["link", "set", inner, "netns", self.netns],
+            ["addr", "add", f"{network}.1/30", "dev", self.outer],
+            ["link", "set", self.outer, "up"],
+            ["-n", self.netns, "addr", "add", f"{network}.2/30", "dev", inner],
+            ["-n", self.netns, "link", "set", inner, "up"],
+            ["-n", self.netns, "link", "set", "lo", "up"],
+            ["-n", self.netns, "route", "add", route, "via", f"{network}.1"],
+        ):
+            self._run(["ip", *argv])
+
+    @staticmethod
+    def _run(argv: list[str]) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    async def connect(self, host: str, port: int) -> str:
+        argv = ["ip", "netns", "exec", self.netns, "python3", "-c", CONNECT, host, str(port)]
+        return (await asyncio.to_thread(self._run, argv)).strip()
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "link", "del", self.outer], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=30)
+
+
+async def test_another_host_cannot_reach_a_provider(zk, pyagent):
+    probe = await deploy_probe(zk, pyagent)
+    address = await probe.provider_address()
+    outsider = Outsider(pyagent.config.network_pool)
+    # the control: a listener of the test's own on the same address, another port
+    server = await asyncio.start_server(lambda r, w: w.close(), address, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await outsider.connect(address, port) == "open"  # routed to this host
+        assert await outsider.connect(address, 9000) != "open"  # but the provider is not
+        assert (await probe.call("GET", "/healthz")).status == 200
+    finally:
+        server.close()
+        await server.wait_closed()
+        outsider.remove()
