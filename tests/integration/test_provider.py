@@ -22,10 +22,11 @@ import pytest
 
 from bismuth_agent.config import AgentConfig
 from bismuth_agent.providers import recorded_pid
-from bismuth_core import operations
+from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
+from bismuth_core.layout import ContainerStatus
 from bismuth_core.secrets import generate_cluster_key
-from tests.support.agenthost import RunningAgent, running_backend, start_agent
+from tests.support.agenthost import RunningAgent, get, httpd, running_backend, start_agent, statuses
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -468,3 +469,27 @@ async def test_another_host_cannot_reach_a_provider(zk, pyagent):
         server.close()
         await server.wait_closed()
         outsider.remove()
+
+
+async def test_a_provider_that_cannot_start_fails_the_container_and_leaves_nothing(zk, node):
+    running = await start_agent(dataclasses.replace(node, provider_command=("/bin/false",)))
+    try:
+        fid = await operations.create_function(zk, httpd())
+
+        async def failed() -> bool:
+            return (await statuses(zk, fid)) == [ContainerStatus.FAILED]
+
+        await eventually(failed, timeout=30, what="Failed")
+        (backend,) = (await cluster.read_function(zk, fid)).backends
+        _status, body, _ = await get(f"{running.url}/logs/{backend.container_id}")
+        assert "provider exited at start" in body
+
+        async def clean() -> bool:  # between two attempts of the restart backoff
+            containers = await running.ctrd.containers.list()
+            links = await running.agent.runtime.network.list()
+            attached = await running.agent.runtime.firewall.attached()
+            return not containers and not links and not attached
+
+        await eventually(clean, timeout=30, what="no container, veth or firewall element")
+    finally:
+        await running.stop()
