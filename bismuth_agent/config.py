@@ -64,6 +64,9 @@ class AgentConfig:
     provider_s3_access_key: str = ""
     provider_s3_secret_key: str = ""
     provider_command: tuple[str, ...] = ()
+    # Run providers as this user ("" = the agent's own, root): it owns local storage's data
+    # and reads its container's token; the agent hands it the cluster key.
+    provider_user: str = ""
     provider_log_level: str = "info"
     # File with the cluster key that opens function secrets ("" = secrets unavailable).
     cluster_key_file: str = ""

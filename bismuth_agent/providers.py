@@ -12,8 +12,9 @@ Contract:
 - ``stop`` (SIGTERM, a grace period, SIGKILL) is safe for a container that has no provider.
 
 Exits are seen through a pidfd, which works for processes this agent did not start.
-The provider's settings go into its environment, never its command line, and the token stays
-in its file.
+The provider's settings go into its environment, never its command line; the token goes
+down its stdin, so a provider running as an unprivileged user needs no access to the agent's
+files.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Launch:
     port: int
     token: str
     env: dict[str, str]  # BISMUTH_* settings of the provider
+    user: tuple[int, int] | None = None  # uid, gid to run as (None: the agent's own)
 
     @property
     def url(self) -> str:
@@ -150,16 +152,23 @@ class ProviderSupervisor:
 
     def _spawn(self, launch: Launch) -> int:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **launch.env}
+        identity = {}
+        if launch.user is not None:
+            identity = {"user": launch.user[0], "group": launch.user[1], "extra_groups": []}
         with open(launch.directory / LOG_FILE, "ab") as out:
             process = subprocess.Popen(
                 self.command,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                **identity,  # type: ignore[arg-type]
             )
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError), process.stdin:
+            process.stdin.write(launch.token.encode() + b"\n")  # a pipe holds it whole
         _record_pid(launch.directory, process.pid)
         log.info("started provider %d", process.pid, extra={"container_id": launch.container_id})
         return process.pid

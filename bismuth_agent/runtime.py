@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pwd
 import secrets
 import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
@@ -28,6 +31,7 @@ from bismuth_agent.containerd.registry import pull
 from bismuth_agent.containerd.remap import remapped_snapshot
 from bismuth_agent.containerd.types import Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
+from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError
 
 from . import files
@@ -41,6 +45,28 @@ from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, contai
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "token"
+
+
+def provider_identity(name: str) -> tuple[int, int] | None:
+    """uid and gid of the user providers run as (``None``: the agent's own)."""
+    if not name:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"config provider_user: no user named {name!r} on this host") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def local_storage_root(url: str, owner: tuple[int, int]) -> None:
+    """Make a ``local://`` storage root exist and belong to the providers' user."""
+    parts = urlsplit(url)
+    if parts.scheme != "local":
+        return
+    root = Path(parts.path)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (root.stat().st_uid, root.stat().st_gid) != owner:
+        os.chown(root, *owner)
 
 
 class SetupFailed(BismuthError):
@@ -73,6 +99,7 @@ class ContainerRuntime:
         self.logs = logs
         self.ids = IdMapping(config.id_map_start, config.id_map_size)
         self.providers = ProviderSupervisor(config.provider_command)
+        self.provider_user = provider_identity(config.provider_user)
         self._image_locks: dict[str, asyncio.Lock] = {}
 
     def dir(self, cid: uuid.UUID) -> Path:
@@ -149,7 +176,7 @@ class ContainerRuntime:
         port = self.network.settings.provider_port
         env = {
             "BISMUTH_BIND": f"{allocation.provider_address}:{port}",
-            "BISMUTH_TOKEN_FILE": str(directory / TOKEN_FILE),
+            "BISMUTH_TOKEN_FILE": "-",  # the token comes on the provider's stdin
             "BISMUTH_FUNCTION_ID": str(desired.function_id),
             "BISMUTH_GROUP_ID": str(definition.svc_group_id or desired.function_id),
             "BISMUTH_STORAGE": config.provider_storage,
@@ -164,7 +191,14 @@ class ContainerRuntime:
             "BISMUTH_S3_SECRET_KEY": config.provider_s3_secret_key,
             "BISMUTH_LOG_LEVEL": config.provider_log_level,
         }
-        return Launch(cid, directory, str(allocation.provider_address), port, token, env)
+        user = self.provider_user
+        if user is not None:  # an unprivileged provider: hand it what only root may read
+            local_storage_root(config.provider_storage, user)
+            if config.cluster_key_file:
+                env["BISMUTH_CLUSTER_KEY"] = Path(config.cluster_key_file).read_text().strip()
+                env["BISMUTH_CLUSTER_KEY_FILE"] = ""
+        address = str(allocation.provider_address)
+        return Launch(cid, directory, address, port, token, env, user)
 
     def _token(self, directory: Path) -> str:
         """The container's provider token, made once and kept across agent restarts."""

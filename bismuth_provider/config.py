@@ -19,7 +19,7 @@ from .storage.base import Quotas
 class ProviderConfig:
     # ADDR:PORT to serve on: the container's host-side veth address, port 9000.
     bind: str = "127.0.0.1:9000"
-    # File holding the container's bearer token (mode 0600, written by the agent).
+    # File holding the container's bearer token, or "-": read it from stdin (the agent's way).
     token_file: str = ""
     function_id: str = ""
     # Data scope: the function's service group; "" = the function's own id.

@@ -45,9 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_deps(config: ProviderConfig) -> ProviderDeps:
-    token = Path(config.token_file).read_text().strip()
+    if config.token_file == "-":
+        token = sys.stdin.readline().strip()
+    else:
+        token = Path(config.token_file).read_text().strip()
     if len(token) < 32:
-        raise ConfigError(f"config token_file: the token in {config.token_file} is too short")
+        raise ConfigError(f"config token_file: the token from {config.token_file} is too short")
     key = None
     if config.cluster_key or config.cluster_key_file:
         key = SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))

@@ -26,7 +26,15 @@ from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus
 from bismuth_core.secrets import generate_cluster_key
-from tests.support.agenthost import RunningAgent, get, httpd, running_backend, start_agent, statuses
+from tests.support.agenthost import (
+    RunningAgent,
+    end_providers,
+    get,
+    httpd,
+    running_backend,
+    start_agent,
+    statuses,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -313,15 +321,22 @@ async def test_provider_killed_comes_back_with_its_data_and_survives_agent_resta
     second = await start_agent(pynode)
     try:
         probe.agent = second
-        await eventually(lambda: second.agent.containers.get(probe.cid), timeout=20, what="adopted")
-        assert (await probe.call("GET", "/kv/v1/durable")).body == b"kept"
+        reply = await eventually(
+            lambda: _answered(probe.call("GET", "/kv/v1/durable")), timeout=20, what="adopted"
+        )
+        assert reply.body == b"kept"
         assert probe.provider_pid == before  # adopted, not restarted
     finally:
         await second.stop()
 
 
 async def _answered(call) -> Reply | None:
-    reply = await call
+    """The reply if the call went through and got a 200; None while the agent or the
+    provider is not ready yet."""
+    try:
+        reply = await call
+    except AssertionError:  # the agent did not run the probe (not adopted yet)
+        return None
     return reply if reply.status == 200 else None
 
 
@@ -493,3 +508,34 @@ async def test_a_provider_that_cannot_start_fails_the_container_and_leaves_nothi
         await eventually(clean, timeout=30, what="no container, veth or firewall element")
     finally:
         await running.stop()
+
+
+async def test_providers_can_run_as_an_unprivileged_user(zk, pynode):
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    work = Path(tempfile.mkdtemp(prefix="bismuth-provider-"))
+    work.chmod(0o711)  # a path the provider's user may walk, as /var/lib is
+    config = dataclasses.replace(
+        pynode, provider_user="nobody", provider_storage=f"local://{work}/data"
+    )
+    running = await start_agent(config)
+    try:
+        probe = await deploy_probe(zk, running)
+        set_, got = await probe.calls(
+            [("POST", "/kv/v1/k", b"v", None), ("GET", "/kv/v1/k", None, None)]
+        )
+        assert (set_.status, got.status, got.body) == (204, 200, b"v")
+        pid = probe.provider_pid
+        assert pid is not None
+        uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
+        assert uids == [str(nobody.pw_uid)] * 4
+        group_dir = work / "data" / str(probe.fid)
+        assert group_dir.stat().st_uid == nobody.pw_uid
+        assert (probe.directory / "token").stat().st_uid == 0  # the token stays root's
+    finally:
+        await running.stop()
+        end_providers(Path(config.state_dir))
+        shutil.rmtree(work, ignore_errors=True)
