@@ -22,13 +22,15 @@ Contracts every backend keeps (the shared suite in ``tests/provider/`` checks th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from bismuth_core.errors import TooLarge
 
 WriteMode = Literal["create", "replace"]
+SPOOL_BATCH = 1 << 20  # bytes gathered before each write of a spooled body
 
 
 class QuotaExceeded(TooLarge):
@@ -85,3 +87,22 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def spool(body: AsyncIterator[bytes], out: BinaryIO, max_bytes: int) -> int:
+    """Copy ``body`` into ``out`` in batches written off the loop; ``TooLarge`` past the limit.
+
+    Returns the body's size. Both backends receive a blob this way before they store it.
+    """
+    size, batch = 0, bytearray()
+    async for chunk in body:
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"blob: larger than the limit of {max_bytes} bytes")
+        batch += chunk
+        if len(batch) >= SPOOL_BATCH:
+            await asyncio.to_thread(out.write, bytes(batch))
+            batch.clear()
+    if batch:
+        await asyncio.to_thread(out.write, bytes(batch))
+    return size

@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from bismuth_core.errors import Conflict, NotFound, TooLarge
+from bismuth_core.errors import Conflict, NotFound
 
-from .base import BlobStream, QuotaExceeded, Quotas, WriteMode
+from .base import BlobStream, QuotaExceeded, Quotas, WriteMode, spool
 
 T = TypeVar("T")
 
@@ -40,7 +40,6 @@ INSERT OR IGNORE INTO usage VALUES
     ('blob', (SELECT COALESCE(SUM(size), 0) FROM blob));
 """
 READ_CHUNK = 256 << 10
-WRITE_BATCH = 1 << 20
 
 
 class LocalStorage:
@@ -167,7 +166,7 @@ class LocalStorage:
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
-                size = await _spool(body, out, max_bytes)
+                size = await spool(body, out, max_bytes)
                 await asyncio.to_thread(_sync, out)
             await self._run(lambda: self._commit_blob(key, tmp, size, mode))
         finally:
@@ -207,22 +206,6 @@ class LocalStorage:
 
     async def close(self) -> None:
         await self._run(self._db.close)
-
-
-async def _spool(body: AsyncIterator[bytes], out: BinaryIO, max_bytes: int) -> int:
-    """Copy ``body`` into ``out`` in batches written off the loop; ``TooLarge`` past the limit."""
-    size, batch = 0, bytearray()
-    async for chunk in body:
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge(f"blob: larger than the limit of {max_bytes} bytes")
-        batch += chunk
-        if len(batch) >= WRITE_BATCH:
-            await asyncio.to_thread(out.write, bytes(batch))
-            batch.clear()
-    if batch:
-        await asyncio.to_thread(out.write, bytes(batch))
-    return size
 
 
 def _sync(out: BinaryIO) -> None:

@@ -45,14 +45,13 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as ConnectFailed
 
 from bismuth_core.config import ConfigError
-from bismuth_core.errors import BismuthError, Conflict, NotFound, TooLarge, Unavailable
+from bismuth_core.errors import BismuthError, Conflict, NotFound, Unavailable
 
-from .base import BlobStream, QuotaExceeded, Quotas, WriteMode
+from .base import BlobStream, QuotaExceeded, Quotas, WriteMode, spool
 
 T = TypeVar("T")
 
 READ_CHUNK = 64 << 10
-SPOOL_BATCH = 1 << 20
 MIN_PART_SIZE = 5 << 20  # S3's smallest part (but the last) of a multipart upload
 LIST_PAGE = 1000  # S3's largest ListObjectsV2 page
 WRITE_ATTEMPTS = 3  # conditional writes retried when another writer got in between
@@ -283,15 +282,15 @@ class S3Storage:
         self, key: str, body: AsyncIterator[bytes], mode: WriteMode, max_bytes: int
     ) -> int:
         await self._run("check blob", lambda: self._expect(key, mode))  # fail before the body
-        spool = await asyncio.to_thread(tempfile.TemporaryFile)
+        spooled = await asyncio.to_thread(tempfile.TemporaryFile)
         try:
-            size = await _spool(body, spool, max_bytes)
+            size = await spool(body, spooled, max_bytes)
             await self._charge("blob", key, size)
         except BaseException:
-            await asyncio.to_thread(spool.close)
+            await asyncio.to_thread(spooled.close)
             raise
-        # The upload's thread closes the spool, even if this task is cancelled meanwhile.
-        await self._run("write blob", lambda: self._upload(key, spool, size, mode))
+        # The upload's thread closes the spool file, even if this task is cancelled meanwhile.
+        await self._run("write blob", lambda: self._upload(key, spooled, size, mode))
         return size
 
     def _expect(self, key: str, mode: WriteMode) -> str:
@@ -303,16 +302,16 @@ class S3Storage:
             raise NotFound(f"no blob {key!r}; create it with POST")
         return "" if head is None else str(head["ETag"])
 
-    def _upload(self, key: str, spool: BinaryIO, size: int, mode: WriteMode) -> None:
+    def _upload(self, key: str, spooled: BinaryIO, size: int, mode: WriteMode) -> None:
         """Upload the spooled blob on the condition ``mode`` sets, then close it (blocking)."""
-        with spool:
+        with spooled:
             for _ in range(WRITE_ATTEMPTS):
                 if mode == "create":
                     condition = {"IfNoneMatch": "*"}
                 else:  # replace what is there now, unless it is gone
                     condition = {"IfMatch": self._expect(key, mode)}
                 try:
-                    self._put_file(self._object("blob", key), spool, size, condition)
+                    self._put_file(self._object("blob", key), spooled, size, condition)
                     return
                 except ClientError as exc:
                     code = _error_code(exc)
@@ -322,18 +321,20 @@ class S3Storage:
                         raise
         raise Conflict(f"blob {key!r} kept changing while it was written; try again")
 
-    def _put_file(self, target: str, spool: BinaryIO, size: int, condition: dict[str, str]) -> None:
-        spool.seek(0)
+    def _put_file(
+        self, target: str, spooled: BinaryIO, size: int, condition: dict[str, str]
+    ) -> None:
+        spooled.seek(0)
         part = self.settings.part_size
         if size <= part:
             self._client.put_object(
-                Bucket=self.bucket, Key=target, Body=spool, ContentLength=size, **condition
+                Bucket=self.bucket, Key=target, Body=spooled, ContentLength=size, **condition
             )
             return
         upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=target)["UploadId"]
         try:
             parts = [
-                {"PartNumber": number, "ETag": self._put_part(target, upload, number, spool)}
+                {"PartNumber": number, "ETag": self._put_part(target, upload, number, spooled)}
                 for number in range(1, (size + part - 1) // part + 1)
             ]
             self._client.complete_multipart_upload(
@@ -348,8 +349,8 @@ class S3Storage:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=target, UploadId=upload)
             raise
 
-    def _put_part(self, target: str, upload: str, number: int, spool: BinaryIO) -> str:
-        data = spool.read(self.settings.part_size)
+    def _put_part(self, target: str, upload: str, number: int, spooled: BinaryIO) -> str:
+        data = spooled.read(self.settings.part_size)
         answer = self._client.upload_part(
             Bucket=self.bucket, Key=target, UploadId=upload, PartNumber=number, Body=data
         )
@@ -367,19 +368,3 @@ class S3Storage:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._client.close)
-
-
-async def _spool(body: AsyncIterator[bytes], out: BinaryIO, max_bytes: int) -> int:
-    """Copy ``body`` into ``out`` in batches written off the loop; ``TooLarge`` past the limit."""
-    size, batch = 0, bytearray()
-    async for chunk in body:
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge(f"blob: larger than the limit of {max_bytes} bytes")
-        batch += chunk
-        if len(batch) >= SPOOL_BATCH:
-            await asyncio.to_thread(out.write, bytes(batch))
-            batch.clear()
-    if batch:
-        await asyncio.to_thread(out.write, bytes(batch))
-    return size
