@@ -24,9 +24,11 @@ python:
 	@test -x $(SYSTEM_PYTHON) || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3; }
 
-# Debian packages, only if one is missing (so a second run touches nothing).
+# Debian packages, only if one is missing (so a second run touches nothing): this machine
+# runs every part of the cluster and builds the toolkit and the base image.
+DEBIAN_PACKAGES = $(foreach list,debian_packages agent_packages zookeeper_packages build_packages,$(call setting,$(list)))
 packages: python
-	@missing=""; for p in $(call setting,debian_packages); do \
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -65,13 +67,44 @@ ETC_DIR = $(call setting,etc_dir)
 CONTAINERD_ADDRESS = $(call setting,containerd_address)
 CONTAINERD_NAMESPACE = $(call setting,containerd_namespace)
 SERVICE_MANAGER = $(call setting,service_manager)
+AGENT_STATE_DIR = $(or $(call setting,agent_state_dir),$(call setting,var_dir)/agent)
+
+# Stops the providers the agent started (they outlive it, in sessions of their own): each
+# container's <agent state dir>/containers/<id>/provider.pid names one, killed only if that
+# very process still runs (same start time, a provider's command line); SIGTERM, then SIGKILL
+# after 10 s.
+define STOP_PROVIDERS
+import contextlib, os, signal, sys, time
+from pathlib import Path
+from bismuth_agent.providers import recorded_pid
+dirs = [d for d in Path(sys.argv[1]).glob("containers/*") if d.is_dir()]
+running = lambda: [(d, p) for d, p in ((d, recorded_pid(d)) for d in dirs) if p]
+def signal_all(sig, found):
+    for _, pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+first = running()
+signal_all(signal.SIGTERM, first)
+deadline = time.monotonic() + 10
+while running() and time.monotonic() < deadline:
+    time.sleep(0.1)
+signal_all(signal.SIGKILL, running())
+if first:
+    print(f"stopped {len(first)} provider(s)")
+endef
+export STOP_PROVIDERS
 
 # First the agent stops (so it restarts nothing), then every function task in containerd's
 # namespace is killed and deleted (their containers stay: the next `make up` starts them
-# again), then the rest: supervisord, shut down through its own socket (which stops every
-# daemon), waited for until it has exited; or the systemd units where systemd is PID 1.
+# again), then the containers' providers, then the rest: supervisord, shut down through its
+# own socket (which stops every daemon), waited for until it has exited; or the systemd
+# units where systemd is PID 1.
 down:
-	@kill_tasks() { \
+	@stop_providers() { \
+	  [ -x $(VENV)/bin/python ] || return 0; \
+	  $(VENV)/bin/python -c "$$STOP_PROVIDERS" "$(AGENT_STATE_DIR)"; \
+	}; \
+	kill_tasks() { \
 	  local ctr=(ctr -a "$(CONTAINERD_ADDRESS)" -n "$(CONTAINERD_NAMESPACE)") tasks left t; \
 	  tasks=$$("$${ctr[@]}" tasks ls -q 2>/dev/null) || return 0; \
 	  [ -n "$$tasks" ] || return 0; \
@@ -92,15 +125,18 @@ down:
 	if [ "$$systemd" = yes ]; then \
 	  systemctl stop bismuth-agent 2>/dev/null || true; \
 	  kill_tasks; \
+	  stop_providers; \
 	  systemctl stop bismuth-fe bismuth-api bismuth-containerd bismuth-zookeeper 2>/dev/null || true; \
 	  exit 0; \
 	fi; \
 	conf="$(ETC_DIR)/supervisord.conf"; \
 	if ! pid=$$(supervisorctl -c "$$conf" pid 2>/dev/null) || ! [ "$$pid" -gt 0 ] 2>/dev/null; then \
+	  stop_providers; \
 	  echo "nothing to stop: supervisord ($$conf) is not running"; exit 0; \
 	fi; \
 	supervisorctl -c "$$conf" stop bismuth-agent >/dev/null 2>&1 || true; \
 	kill_tasks; \
+	stop_providers; \
 	supervisorctl -c "$$conf" shutdown; \
 	alive() { local s; s=$$(sed -E 's/.*\) (.).*/\1/' "/proc/$$1/stat" 2>/dev/null) && [ "$$s" != Z ]; }; \
 	for _ in $$(seq 600); do alive "$$pid" || break; sleep 0.1; done; \

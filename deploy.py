@@ -1,10 +1,13 @@
 """Bring up a Bismuth cluster: ``pyinfra -y inventories/<fleet>.py deploy.py`` (repo root).
 
-Packages and directories, the service manager, ZooKeeper, the environment and this node in
-it, the cluster key (which seals function secrets), the API and the frontend, containerd,
-the base image, the agent, and finally a sample function served through the frontend.
-Settings come from ``group_data/`` and host data; every step is idempotent, so a second run
-reports no changes.
+On every host: Debian packages, kernel settings and directories, the service manager and the
+toolkit (a versioned install, or a checkout's virtualenv). Then by inventory group: the
+ZooKeeper ensemble (``zookeeper``), the environment (bootstrapped once) and every agent host
+provisioned as a node, the cluster key (which seals function secrets), the API (``api``) and
+the frontend (``frontends``), containerd, the base image and the agent (``agents``), and
+finally a sample function served through the frontends. An inventory without these groups
+makes each host a single-node cluster. Settings come from ``group_data/`` and host data;
+every step is idempotent, so a second run reports no changes.
 """
 
 from tasks.agent import agent
@@ -16,10 +19,12 @@ from tasks.daemons import api, frontend
 from tasks.images import base_image
 from tasks.sample import sample_function
 from tasks.services import service_manager
+from tasks.toolkit import toolkit
 from tasks.zookeeper import zookeeper
 
 base()
 service_manager()
+toolkit()
 zookeeper()
 cluster()
 key = cluster_key()

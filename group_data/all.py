@@ -52,12 +52,36 @@ fe_admin_bind = "127.0.0.1:8003"  # bismuthfe: /healthz and /metrics
 agent_port = 8001  # bismuthd's port on every node's IP
 node_loss_grace = 10.0  # seconds a node may be gone before its containers are replaced
 log_level = "info"  # debug, info, warning or error
-# Virtualenv holding the toolkit on the target host; default: the one running pyinfra.
-bismuth_venv = sys.prefix
-# Checkout of the toolkit on the target host (the base image is built from its images/).
-bismuth_source = str(Path(__file__).resolve().parent.parent)
 # Seconds the deploy waits for the agent to be alive and for the sample function to answer.
 start_wait = 180
+
+# --- the toolkit on the hosts ------------------------------------------------------------
+# "wheel": the machine running pyinfra builds a wheel of this project and of each of its
+# dependencies into <wheelhouse_dir>/<version>/, uploads that to every host and installs it,
+# without any package index, into a virtualenv of its own, <toolkit_dir>/<version>
+# (<toolkit_dir>/current: the host's bismuthctl; each daemon runs from its own link,
+# <toolkit_dir>/bismuth-agent, -api, -fe). Hosts need the Python (major.minor) and the
+# architecture of the machine running pyinfra.
+# "checkout": every program runs from bismuth_venv, a checkout's virtualenv on the host
+# (inventories/local.py: make up on this machine).
+toolkit_install = "wheel"
+toolkit_dir = "/opt/bismuth"
+toolkit_python = "/usr/bin/python3"  # makes the virtualenvs on the hosts (Debian's python3)
+toolkit_source = ""  # "" = this checkout: the source tree the wheel is built from
+# The version installed is pyproject's, plus "+<label>" when a label is set (letters and
+# digits, dot-separated): a build of changed sources gets a version of its own.
+toolkit_version_label = ""
+wheelhouse_dir = ""  # "" = <this checkout>/var/wheelhouse, on the machine running pyinfra
+# Checkout installs: the virtualenv (default: the one running pyinfra) and the checkout the
+# base image is built from, on the host.
+bismuth_venv = sys.prefix
+bismuth_source = str(Path(__file__).resolve().parent.parent)
+
+# --- rolling agent upgrades (upgrade.py) -------------------------------------------------
+upgrade_batch_size = 1  # agent hosts upgraded at the same time
+# Seconds a restarted agent has to pass its health gate: alive with the new version, every
+# container of its node adopted and Running, every container's task the same process.
+upgrade_gate_wait = 120
 
 # --- the agent (bismuthd) and its containers ---------------------------------------------
 agent_state_dir = ""  # "" = <var_dir>/agent: network allocations, per-container files
@@ -67,6 +91,24 @@ network_pool = "10.253.0.0/16"  # every container gets a /30 of it
 plain_http_registries: list[str] = []  # registries (host[:port]) pulled from over plain HTTP
 outbound_nat = False  # containers reach the internet through NAT
 rate_limit_kbit = 0  # per-container rate limit in kbit/s each way (0 = none)
+# Where each container's provider keeps its group's key/value pairs and blobs:
+# "" = local://<var_dir>/data (SQLite and files on the node), or s3://bucket/prefix, shared
+# by every node, with the endpoint, region and credentials below.
+provider_storage = ""
+provider_s3_endpoint = ""  # e.g. https://s3.example.net ("" = AWS's own)
+provider_s3_region = "us-east-1"
+provider_s3_access_key = ""
+provider_s3_secret_key = ""
+# Kernel settings of agent hosts, applied by every deploy: modules loaded unless loaded or
+# built in, and sysctls, e.g. {"fs.inotify.max_user_instances": 1024}. Not net.ipv4.ip_forward:
+# the agent turns forwarding on itself, with a firewall rule that forwards container traffic
+# only, and off again; turned on beforehand, the host would forward everything. To keep them
+# across reboots name files for them (e.g. /etc/sysctl.d/60-bismuth.conf,
+# /etc/modules-load.d/bismuth.conf); "" = not written (the kernel loads modules on use).
+agent_kernel_modules = ["overlay", "veth", "nf_tables"]
+agent_sysctls: dict[str, int | str] = {}
+sysctl_conf = ""
+modules_conf = ""
 
 # --- containerd --------------------------------------------------------------------------
 # The toolkit runs containerd with a config of its own (<etc_dir>/containerd.toml, the CRI
@@ -82,6 +124,8 @@ containerd_command = "/usr/bin/containerd"
 # Built once from Debian packages (python3 -m images.build), then imported into containerd.
 base_image = "bismuth.local/python:3.11"
 base_image_archive = ""  # "" = <var_dir>/images/python-3.11.oci.tar (name follows base_image)
+# Wheel installs: the archive is built on the machine running pyinfra, here, and uploaded.
+base_image_source = ""  # "" = <this checkout>/var/images/python-3.11.oci.tar
 
 # --- sample function ---------------------------------------------------------------------
 # A small Python server in the base image, created once through the API and reachable
@@ -98,18 +142,24 @@ run_dir = "/run/bismuth"  # supervisord's socket and pidfile
 # --- host --------------------------------------------------------------------------------
 # "auto": systemd units where systemd is PID 1, otherwise a supervisord of the toolkit's own.
 service_manager = "auto"
-# Debian packages the deploy needs (make up installs them before pyinfra runs).
+# Debian packages, installed only when missing (make up installs them before pyinfra runs):
+# every host's, agent hosts', ZooKeeper hosts', and what building the toolkit and the base
+# image needs (checkout installs, and the machine running a fleet's deploy).
 debian_packages = [
-    "containerd",  # the container runtime (brings runc and ctr)
     "curl",
-    "gcc",
-    "git",  # the agent clones function repos
-    "golang-github-containerd-containerd-dev",  # containerd's API protos: stubs are generated
     "iproute2",
-    "mmdebstrap",  # builds the base image from Debian packages
     "nftables",
+    "python3-venv",  # the toolkit's virtualenvs
+    "supervisor",  # keeps the daemons running where systemd is not PID 1
+]
+agent_packages = [
+    "containerd",  # the container runtime (brings runc and ctr)
+    "git",  # the agent clones function repos
+]
+zookeeper_packages = ["zookeeper"]
+build_packages = [
+    "gcc",
+    "golang-github-containerd-containerd-dev",  # containerd's API protos: stubs are generated
+    "mmdebstrap",  # builds the base image from Debian packages
     "python3-dev",
-    "python3-venv",
-    "supervisor",
-    "zookeeper",
 ]

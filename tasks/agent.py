@@ -1,10 +1,12 @@
 """The agent, ``bismuthd``: runs this node's containers through containerd.
 
-Its TOML config is rendered from group data to ``<etc_dir>/agent.toml``; it runs as the
-program ``bismuth-agent`` once containerd answers and the node is provisioned (deploy.py
-orders the tasks so); it restarts when its config or the cluster key it reads changed. The
-deploy then waits, with a deadline, until ZooKeeper lists the
-node's agent as alive, so that functions can be placed on it.
+It runs on the hosts of the ``agents`` group. Its TOML config is rendered from group data to
+``<etc_dir>/agent.toml``; it runs as the program ``bismuth-agent`` once containerd answers
+and the node is provisioned (deploy.py orders the tasks so); it restarts when its config,
+the cluster key it reads or its version link changed. Only its own process is signalled on a
+stop or restart: the per-container providers it started keep running, and the next agent
+adopts them. The deploy then waits, with a deadline, until ZooKeeper lists the node's agent
+as alive, so that functions can be placed on it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 
-from tasks.cluster import bismuthctl, venv_bin
+from tasks.cluster import bismuthctl
 from tasks.cluster_key import cluster_key_file
 from tasks.facts import AliveNodes
 from tasks.rendering import template_file
+from tasks.roles import AGENTS, has_role
 from tasks.services import Program, program, program_log
+from tasks.toolkit import daemon_bin, switch_daemon, tool_bin
 from tasks.waiting import wait_until
 from tasks.zookeeper import connect_string
+
+AGENT_PROGRAM = "bismuth-agent"
 
 # Run by the toolkit's Python on `bismuthctl --json nodes`: exit 0 iff node argv[1] is alive.
 _ALIVE_CHECK = (
@@ -40,22 +46,25 @@ def container_log_dir() -> str:
     return str(host.data.container_log_dir or f"{host.data.log_dir}/containers")
 
 
-def node_alive() -> bool:
-    """Whether ZooKeeper lists this node's agent as alive, asked when the deploy executes."""
-    return host.data.node_ip in host.get_fact(AliveNodes, bismuthctl=bismuthctl())
+def provider_storage() -> str:
+    """Where providers keep key/value pairs and blobs: ``local://<var_dir>/data`` by default."""
+    return str(host.data.provider_storage or f"local://{host.data.var_dir}/data")
 
 
-@deploy("Bismuth agent")
-def agent(restart_on: Sequence[OperationMeta] = ()) -> None:
-    """Directories, config and ``bismuthd``; then wait until the node's agent is alive.
+def agent_program(config: str) -> Program:
+    return Program(
+        name=AGENT_PROGRAM,
+        description="Bismuth agent (bismuthd)",
+        command=(daemon_bin(AGENT_PROGRAM, "bismuthd"), "--config", config),
+        directory=host.data.var_dir,
+        priority=400,  # last up, first down: after containerd and ZooKeeper
+        kill_mode="process",  # its providers outlive it; containers are containerd's
+    )
 
-    ``restart_on``: other files it reads (the cluster key); a change restarts it.
-    """
-    # 711: containers' /etc files are bind-mounted from here by the container's own root
-    files.directory(name="Agent state directory", path=state_dir(), mode="711")
-    files.directory(name="Container log directory", path=container_log_dir(), mode="750")
-    path = f"{host.data.etc_dir}/agent.toml"
-    config = template_file(
+
+def agent_config(path: str) -> OperationMeta:
+    """Render ``agent.toml``; the result says whether it changed."""
+    return template_file(
         "bismuthd configuration",
         "agent.toml.j2",
         path,
@@ -75,18 +84,39 @@ def agent(restart_on: Sequence[OperationMeta] = ()) -> None:
         outbound_nat=host.data.outbound_nat,
         rate_limit_kbit=host.data.rate_limit_kbit,
         cluster_key_file=cluster_key_file(),
+        provider_storage=provider_storage(),
+        provider_s3_endpoint=host.data.provider_s3_endpoint,
+        provider_s3_region=host.data.provider_s3_region,
+        provider_s3_access_key=host.data.provider_s3_access_key,
+        provider_s3_secret_key=host.data.provider_s3_secret_key,
     )
-    spec = Program(
-        name="bismuth-agent",
-        description="Bismuth agent (bismuthd)",
-        command=(venv_bin("bismuthd"), "--config", path),
-        directory=host.data.var_dir,
-        priority=400,  # last up, first down: after containerd and ZooKeeper
-    )
-    program(spec, [config, *restart_on])
-    check = shlex.join([venv_bin("python"), "-c", _ALIVE_CHECK, host.data.node_ip])
+
+
+def node_alive() -> bool:
+    """Whether ZooKeeper lists this node's agent as alive, asked when the deploy executes."""
+    return host.data.node_ip in host.get_fact(AliveNodes, bismuthctl=bismuthctl())
+
+
+@deploy("Bismuth agent")
+def agent(restart_on: Sequence[OperationMeta | None] = ()) -> None:
+    """Directories, config and ``bismuthd``; then wait until the node's agent is alive.
+
+    ``restart_on``: other files it reads (the cluster key); a change restarts it (``None``:
+    no such file here).
+    """
+    if not has_role(AGENTS):
+        return
+    # 711: containers' /etc files are bind-mounted from here by the container's own root
+    files.directory(name="Agent state directory", path=state_dir(), mode="711")
+    files.directory(name="Container log directory", path=container_log_dir(), mode="750")
+    path = f"{host.data.etc_dir}/agent.toml"
+    config = agent_config(path)
+    link = switch_daemon(AGENT_PROGRAM)
+    spec = agent_program(path)
+    program(spec, [op for op in (config, link, *restart_on) if op is not None])
+    check = shlex.join([tool_bin("python"), "-c", _ALIVE_CHECK, host.data.node_ip])
     server.shell(
-        name=f"Wait until the agent of node {host.data.node_ip} is alive",
+        name="Wait until this node's agent is alive",
         commands=[
             wait_until(
                 f"{bismuthctl('--json', 'nodes')} 2>/dev/null | {check}",

@@ -1,8 +1,10 @@
-"""Make this host part of the cluster: bootstrap the environment once, provision the node.
+"""Make the hosts a cluster: bootstrap the environment once, provision every agent host.
 
 Both steps run ``bismuthctl`` and only when ZooKeeper says they are needed. The check runs
 when the step is about to execute (``_if``), not when the deploy is prepared: on a first run
 ZooKeeper has only just been started by then, and a rerun finds both done and changes nothing.
+The bootstrap runs on one host only (the first that gets here), so hosts never race to
+create the same tree; each host of ``agents`` then provisions itself as a node.
 """
 
 from __future__ import annotations
@@ -14,18 +16,16 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from tasks.facts import ClusterMembership, ClusterState
+from tasks.roles import AGENTS, has_role
+from tasks.toolkit import tool_bin
 from tasks.zookeeper import connect_string
-
-
-def venv_bin(program: str) -> str:
-    return f"{host.data.bismuth_venv}/bin/{program}"
 
 
 def bismuthctl(*args: str) -> str:
     """A ``bismuthctl`` command line aimed at this deploy's ensemble and environment."""
     return shlex.join(
         [
-            venv_bin("bismuthctl"),
+            tool_bin("bismuthctl"),
             "--zookeeper",
             connect_string(),
             "--zookeeper-env",
@@ -39,7 +39,7 @@ def cluster_state() -> ClusterState:
     """Ask ZooKeeper now, waiting for it to answer as long as bootstrap would."""
     return host.get_fact(
         ClusterMembership,
-        python=venv_bin("python"),
+        python=tool_bin("python"),
         zookeeper=connect_string(),
         env=host.data.zookeeper_env,
         ip=host.data.node_ip,
@@ -54,9 +54,12 @@ def cluster() -> None:
         name=f"Bootstrap environment {host.data.zookeeper_env}",
         commands=[bismuthctl("bootstrap", "--wait", str(host.data.bootstrap_wait))],
         _if=lambda: not cluster_state().bootstrapped,
+        _run_once=True,
     )
+    if not has_role(AGENTS):
+        return
     server.shell(
-        name=f"Provision node {host.data.node_ip}",
+        name="Provision this host as a node",
         commands=[bismuthctl("provision", host.data.node_ip)],
         _if=lambda: not cluster_state().provisioned,
     )

@@ -3,7 +3,8 @@
 It is kept on the machine that runs the deploy, in ``cluster_key_source`` (default
 ``<this checkout>/var/secrets/<zookeeper_env>.key``, mode 0600), generated there the first
 time a deploy needs it, and uploaded to ``cluster_key_file`` (default
-``<etc_dir>/cluster.key``, root, mode 0600) on every host, whose API and agent read it. A
+``<etc_dir>/cluster.key``, root, mode 0600) on every host of ``api`` and ``agents``, whose
+API and agent read it (no other host gets it). A
 second deploy finds the same key on both sides and changes nothing. Losing the source
 file means losing every stored secret: back it up.
 """
@@ -19,6 +20,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
 from bismuth_core.secrets import generate_cluster_key, load_cluster_key
+from tasks.roles import AGENTS, API, has_role
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -50,11 +52,14 @@ def ensure_key_source(path: Path) -> Path:
 
 
 @deploy("Cluster key")
-def cluster_key() -> OperationMeta:
+def cluster_key() -> OperationMeta | None:
     """Upload the fleet's key (generated on this machine if missing); the upload's result.
 
-    Daemons that read the key restart when it changed (pass the result to their task).
+    Daemons that read the key restart when it changed (pass the result to their task);
+    ``None`` on hosts that need no key.
     """
+    if not (has_role(API) or has_role(AGENTS)):
+        return None
     source = ensure_key_source(cluster_key_source())
     return files.put(
         name="Cluster key",

@@ -1,9 +1,10 @@
 """containerd, the container runtime the agent drives, run by the service manager.
 
-The toolkit's containerd has a config of its own (``<etc_dir>/containerd.toml``: root, state
-and socket from group data, the CRI plugin off) and runs as the program
-``bismuth-containerd``. Debian's package also ships ``containerd.service``; where systemd is
-PID 1 that one is stopped and disabled, since it would use the same socket and root.
+It runs on the hosts of the ``agents`` group, with a config of its own
+(``<etc_dir>/containerd.toml``: root, state and socket from group data, the CRI plugin off),
+as the program ``bismuth-containerd``. Debian's package also ships ``containerd.service``;
+where systemd is PID 1 that one is stopped and disabled, since it would use the same socket
+and root.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from tasks.rendering import template_file
+from tasks.roles import AGENTS, has_role
 from tasks.services import Program, program, program_log, uses_systemd
 from tasks.waiting import wait_until
 
@@ -39,6 +41,8 @@ def ctr(*args: str) -> str:
 @deploy("containerd")
 def containerd() -> None:
     """State directory, config and the daemon; waits until it answers when (re)started."""
+    if not has_role(AGENTS):
+        return
     # 711: a user-namespaced container's root must reach its bundle in here. (containerd
     # makes its root directory itself, and keeps it 700.)
     files.directory(name="containerd state directory", path=host.data.containerd_state, mode="711")

@@ -1,5 +1,6 @@
 """Facts the Bismuth deploy decides on: what runs the daemons, what the cluster holds,
-which images containerd has, and whether the sample function answers.
+which images containerd has, whether the sample function answers, and whether a host holds
+a wheelhouse intact.
 
 Facts only observe. Each one's command exits 0 whatever it finds, so "not there yet" is a
 value (``None`` or ``False``), never a failed host.
@@ -218,3 +219,45 @@ def http_probe(url: str, host_header: str, timeout: float = 5.0) -> str:
             url,
         ]
     )
+
+
+class WheelhouseChecksum(FactBase[str | None]):
+    """sha256 of ``<path>/SHA256SUMS`` if every file it lists is there and intact, else ``None``.
+
+    Equal to :attr:`tasks.wheelhouse.Wheelhouse.build_id` when the host holds that very
+    wheelhouse: one command, however many wheels it has.
+    """
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return (
+            f"cd {quoted} 2>/dev/null && sha256sum --status -c SHA256SUMS 2>/dev/null "
+            "&& sha256sum < SHA256SUMS || true"
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        words = "".join(output).split()
+        return words[0] if words else None
+
+
+class MissingKernelModules(FactBase[list[str]]):
+    """Which of ``modules`` are neither loaded nor built into the kernel.
+
+    A kernel without loadable modules (no ``/proc/modules``) has everything built in.
+    """
+
+    def command(self, modules: list[str]) -> str:
+        builtin = '"/lib/modules/$(uname -r)/modules.builtin"'
+        checks = [
+            f"[ -d /sys/module/{name} ] || grep -q '/{name}.ko' {builtin} 2>/dev/null "
+            f"|| grep -q '^{name} ' /proc/modules || echo {name}"
+            for name in map(shlex.quote, modules)
+        ]
+        return f"[ -e /proc/modules ] || exit 0; {'; '.join(checks)}; true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []

@@ -2,9 +2,10 @@
 
 Its definition (``templates/sample-function.json.j2``: the base image running
 ``templates/sample-function.py`` in Server mode) is rendered to
-``<etc_dir>/sample-function.json`` and POSTed to the API once, when no function answers
-``sample_hostname`` yet. The deploy then waits, with a deadline, until the frontend answers
-that hostname with 200. Off with ``sample_function = False``.
+``<etc_dir>/sample-function.json`` on the first host of ``api`` and POSTed to its API once,
+when no function answers ``sample_hostname`` yet. Every frontend host then waits, with a
+deadline, until its frontend answers that hostname with 200. Off with
+``sample_function = False``.
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from tasks.cluster import bismuthctl
+from tasks.daemons import FE_PROGRAM
 from tasks.facts import HttpStatus, RoutedHostnames, http_probe
 from tasks.rendering import TEMPLATES, template_file
+from tasks.roles import API, FRONTENDS, first_of, has_role
 from tasks.services import program_log
 from tasks.waiting import wait_until
 
 PROGRAM = TEMPLATES / "sample-function.py"
 
 
+def local_url(bind: str) -> str:
+    """``http://ADDR:PORT/`` for a daemon bound to ``bind`` (every address: loopback)."""
+    address, _, port = bind.rpartition(":")
+    return f"http://{'127.0.0.1' if address in ('0.0.0.0', '') else address}:{port}/"
+
+
 def frontend_url() -> str:
-    return f"http://{host.data.fe_bind}/"
+    return local_url(host.data.fe_bind)
 
 
 def routed() -> bool:
@@ -53,7 +62,7 @@ def create_command(definition: str) -> str:
             "Content-Type: application/json",
             "--data-binary",
             f"@{definition}",
-            f"http://{host.data.api_bind}/function",
+            f"{local_url(host.data.api_bind)}function",
         ]
     )
 
@@ -64,21 +73,24 @@ def sample_function() -> None:
     if not host.data.sample_function:
         return
     hostname = host.data.sample_hostname
-    path = f"{host.data.etc_dir}/sample-function.json"
-    template_file(
-        "Sample function definition",
-        "sample-function.json.j2",
-        path,
-        "644",
-        image=host.data.base_image,
-        hostname=hostname,
-        program=PROGRAM.read_text(),
-    )
-    server.shell(
-        name=f"Create the sample function ({hostname})",
-        commands=[create_command(path)],
-        _if=lambda: not routed(),
-    )
+    if first_of(API):
+        path = f"{host.data.etc_dir}/sample-function.json"
+        template_file(
+            "Sample function definition",
+            "sample-function.json.j2",
+            path,
+            "644",
+            image=host.data.base_image,
+            hostname=hostname,
+            program=PROGRAM.read_text(),
+        )
+        server.shell(
+            name=f"Create the sample function ({hostname})",
+            commands=[create_command(path)],
+            _if=lambda: not routed(),
+        )
+    if not has_role(FRONTENDS):
+        return
     probe = http_probe(frontend_url(), hostname)
     server.shell(
         name=f"Wait until {hostname} answers through the frontend",
@@ -87,7 +99,7 @@ def sample_function() -> None:
                 f'[ "$({probe})" = 200 ]',
                 float(host.data.start_wait),
                 f"{hostname} answering 200 at {frontend_url()}",
-                program_log("bismuth-agent"),
+                program_log(FE_PROGRAM),
                 interval=0.5,
             )
         ],

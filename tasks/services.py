@@ -43,6 +43,11 @@ class Program:
     # supervisord starts lower numbers first and stops higher numbers first, waiting for each
     # to stop: what others depend on (ZooKeeper) gets a low one.
     priority: int = 999
+    # systemd: which processes a stop or restart signals. "control-group": every process of
+    # the unit; "process": only the main one, so that children it started to outlive it
+    # (the agent's providers) keep running. supervisord signals the program's process group
+    # only, which such children have left.
+    kill_mode: str = "control-group"
 
     @property
     def command_line(self) -> str:
@@ -69,6 +74,13 @@ def supervisord_config() -> str:
 
 def supervisorctl() -> str:
     return f"supervisorctl -c {shlex.quote(supervisord_config())}"
+
+
+def restart_command(name: str) -> str:
+    """Shell: restart program ``name`` now, whichever service manager runs it."""
+    if uses_systemd():
+        return shlex.join(["systemctl", "restart", f"{name}.service"])
+    return f"{supervisorctl()} restart {shlex.quote(name)}"
 
 
 def supervisord_running() -> bool:

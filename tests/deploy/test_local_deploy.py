@@ -2,13 +2,14 @@
 
 The whole cluster comes up: ZooKeeper, the API, the frontend, containerd, the agent, the base
 image and the sample function, which the test then calls through the frontend. Then ``make
-down`` stops it. Every path points into a temporary directory (containerd's root, state and
-socket too), every port is a free one, the node is a loopback address of its own (so the
-agent's nftables table ``inet bismuth_n<ip>`` is the test's alone), with its own ZooKeeper
-environment, cgroup parent and container subnet pool: the operator's cluster (``make up``)
-is never touched. Needs root and the Debian packages of ``.ci/run``. The base image archive
-is built into the checkout's ``var/images/`` once and reused by later runs. The cluster key
-is generated in the test's directory, not in the checkout's ``var/secrets/``.
+down`` stops it, the containers' providers included. Every path points into a temporary
+directory (containerd's root, state and socket too), every port is a free one, the node is a
+loopback address of its own (so the agent's nftables table ``inet bismuth_n<ip>`` is the
+test's alone), with its own ZooKeeper environment, cgroup parent and container subnet pool:
+the operator's cluster (``make up``) is never touched. Needs root and the Debian packages of
+``.ci/run``. The base image archive is built into the checkout's ``var/images/`` once and
+reused by later runs. The cluster key is generated in the test's directory, not in the
+checkout's ``var/secrets/``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import tomllib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,12 +36,24 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bismuth_agent.config import AgentConfig
+from bismuth_agent.main import network_settings
+from bismuth_agent.network import Firewall
+from bismuth_agent.providers import recorded_pid
+from tests.deploy.pyinfra_runs import (
+    REPO,
+    assert_no_changes,
+    changed_operations,
+    data_args,
+    output,
+    results_table,
+    run,
+)
 from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.prefix) / "bin"
 ARCHIVE = REPO / "var" / "images" / "python-3.11.oci.tar"
 DEPLOY_TIMEOUT = 420.0  # the first run may build the base image (~25 s) and import it
@@ -49,6 +62,7 @@ PROGRAMS = ("bismuth-zookeeper", "bismuth-api", "bismuth-fe", "bismuth-container
 SAMPLE_HOST = "hello.bismuth.local"
 NAMESPACE = "bismuth"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+NETWORK_POOL = "10.252.0.0/24"
 
 
 @dataclass
@@ -88,6 +102,24 @@ class LocalCluster:
         """The key on the "control machine": private to this test, outside the checkout."""
         return self.root / "control" / "cluster.key"
 
+    def agent_config(self) -> AgentConfig:
+        return AgentConfig(
+            bind=self.node_ip, network_pool=NETWORK_POOL, state_dir=str(self.agent_state_dir)
+        )
+
+    @property
+    def agent_state_dir(self) -> Path:
+        return self.root / "var" / "agent"
+
+    def providers(self) -> dict[str, int]:
+        """Container id -> PID of its running provider, from the agent's pid files."""
+        found = {}
+        for directory in self.agent_state_dir.glob("containers/*"):
+            pid = recorded_pid(directory)
+            if pid is not None:
+                found[directory.name] = pid
+        return found
+
     @property
     def firewall_table(self) -> str:
         return "bismuth_n" + self.node_ip.replace(".", "_")
@@ -113,21 +145,20 @@ class LocalCluster:
             "containerd_root": str(self.root / "var" / "containerd"),
             "containerd_state": str(self.root / "run" / "containerd"),
             "agent_cgroup_parent": self.cgroup_parent,
-            "network_pool": "10.252.0.0/24",
+            "network_pool": NETWORK_POOL,
             "base_image_archive": str(ARCHIVE),
             "cluster_key_source": str(self.cluster_key_source),
         }
 
     def deploy(self) -> subprocess.CompletedProcess[str]:
         args = [str(VENV_BIN / "pyinfra"), "-y", "inventories/local.py", "deploy.py"]
-        for key, value in self.data().items():
-            args += ["--data", f"{key}={value}"]
-        return run(args, DEPLOY_TIMEOUT)
+        return run([*args, *data_args(self.data())], DEPLOY_TIMEOUT)
 
     def make_down(self) -> subprocess.CompletedProcess[str]:
         """``make down``, aimed at this deploy instead of the one in group data."""
         overrides = {
             "ETC_DIR": str(self.root / "etc"),
+            "AGENT_STATE_DIR": str(self.agent_state_dir),
             "CONTAINERD_ADDRESS": str(self.containerd_socket),
             "CONTAINERD_NAMESPACE": NAMESPACE,
             "SERVICE_MANAGER": "supervisord",
@@ -155,11 +186,13 @@ class LocalCluster:
         """Stop everything, even after a failed test; leave no task, table or cgroup behind."""
         if self.supervisord_pid() is not None:
             self.make_down()
-        for pid in self._cgroup_pids():  # only if make down could not kill them
+        # only if make down could not stop them: providers are in no cgroup of the test's
+        for pid in [*self._cgroup_pids(), *self.providers().values()]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self.firewall_table in nft_tables():
-            run(["nft", "delete", "table", "inet", self.firewall_table], 30)
+            # as the agent removes it: forwarding goes off again if the agent turned it on
+            asyncio.run(Firewall(network_settings(self.agent_config())).remove_all())
         self._remove_cgroups()
         shutil.rmtree(self.root, ignore_errors=True)
         assert self.firewall_table not in nft_tables()
@@ -184,44 +217,6 @@ class LocalCluster:
         for directory in self._cgroup_dirs():
             with contextlib.suppress(OSError):
                 directory.rmdir()
-
-
-def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args,
-        cwd=REPO,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment without BISMUTH_* settings that would override the test's."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("BISMUTH_")}
-
-
-def output(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def results_table(text: str) -> dict[str, list[str]]:
-    """pyinfra's results table: operation name -> [hosts, success (changed), error, no change]."""
-    rows: dict[str, list[str]] = {}
-    started = False
-    for line in text.splitlines():
-        cells = re.split(r"\s{2,}", re.sub(r"\x1b\[[0-9;]*m", "", line).strip())
-        if cells[:2] == ["Operation", "Hosts"]:
-            started = True
-        elif started and len(cells) == 5:
-            rows[cells[0]] = cells[1:]
-    return rows
-
-
-def changed_operations(table: dict[str, list[str]]) -> list[str]:
-    return [name for name, cells in table.items() if name != "Grand total" and cells[1] != "-"]
 
 
 def four_letter_word(host: str, port: int, word: bytes) -> bytes:
@@ -342,6 +337,14 @@ async def test_sample_function_answers_through_the_frontend(cluster: LocalCluste
     assert [f["routes"] for f in functions] == [[SAMPLE_HOST]]
 
 
+def test_providers_keep_their_data_under_the_deploys_own_var_dir(cluster: LocalCluster) -> None:
+    config = tomllib.loads((cluster.root / "etc" / "agent.toml").read_text())
+    data = cluster.root / "var" / "data"
+    assert config["provider_storage"] == f"local://{data}"
+    assert data.is_dir()  # made by the agent for the sample function's provider
+    assert len(cluster.providers()) == 1
+
+
 async def test_cluster_key_is_installed_and_the_api_stores_secrets(
     cluster: LocalCluster,
 ) -> None:
@@ -362,14 +365,7 @@ async def test_cluster_key_is_installed_and_the_api_stores_secrets(
 
 
 def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:
-    again = cluster.deploy()
-    assert again.returncode == 0, output(again)
-    table = results_table(again.stdout + again.stderr)
-    assert "Grand total" in table, output(again)
-    assert changed_operations(table) == []
-    hosts, changed, errors, unchanged = table["Grand total"]
-    assert (changed, errors) == ("-", "-")
-    assert int(unchanged) == int(hosts) > 0
+    assert_no_changes(cluster.deploy())
 
 
 async def test_make_down_kills_function_tasks_and_stops_every_daemon(
@@ -381,11 +377,14 @@ async def test_make_down_kills_function_tasks_and_stops_every_daemon(
     assert len(pids) == len(PROGRAMS) and all(p.isdigit() and int(p) > 0 for p in pids), pids
     tasks = await asyncio.to_thread(cluster.tasks)
     assert len(tasks) == 1 and veths_of(set(tasks)), tasks
-    processes = [supervisord, *map(int, pids), *tasks.values()]
+    providers = cluster.providers()
+    assert list(providers) == list(tasks), providers  # one provider per container
+    processes = [supervisord, *map(int, pids), *tasks.values(), *providers.values()]
 
     result = await asyncio.to_thread(cluster.make_down)
     assert result.returncode == 0, output(result)
     assert "killed and deleted 1 function task(s)" in result.stdout, output(result)
+    assert "stopped 1 provider(s)" in result.stdout, output(result)
 
     await eventually(
         lambda: not any(is_running(pid) for pid in processes), UP_TIMEOUT, what="processes gone"

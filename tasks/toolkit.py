@@ -1,0 +1,210 @@
+"""The toolkit itself on each host: versioned virtualenvs, or a checkout's virtualenv.
+
+``toolkit_install = "wheel"`` (fleets): the machine running pyinfra builds the wheelhouse
+(:mod:`tasks.wheelhouse`) once per run; each host gets it in
+``<toolkit_dir>/wheelhouse/<version>/`` (uploaded as one tar, only when the files there do
+not match its checksums) and installs
+it with ``toolkit_python -m venv`` and ``pip install --no-index`` into
+``<toolkit_dir>/<version>/``. ``<toolkit_dir>/current`` then points at that version: the
+``bismuthctl`` and Python the deploy and operators use. Each daemon runs from a link of its
+own, ``<toolkit_dir>/<program>`` (``bismuth-agent``, ``bismuth-api``, ``bismuth-fe``), which
+its task points at the version it should run: a daemon restarts when its link moved, and
+``upgrade.py`` moves the agents' links one host at a time. Old versions stay installed
+(providers started by an older agent keep running from it).
+
+``toolkit_install = "checkout"`` (``make up``): every program runs from ``bismuth_venv``, the
+checkout's own virtualenv, and nothing is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import threading
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import FileContents, Link
+from pyinfra.operations import files, server
+
+from tasks.facts import WheelhouseChecksum
+from tasks.wheelhouse import Wheelhouse, WheelhouseError, archive, build
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+BUILD_MARKER = ".bismuth-build"  # in an installed version: the build_id it was installed from
+# pyinfra prepares hosts concurrently (gevent greenlets, with threading patched): the first
+# host builds, the others wait for its result.
+BUILDING = threading.Lock()
+
+
+def wheel_install() -> bool:
+    """Whether hosts get versioned installs (True) or run a checkout's virtualenv (False)."""
+    mode = host.data.toolkit_install
+    if mode not in ("wheel", "checkout"):
+        raise DeployError(f"toolkit_install must be wheel or checkout, not {mode!r}")
+    return bool(mode == "wheel")
+
+
+def toolkit_dir() -> str:
+    return str(host.data.toolkit_dir)
+
+
+def tool_bin(program: str) -> str:
+    """A program of the toolkit for tools (``bismuthctl``, ``python``): the current version."""
+    if wheel_install():
+        return f"{toolkit_dir()}/current/bin/{program}"
+    return f"{host.data.bismuth_venv}/bin/{program}"
+
+
+def daemon_bin(daemon: str, program: str) -> str:
+    """``program`` as daemon ``daemon`` runs it: through the daemon's own version link."""
+    if wheel_install():
+        return f"{toolkit_dir()}/{daemon}/bin/{program}"
+    return f"{host.data.bismuth_venv}/bin/{program}"
+
+
+def wheelhouse() -> Wheelhouse:
+    """This run's wheelhouse, built on this machine the first time a host asks."""
+    source = Path(host.data.toolkit_source or CHECKOUT)
+    root = Path(host.data.wheelhouse_dir or CHECKOUT / "var" / "wheelhouse")
+    with BUILDING:
+        return _built(source, str(host.data.toolkit_version_label or ""), root)
+
+
+@functools.cache
+def _built(source: Path, label: str, root: Path) -> Wheelhouse:
+    try:
+        return build(source, label, root)
+    except (WheelhouseError, OSError) as exc:
+        raise DeployError(f"cannot build the toolkit's wheelhouse from {source}: {exc}") from None
+
+
+def version() -> str:
+    """The version this run installs (wheel installs only)."""
+    return wheelhouse().version
+
+
+@deploy("Bismuth toolkit")
+def toolkit(make_current: bool = True) -> None:
+    """Upload the wheelhouse and install its version; then point ``current`` at it.
+
+    ``make_current=False`` (``upgrade.py``) installs the version next to the running one
+    without switching anything to it.
+    """
+    if not wheel_install():
+        return
+    built = wheelhouse()
+    files.directory(name="Toolkit directory", path=toolkit_dir(), mode="755")
+    remote = f"{toolkit_dir()}/wheelhouse/{built.version}"
+    files.put(
+        name=f"Upload the wheelhouse of bismuth {built.version}",
+        src=str(_archive(built)),
+        dest=f"{remote}.tar",
+        mode="600",
+        _if=lambda: not _uploaded(remote, built),
+    )
+    server.shell(  # asked again: a tar left by an interrupted run is unpacked too
+        name=f"Unpack the wheelhouse of bismuth {built.version}",
+        commands=[_unpack_script(remote)],
+        _if=lambda: not _uploaded(remote, built),
+    )
+    server.shell(
+        name=f"Install bismuth {built.version} into {toolkit_dir()}/{built.version}",
+        commands=[_install_script(built, remote)],
+        _if=lambda: _installed_build(built.version) != built.build_id,
+    )
+    if make_current:
+        files.link(
+            name=f"Make bismuth {built.version} current",
+            path=f"{toolkit_dir()}/current",
+            target=built.version,
+        )
+
+
+def switch_daemon(daemon: str) -> OperationMeta | None:
+    """Point ``daemon``'s link at this run's version; the result says if it moved (restart).
+
+    ``None`` for checkout installs, where daemons run from the checkout's virtualenv.
+    """
+    if not wheel_install():
+        return None
+    wanted = version()
+    return files.link(
+        name=f"Run {daemon} from bismuth {wanted}",
+        path=f"{toolkit_dir()}/{daemon}",
+        target=wanted,
+    )
+
+
+def daemon_version(daemon: str) -> str | None:
+    """The version ``daemon``'s link names now (``None``: no link), asked when executing."""
+    link = host.get_fact(Link, path=f"{toolkit_dir()}/{daemon}")
+    return str(link["link_target"]) if link else None
+
+
+def _archive(built: Wheelhouse) -> Path:
+    with BUILDING:
+        return archive(built)
+
+
+def _unpack_script(remote: str) -> str:
+    """Shell: replace ``remote`` with the uploaded ``<remote>.tar``'s files; drop the tar."""
+    directory, tar = shlex.quote(remote), shlex.quote(f"{remote}.tar")
+    return (
+        f"rm -rf {directory} && mkdir -p -m 755 {directory} && "
+        f"tar -x --no-same-owner -f {tar} -C {directory} && chmod 644 {directory}/* && "
+        f"rm -f {tar}"
+    )
+
+
+def _uploaded(remote: str, built: Wheelhouse) -> bool:
+    return host.get_fact(WheelhouseChecksum, path=remote) == built.build_id
+
+
+def _installed_build(version: str) -> str | None:
+    lines = host.get_fact(FileContents, path=f"{toolkit_dir()}/{version}/{BUILD_MARKER}")
+    return lines[0].strip() if lines else None
+
+
+def _install_script(built: Wheelhouse, remote: str) -> str:
+    """Shell: make the version's virtualenv and install into it from the wheelhouse only.
+
+    pip ignores every configuration file and variable (``--isolated``, ``PIP_CONFIG_FILE``):
+    a host's pip settings must not send it to an index. The marker goes last, so an
+    interrupted install is done again by the next run. A version installed from another
+    build is never overwritten: daemons and providers may be running from it.
+    """
+    target = f"{toolkit_dir()}/{built.version}"
+    pip = [
+        "env",
+        "PIP_CONFIG_FILE=/dev/null",
+        f"{target}/bin/python",
+        "-m",
+        "pip",
+        "--isolated",
+        "--disable-pip-version-check",
+        "-q",
+        "install",
+        "--no-index",
+        "--find-links",
+        remote,
+        "--force-reinstall",
+        built.requirement,
+    ]
+    marker = shlex.quote(f"{target}/{BUILD_MARKER}")
+    refusal = shlex.quote(
+        f"bismuth {built.version} is installed here from another build: give this build a"
+        " version of its own (toolkit_version_label)"
+    )
+    return " && ".join(
+        [
+            f"{{ ! [ -e {marker} ] || {{ echo {refusal} >&2; exit 1; }}; }}",
+            f"{{ [ -x {shlex.quote(target)}/bin/python ] || "
+            f"{shlex.join([host.data.toolkit_python, '-m', 'venv', target])}; }}",
+            shlex.join(pip),
+            f"echo {shlex.quote(built.build_id)} > {marker}",
+        ]
+    )
