@@ -58,8 +58,9 @@ def provider_identity(name: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def local_storage_root(url: str, owner: tuple[int, int]) -> None:
-    """Make a ``local://`` storage root exist and belong to the providers' user."""
+def local_storage_root(url: str, group: str, owner: tuple[int, int]) -> None:
+    """Make a ``local://`` storage root exist and belong to the providers' user, and the
+    group's data too (left by providers that ran as another user before)."""
     parts = urlsplit(url)
     if parts.scheme != "local":
         return
@@ -67,6 +68,16 @@ def local_storage_root(url: str, owner: tuple[int, int]) -> None:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     if (root.stat().st_uid, root.stat().st_gid) != owner:
         os.chown(root, *owner)
+    data = root / group
+    if data.exists() and (data.stat().st_uid, data.stat().st_gid) != owner:
+        _chown_tree(data, owner)
+
+
+def _chown_tree(top: Path, owner: tuple[int, int]) -> None:
+    os.chown(top, *owner)
+    for directory, names, filenames in os.walk(top):
+        for name in (*names, *filenames):
+            os.chown(os.path.join(directory, name), *owner, follow_symlinks=False)
 
 
 class SetupFailed(BismuthError):
@@ -193,7 +204,7 @@ class ContainerRuntime:
         }
         user = self.provider_user
         if user is not None:  # an unprivileged provider: hand it what only root may read
-            local_storage_root(config.provider_storage, user)
+            local_storage_root(config.provider_storage, env["BISMUTH_GROUP_ID"], user)
             if config.cluster_key_file:
                 env["BISMUTH_CLUSTER_KEY"] = Path(config.cluster_key_file).read_text().strip()
                 env["BISMUTH_CLUSTER_KEY_FILE"] = ""

@@ -99,6 +99,11 @@ provider_s3_endpoint = ""  # e.g. https://s3.example.net ("" = AWS's own)
 provider_s3_region = "us-east-1"
 provider_s3_access_key = ""
 provider_s3_secret_key = ""
+# The system user providers run as (the deploy creates it on agent hosts), so code that
+# breaks a provider gets no root on the host. None = "bismuth-provider" with wheel installs
+# and root with checkout installs (a checkout's virtualenv may sit where other users cannot
+# read it, e.g. under /root); "" = root.
+provider_user: str | None = None
 # Kernel settings of agent hosts, applied by every deploy: modules loaded unless loaded or
 # built in, and sysctls, e.g. {"fs.inotify.max_user_instances": 1024}. Not net.ipv4.ip_forward:
 # the agent turns forwarding on itself, with a firewall rule that forwards container traffic

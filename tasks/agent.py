@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.server import Users
 from pyinfra.operations import files, server
 
 from tasks.cluster import bismuthctl
@@ -25,9 +26,11 @@ from tasks.facts import AliveNodes
 from tasks.rendering import template_file
 from tasks.roles import AGENTS, has_role
 from tasks.services import Program, program, program_log
-from tasks.toolkit import daemon_bin, switch_daemon, tool_bin
+from tasks.toolkit import daemon_bin, switch_daemon, tool_bin, wheel_install
 from tasks.waiting import wait_until
 from tasks.zookeeper import connect_string
+
+PROVIDER_USER = "bismuth-provider"
 
 AGENT_PROGRAM = "bismuth-agent"
 
@@ -49,6 +52,14 @@ def container_log_dir() -> str:
 def provider_storage() -> str:
     """Where providers keep key/value pairs and blobs: ``local://<var_dir>/data`` by default."""
     return str(host.data.provider_storage or f"local://{host.data.var_dir}/data")
+
+
+def provider_user() -> str:
+    """The user providers run as ("" = root): see ``provider_user`` in group data."""
+    chosen = host.data.provider_user
+    if chosen is None:
+        return PROVIDER_USER if wheel_install() else ""
+    return str(chosen)
 
 
 def agent_program(config: str) -> Program:
@@ -89,6 +100,7 @@ def agent_config(path: str) -> OperationMeta:
         provider_s3_region=host.data.provider_s3_region,
         provider_s3_access_key=host.data.provider_s3_access_key,
         provider_s3_secret_key=host.data.provider_s3_secret_key,
+        provider_user=provider_user(),
     )
 
 
@@ -109,6 +121,19 @@ def agent(restart_on: Sequence[OperationMeta | None] = ()) -> None:
     # 711: containers' /etc files are bind-mounted from here by the container's own root
     files.directory(name="Agent state directory", path=state_dir(), mode="711")
     files.directory(name="Container log directory", path=container_log_dir(), mode="750")
+    user = provider_user()
+    if user:
+        # A shell rather than server.user: hosts sharing /etc (lab hosts) create it at once,
+        # and the losers of that race must find it made, not fail.
+        options = ["--system", "--home-dir", "/nonexistent", "--no-create-home"]
+        add = shlex.join(["useradd", *options, "--shell", "/usr/sbin/nologin", user])
+        server.shell(
+            name=f"System user {user} for the providers",
+            commands=[
+                f"id -u {shlex.quote(user)} >/dev/null 2>&1 || {add} || id -u {shlex.quote(user)}"
+            ],
+            _if=lambda: user not in host.get_fact(Users),
+        )
     path = f"{host.data.etc_dir}/agent.toml"
     config = agent_config(path)
     link = switch_daemon(AGENT_PROGRAM)

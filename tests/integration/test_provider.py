@@ -26,6 +26,8 @@ from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus
 from bismuth_core.secrets import generate_cluster_key
+from bismuth_provider.storage.base import Quotas
+from bismuth_provider.storage.local import LocalStorage
 from tests.support.agenthost import (
     RunningAgent,
     end_providers,
@@ -521,19 +523,28 @@ async def test_providers_can_run_as_an_unprivileged_user(zk, pynode):
     config = dataclasses.replace(
         pynode, provider_user="nobody", provider_storage=f"local://{work}/data"
     )
+    group = str(uuid.uuid4())  # data a provider running as root wrote before
+    earlier = LocalStorage(work / "data", group, Quotas())
+    await earlier.kv_set("old", b"from root")
+    await earlier.close()
     running = await start_agent(config)
     try:
-        probe = await deploy_probe(zk, running)
-        set_, got = await probe.calls(
-            [("POST", "/kv/v1/k", b"v", None), ("GET", "/kv/v1/k", None, None)]
+        probe = await deploy_probe(zk, running, svc_group_id=group)
+        set_, got, old = await probe.calls(
+            [
+                ("POST", "/kv/v1/k", b"v", None),
+                ("GET", "/kv/v1/k", None, None),
+                ("GET", "/kv/v1/old", None, None),
+            ]
         )
         assert (set_.status, got.status, got.body) == (204, 200, b"v")
+        assert (old.status, old.body) == (200, b"from root")
         pid = probe.provider_pid
         assert pid is not None
         uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
         assert uids == [str(nobody.pw_uid)] * 4
-        group_dir = work / "data" / str(probe.fid)
-        assert group_dir.stat().st_uid == nobody.pw_uid
+        group_dir = work / "data" / group
+        assert all(p.stat().st_uid == nobody.pw_uid for p in [group_dir, *group_dir.rglob("*")])
         assert (probe.directory / "token").stat().st_uid == 0  # the token stays root's
     finally:
         await running.stop()
