@@ -148,6 +148,9 @@ async def test_a_function_runs_one_replica_per_host_and_answers_through_the_fron
     fleet.notes["function"] = fid
     placed = await eventually(lambda: running_backends(fleet, fid), START_WAIT, 0.5, "3 Running")
     assert sorted(placed) == sorted(fleet.addresses)  # one replica on each host
+    for h in fleet.hosts:  # each replica's provider runs unprivileged
+        listing = "ps -eo user:20=,args= | grep '[b]ismuth_provider' | cut -d' ' -f1 | sort -u"
+        assert fleet.ssh(h, listing).split() == ["bismuth-provider"], h.name
 
     async with RequestLoop(fleet.frontend(), FUNCTION_HOST, 3, max_requests=60) as loop:
         await eventually(lambda: loop.report.sent >= 60, 60, what="60 requests")
