@@ -152,9 +152,7 @@ class ProviderSupervisor:
 
     def _spawn(self, launch: Launch) -> int:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **launch.env}
-        identity = {}
-        if launch.user is not None:
-            identity = {"user": launch.user[0], "group": launch.user[1], "extra_groups": []}
+        uid, gid = launch.user if launch.user is not None else (None, None)
         with open(launch.directory / LOG_FILE, "ab") as out:
             process = subprocess.Popen(
                 self.command,
@@ -164,7 +162,9 @@ class ProviderSupervisor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                **identity,  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
+                extra_groups=None if uid is None else [],
             )
         assert process.stdin is not None
         with contextlib.suppress(BrokenPipeError), process.stdin:
