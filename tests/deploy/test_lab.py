@@ -8,10 +8,8 @@ host-name prefix, so an operator's lab (``bislab0``, ``lab1``...) is never touch
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import random
 import subprocess
 import sys
 import uuid
@@ -23,27 +21,13 @@ import pytest
 from bismuth_lab import Lab, LabError, hostfiles, procs
 from bismuth_lab.mounts import mounts_of
 from bismuth_lab.plan import HostPlan
+from tests.deploy.fleet import free_subnet
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.prefix) / "bin" / "pyinfra"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def free_subnet() -> str:
-    """A 10.251.x.0/24 that no interface on this machine uses."""
-    out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True)
-    used = [
-        ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
-        for link in json.loads(out.stdout)
-        for a in link.get("addr_info", [])
-    ]
-    for x in random.sample(range(256), 256):
-        net = ipaddress.ip_network(f"10.251.{x}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise AssertionError("no free 10.251.x.0/24 subnet")
 
 
 def new_lab(root: Path) -> Lab:
