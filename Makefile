@@ -94,15 +94,31 @@ if first:
 endef
 export STOP_PROVIDERS
 
+# Removes the agent's firewall table (read from its config), as the agent does: if the agent
+# had turned IPv4 forwarding on and this was the last bismuth table, forwarding goes off too.
+# Left behind, its forwarding guard would keep filtering the host's forwarded traffic.
+define REMOVE_FIREWALL
+import asyncio, sys
+from bismuth_agent.config import AgentConfig
+from bismuth_agent.main import network_settings
+from bismuth_agent.network import Firewall
+from bismuth_core.config import load_config
+config = load_config(AgentConfig, file=sys.argv[1], env={})
+asyncio.run(Firewall(network_settings(config)).remove_all())
+endef
+export REMOVE_FIREWALL
+
 # First the agent stops (so it restarts nothing), then every function task in containerd's
 # namespace is killed and deleted (their containers stay: the next `make up` starts them
-# again), then the containers' providers, then the rest: supervisord, shut down through its
+# again), then the containers' providers and the agent's firewall table, then the rest: supervisord, shut down through its
 # own socket (which stops every daemon), waited for until it has exited; or the systemd
 # units where systemd is PID 1.
 down:
 	@stop_providers() { \
 	  [ -x $(VENV)/bin/python ] || return 0; \
 	  $(VENV)/bin/python -c "$$STOP_PROVIDERS" "$(AGENT_STATE_DIR)"; \
+	  [ -f "$(ETC_DIR)/agent.toml" ] || return 0; \
+	  $(VENV)/bin/python -c "$$REMOVE_FIREWALL" "$(ETC_DIR)/agent.toml"; \
 	}; \
 	kill_tasks() { \
 	  local ctr=(ctr -a "$(CONTAINERD_ADDRESS)" -n "$(CONTAINERD_NAMESPACE)") tasks left t; \

@@ -34,6 +34,7 @@ from .logstore import LogStore
 from .plan import Adopt, Backoff, Create, Observed, Remove, Restart, TaskState, plan_node
 from .plan import next_wake as restart_due
 from .presence import DesiredContainer, NodePresence
+from .providers import cap_log
 from .runtime import ContainerRuntime, Made, SetupFailed
 
 log = logging.getLogger(__name__)
@@ -421,6 +422,7 @@ class Agent:
             for cid in list(self.containers):
                 with contextlib.suppress(OSError):
                     self.logs.enforce_cap(cid)
+                    cap_log(self.runtime.dir(cid))
 
     # --- what the HTTP server asks ------------------------------------------------------
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 PID_FILE = "provider.pid"
 LOG_FILE = "provider.log"
 STABLE_AFTER = 30.0
+LOG_MAX_BYTES = 1 << 20  # a provider's log, kept in two halves (provider.log and .log.1)
 PROCESS_NAMES = (b"bismuth_provider", b"bismuth-provider")  # in the provider's command line
 
 
@@ -238,6 +240,19 @@ class ProviderSupervisor:
         raise ProviderFailed(
             f"the provider did not answer on {launch.url} within {self.ready_timeout} s"
         )
+
+
+def cap_log(directory: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Keep a provider's log under ``max_bytes``: past half of it, the log becomes
+    ``provider.log.1`` and starts again (the provider appends, so it writes on at the start)."""
+    current = directory / LOG_FILE
+    try:
+        size = current.stat().st_size
+    except FileNotFoundError:
+        return
+    if size > max_bytes // 2:
+        shutil.copyfile(current, directory / f"{LOG_FILE}.1")
+        os.truncate(current, 0)
 
 
 def _record_pid(directory: Path, pid: int) -> None:

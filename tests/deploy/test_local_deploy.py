@@ -329,7 +329,11 @@ async def test_sample_function_answers_through_the_frontend(cluster: LocalCluste
     status, headers, body = await get(fe, host=SAMPLE_HOST)
     assert status == 200, body
     container = headers["X-Bismuth-Container-ID"]
-    assert body == f"Hello from Bismuth, container {container}\n"
+    greeting, _, visits = body.rstrip("\n").rpartition(", visit ")
+    assert greeting == f"Hello from Bismuth, container {container}"
+    # each answer counts itself in the function's key/value store, through its provider
+    _, _, again = await get(fe, host=SAMPLE_HOST)
+    assert again.rstrip("\n").rpartition(", visit ")[2] == str(int(visits) + 1)
     # the design's promise to operators: containerd's container id is the container's UUID
     tasks = await asyncio.to_thread(cluster.tasks)
     assert list(tasks) == [container]
@@ -391,6 +395,7 @@ async def test_make_down_kills_function_tasks_and_stops_every_daemon(
     )
     # a veth goes with its container's network namespace, once the kernel has freed that
     await eventually(lambda: veths_of(set(tasks)) == [], UP_TIMEOUT, what="veths gone")
+    assert cluster.firewall_table not in nft_tables()  # no guard of a stopped cluster stays
     assert not unix_socket_answers(cluster.containerd_socket)
     with pytest.raises(ConnectionRefusedError):
         four_letter_word(cluster.node_ip, cluster.ports["zookeeper"], b"ruok")
