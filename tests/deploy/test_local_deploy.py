@@ -40,6 +40,7 @@ from bismuth_agent.config import AgentConfig
 from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall
 from bismuth_agent.providers import recorded_pid
+from bismuth_lab import procs
 from tests.deploy.pyinfra_runs import (
     REPO,
     assert_no_changes,
@@ -238,15 +239,6 @@ def unix_socket_answers(path: Path) -> bool:
         return True
 
 
-def is_running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie awaiting its parent counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def nft_tables() -> list[str]:
     listing = subprocess.run(
         ["nft", "-j", "list", "tables", "inet"], capture_output=True, text=True, check=True
@@ -376,7 +368,7 @@ async def test_make_down_kills_function_tasks_and_stops_every_daemon(
     cluster: LocalCluster,
 ) -> None:
     supervisord = cluster.supervisord_pid()
-    assert supervisord is not None and is_running(supervisord)
+    assert supervisord is not None and procs.running(supervisord)
     pids = cluster.supervisorctl("pid", *PROGRAMS).stdout.split()
     assert len(pids) == len(PROGRAMS) and all(p.isdigit() and int(p) > 0 for p in pids), pids
     tasks = await asyncio.to_thread(cluster.tasks)
@@ -391,7 +383,7 @@ async def test_make_down_kills_function_tasks_and_stops_every_daemon(
     assert "stopped 1 provider(s)" in result.stdout, output(result)
 
     await eventually(
-        lambda: not any(is_running(pid) for pid in processes), UP_TIMEOUT, what="processes gone"
+        lambda: not any(procs.running(pid) for pid in processes), UP_TIMEOUT, what="processes gone"
     )
     # a veth goes with its container's network namespace, once the kernel has freed that
     await eventually(lambda: veths_of(set(tasks)) == [], UP_TIMEOUT, what="veths gone")

@@ -26,6 +26,7 @@ from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus
 from bismuth_core.secrets import generate_cluster_key
+from bismuth_lab import procs
 from bismuth_provider.storage.base import Quotas
 from bismuth_provider.storage.local import LocalStorage
 from tests.support.agenthost import (
@@ -349,17 +350,9 @@ async def test_removing_the_function_stops_its_provider(zk, pyagent):
     await operations.delete_function(zk, probe.fid)
 
     def gone() -> bool:
-        stopped = not Path(f"/proc/{pid}").exists() or _zombie(pid)
-        return stopped and not probe.directory.exists()
+        return not procs.running(pid) and not probe.directory.exists()
 
     await eventually(gone, timeout=30, what="provider stopped and its files removed")
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 # --- secrets -------------------------------------------------------------------------------
