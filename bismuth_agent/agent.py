@@ -129,7 +129,8 @@ class Agent:
     async def start(self) -> None:
         stream = self.ctrd.events.subscribe()
         await stream.ready()
-        await self.runtime.firewall.install(await self.runtime.network.host_networks())
+        network = self.runtime.network
+        await self.runtime.firewall.install(await network.host_networks(), await network.uplinks())
         await self.reap()
         await self.presence.start()
         self._tasks = [

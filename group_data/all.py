@@ -106,9 +106,9 @@ provider_s3_secret_key = ""
 provider_user: str | None = None
 # Kernel settings of agent hosts, applied by every deploy: modules loaded unless loaded or
 # built in, and sysctls, e.g. {"fs.inotify.max_user_instances": 1024}. Not net.ipv4.ip_forward:
-# the agent turns forwarding on itself, with a firewall rule that forwards container traffic
-# only, and off again; turned on beforehand, the host would forward everything. To keep them
-# across reboots name files for them (e.g. /etc/sysctl.d/60-bismuth.conf,
+# the agent turns forwarding on per interface itself, with a firewall rule that forwards
+# container traffic only, and off again; turned on globally, the host would route everything.
+# To keep them across reboots name files for them (e.g. /etc/sysctl.d/60-bismuth.conf,
 # /etc/modules-load.d/bismuth.conf); "" = not written (the kernel loads modules on use).
 agent_kernel_modules = ["overlay", "veth", "nf_tables"]
 agent_sysctls: dict[str, int | str] = {}

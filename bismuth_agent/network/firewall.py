@@ -4,9 +4,10 @@ Scripts come from :mod:`.ruleset`; each is one ``nft -f -`` transaction, so the 
 never half-updated. ``nft`` runs inside the host network namespace of the settings (see
 :mod:`.namespaces`), on a worker thread.
 
-Installing turns IPv4 forwarding on if it is off and reports that change; the table then
-forwards container traffic only (see :mod:`.ruleset`), and removing the last bismuth table
-turns forwarding off again. A forwarding host is left as it was.
+Installing turns IPv4 forwarding on for the host's uplinks where the host did not forward, and
+reports those changes; the table then forwards container traffic only (see :mod:`.ruleset`
+and :mod:`.sysctl`), and removing the last bismuth table guarding an uplink turns its
+forwarding off again. A forwarding host is left as it was.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from .model import Allocation, NetworkError, SysctlChange
 from .namespaces import run_in_netns
 from .ruleset import (
     ELEMENT_SETS,
-    FORWARDING_GUARD,
+    LEGACY_FORWARDING_GUARD,
     PROVIDER_MAP,
     TABLE_PREFIX,
     attach_script,
     detach_script,
+    guarded_uplink,
     install_script,
+    uplink_name,
 )
 from .settings import NetworkSettings
-from .sysctl import FORWARDING, NO_FORWARDING, ensure_sysctls
+from .sysctl import NO_FORWARDING, ensure_sysctls, forward_off, forward_on_uplinks
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +50,24 @@ class Firewall:
         self.table = settings.table
         self._lock = asyncio.Lock()
 
-    async def install(self, host_networks: Iterable[IPv4Network] = ()) -> list[SysctlChange]:
-        """Create or refresh the table (keeping container elements); enable forwarding.
+    async def install(
+        self, host_networks: Iterable[IPv4Network] = (), uplinks: Iterable[str] = ()
+    ) -> list[SysctlChange]:
+        """Create or refresh the table (keeping container elements); forward for containers.
 
         ``host_networks`` (the host's own networks) are added to the blocked destinations,
-        so containers cannot reach the host's neighbours. Returns the sysctls it changed.
+        so containers cannot reach the host's neighbours. ``uplinks`` (the host's own
+        interfaces) get forwarding where the host does not forward, each with its guard.
+        Returns the sysctls it changed.
         """
+        names = [u for u in uplinks if uplink_name(u)]
         async with self._lock:
-            guarded = await self._forwarding_guarded()
-            changes = await self._in_host_netns(lambda: ensure_sysctls(FORWARDING))
-            guarded = guarded or bool(changes)
-            script = install_script(self.settings, host_networks, guard_forwarding=guarded)
+            guards = await self._guards()
+            changes = await self._retire_legacy_guard(guards)
+            before = set().union(*guards.values())
+            changed, guarded = await self._in_host_netns(lambda: forward_on_uplinks(names, before))
+            changes += changed
+            script = install_script(self.settings, host_networks, guarded_uplinks=guarded)
             try:
                 await self._nft(["-f", "-"], script)
             except NetworkError as exc:
@@ -96,19 +106,31 @@ class Firewall:
     async def remove_all(self) -> list[SysctlChange]:
         """Delete the table; a missing table is success.
 
-        If bismuth had turned forwarding on and this was its last table here, forwarding
-        is turned off again; returns the sysctls changed.
+        Forwarding goes back off on each uplink this table guarded, unless another bismuth
+        table still guards it; returns the sysctls changed.
         """
-        changes: list[SysctlChange] = []
         async with self._lock:
-            guarded = await self._forwarding_guarded()
+            guards = await self._guards()
             await self._delete_table()
-            if guarded and not await self._bismuth_tables():
-                changes = await self._in_host_netns(lambda: ensure_sysctls(NO_FORWARDING))
+            changes = await self._retire_legacy_guard(guards)
+            ours = guards.pop(self.table, set())
+            still = {u for found in guards.values() for u in found}
+            changes += await self._in_host_netns(lambda: forward_off(sorted(ours - still)))
         for change in changes:
             log.warning("set %s from %s to %s", change.key, change.before, change.after)
         log.info("firewall table inet %s removed", self.table)
         return changes
+
+    async def _retire_legacy_guard(self, guards: dict[str, set[str]]) -> list[SysctlChange]:
+        """An older agent of this table turned the global switch on: turn it back off (once
+        no other table relies on it); this agent then forwards per interface."""
+        legacy = {t for t, found in guards.items() if LEGACY_FORWARDING_GUARD in found}
+        if self.table not in legacy:
+            return []
+        guards[self.table].discard(LEGACY_FORWARDING_GUARD)
+        if legacy - {self.table}:
+            return []
+        return await self._in_host_netns(lambda: ensure_sysctls(NO_FORWARDING))
 
     async def _delete_table(self) -> None:
         if await self._table_exists():
@@ -123,17 +145,22 @@ class Firewall:
         names = (e.get("table", {}).get("name", "") for e in listing.get("nftables", []))
         return [name for name in names if name.startswith(TABLE_PREFIX)]
 
-    async def _forwarding_guarded(self) -> bool:
-        """Whether a bismuth table here records that bismuth turned forwarding on."""
+    async def _guards(self) -> dict[str, set[str]]:
+        """Uplinks each bismuth table here guards (other agents' too), by table name; an
+        older agent's global guard shows as :data:`.ruleset.LEGACY_FORWARDING_GUARD`."""
+        found: dict[str, set[str]] = {}
         for table in await self._bismuth_tables():
             try:
                 chain = await self._nft(["-j", "list", "chain", "inet", table, "forward"])
-            except NetworkError:  # a table without that chain is not ours to judge
+            except NetworkError:  # a table without that chain guards nothing
                 continue
             rules = (e.get("rule", {}) for e in json.loads(chain).get("nftables", []))
-            if any(rule.get("comment") == FORWARDING_GUARD for rule in rules):
-                return True
-        return False
+            comments = [str(rule.get("comment", "")) for rule in rules]
+            uplinks = {guarded_uplink(c) for c in comments} | (
+                {LEGACY_FORWARDING_GUARD} & set(comments)
+            )
+            found[table] = {u for u in uplinks if u}
+        return found
 
     async def _elements(self) -> Elements:
         if not await self._table_exists():

@@ -41,12 +41,14 @@ from .model import (
 )
 from .namespaces import open_netns, run_in_netns
 from .settings import SUBNET_PREFIX, NetworkSettings
+from .sysctl import ensure_sysctls, forwarding_key
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Link = Any  # a pyroute2 ifinfmsg
 IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
 TC_H_ROOT = 0xFFFFFFFF
 TBF_HANDLE = 0x10000
 TBF_LATENCY = "50ms"
@@ -85,6 +87,11 @@ class NetworkAdapter:
     async def host_networks(self) -> tuple[IPv4Network, ...]:
         """Networks of the host's own IPv4 addresses, container interfaces and lo aside."""
         return await asyncio.to_thread(self._host, self._own_networks)
+
+    async def uplinks(self) -> tuple[str, ...]:
+        """The host's own interfaces with an IPv4 address: where replies and fleet traffic
+        for containers arrive (any agent's container interfaces and loopback aside)."""
+        return await asyncio.to_thread(self._host, _uplinks)
 
     # -- blocking parts, on worker threads -------------------------------------------------
 
@@ -180,6 +187,7 @@ class NetworkAdapter:
             group=self.settings.interface_group,
         )
         _set_only_address(ipr, index, allocation.host_interface)
+        ensure_sysctls({forwarding_key(allocation.ifname): "1"})  # what the container sends
         ipr.link("set", index=index, state="up")
         self._shape(ipr, index, self.settings.download_rate)
 
@@ -256,6 +264,16 @@ def _with_netlink(work: Callable[[IPRoute], T]) -> T:
             return work(ipr)
     except NetlinkError as exc:
         raise NetworkError(f"netlink: {exc}") from exc
+
+
+def _uplinks(ipr: IPRoute) -> tuple[str, ...]:
+    addressed = {msg["index"] for msg in ipr.get_addr(family=socket.AF_INET)}
+    names = (
+        str(link.get_attr("IFLA_IFNAME"))
+        for link in ipr.get_links()
+        if link["index"] in addressed and not link["flags"] & IFF_LOOPBACK
+    )
+    return tuple(sorted(n for n in names if not n.startswith(HOST_IFNAME_PREFIX)))
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:

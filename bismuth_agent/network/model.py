@@ -114,12 +114,20 @@ class ContainerNetwork(Protocol):
     async def list(self) -> builtins.list[HostInterface]:
         """Bismuth veth ends on the host, including leftovers."""
 
+    async def host_networks(self) -> tuple[IPv4Network, ...]:
+        """Networks of the host's own addresses (blocked for containers)."""
+
+    async def uplinks(self) -> tuple[str, ...]:
+        """The host's own interfaces with an IPv4 address."""
+
 
 class ContainerFirewall(Protocol):
     """The toolkit's own nftables table and the per-container elements in it."""
 
-    async def install(self, host_networks: tuple[IPv4Network, ...] = ()) -> list[SysctlChange]:
-        """Create or refresh the table, keeping container elements; enable forwarding."""
+    async def install(
+        self, host_networks: tuple[IPv4Network, ...] = (), uplinks: tuple[str, ...] = ()
+    ) -> list[SysctlChange]:
+        """Create or refresh the table, keeping container elements; forward on uplinks."""
 
     async def attach(self, allocation: Allocation) -> None:
         """Let this container reach its provider (and the outside world); idempotent."""
@@ -128,4 +136,4 @@ class ContainerFirewall(Protocol):
         """Remove every element of that host interface; idempotent."""
 
     async def remove_all(self) -> list[SysctlChange]:
-        """Delete the table (and turn forwarding back off if bismuth turned it on)."""
+        """Delete the table (and turn forwarding back off where bismuth turned it on)."""

@@ -18,10 +18,15 @@ Policy for a container whose host end is ``bthX`` holding ``.1`` (its subnet's `
 - into a container (forward): only replies;
 - any packet whose source is not the container's own ``.2``, and all IPv6, is dropped.
 
-One exception to "container interfaces only": if the agent had to turn IPv4 forwarding on,
-the host did not route before, so a guard rule keeps it that way for everything that is not
-container traffic (as Docker does). Its comment marks it, so later installs keep it and
-removing the last bismuth table turns forwarding back off.
+One exception to "container interfaces only": where the host did not forward, the agent turns
+forwarding on per interface (see :mod:`.sysctl`), for its containers' host ends and for the
+host's uplinks, so replies and fleet traffic reach containers. A guard rule per uplink it
+turned on drops what arrives there for anything but a container, so the host routes nothing
+it did not route before. A guard matches only packets received on that uplink and leaving
+through another interface: traffic bridged across a bridge of the host (which
+``br_netfilter`` shows to this hook with the bridge as both interfaces), and everything
+received elsewhere, is never touched. Its comment names the uplink, so later installs keep
+it and removing the last bismuth table guarding an uplink turns its forwarding back off.
 
 Per-container state is three set elements keyed by interface name, added and removed in one
 transaction: adding a container never rewrites a rule.
@@ -30,6 +35,7 @@ transaction: adding a container never rewrites a rule.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from ipaddress import IPv4Network
 
@@ -41,7 +47,10 @@ PROVIDER_SET = "provider_endpoints"  # ifname . .1 (allowed to the host)
 SOURCE_SET = "container_sources"  # ifname . .2 (anti-spoofing)
 BLOCKED_SET = "blocked_destinations"
 TABLE_PREFIX = "bismuth_"
-FORWARDING_GUARD = "bismuth turned forwarding on: forward container traffic only"
+GUARD_COMMENT = "bismuth forwards container traffic only, received on "
+# The global guard of agents before per-interface forwarding: they turned ip_forward on.
+LEGACY_FORWARDING_GUARD = "bismuth turned forwarding on: forward container traffic only"
+_IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 ELEMENT_SETS = (PROVIDER_MAP, PROVIDER_SET, SOURCE_SET)
 
 # Destinations that are never "the outside world" (RFC 6890 special-purpose ranges).
@@ -83,7 +92,7 @@ def blocked_destinations(
 def install_script(
     settings: NetworkSettings,
     host_networks: Iterable[IPv4Network] = (),
-    guard_forwarding: bool = False,
+    guarded_uplinks: Iterable[str] = (),
 ) -> str:
     """Create or refresh the table in one transaction, keeping the per-container elements."""
     t = f"inet {settings.table}"
@@ -93,7 +102,7 @@ def install_script(
     lines.append(f"flush set {t} {BLOCKED_SET}")
     blocked = ", ".join(str(n) for n in blocked_destinations(settings, host_networks))
     lines.append(f"add element {t} {BLOCKED_SET} {{ {blocked} }}")
-    lines += [f"add rule {t} {rule}" for rule in _rules(settings, guard_forwarding)]
+    lines += [f"add rule {t} {rule}" for rule in _rules(settings, guarded_uplinks)]
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +120,7 @@ def _declarations(t: str) -> list[str]:
     return lines
 
 
-def _rules(settings: NetworkSettings, guard_forwarding: bool) -> list[str]:
+def _rules(settings: NetworkSettings, guarded_uplinks: Iterable[str]) -> list[str]:
     group = settings.interface_group
     port = settings.provider_port
     rules = [
@@ -135,13 +144,32 @@ def _rules(settings: NetworkSettings, guard_forwarding: bool) -> list[str]:
     ]
     if settings.masquerade:
         rules.append(f"postrouting iifgroup {group} oifgroup != {group} masquerade")
-    if guard_forwarding:
-        ours = f'"{HOST_IFNAME_PREFIX}*"'  # any bismuth agent's containers on this host
+    ours = f'"{HOST_IFNAME_PREFIX}*"'  # any bismuth agent's containers on this host
+    for uplink in guarded_uplinks:
+        name = _uplink(uplink)
         rules.append(
-            f"forward meta nfproto ipv4 iifname != {ours} oifname != {ours}"
-            f' drop comment "{FORWARDING_GUARD}"'
+            f"forward meta nfproto ipv4 iifname {name} oifname != {name} oifname != {ours}"
+            f' drop comment "{GUARD_COMMENT}{uplink}"'
         )
     return rules
+
+
+def uplink_name(ifname: str) -> bool:
+    """Whether an interface name can be written into a rule (others are never guarded)."""
+    return bool(_IFNAME.fullmatch(ifname))
+
+
+def guarded_uplink(comment: str) -> str | None:
+    """The uplink a guard rule's comment names; None for any other rule."""
+    if comment.startswith(GUARD_COMMENT):
+        return comment.removeprefix(GUARD_COMMENT)
+    return None
+
+
+def _uplink(ifname: str) -> str:
+    if not uplink_name(ifname):
+        raise ValueError(f"unexpected interface name {ifname!r}")
+    return f'"{ifname}"'
 
 
 def attach_script(table: str, allocation: Allocation) -> str:

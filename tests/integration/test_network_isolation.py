@@ -39,6 +39,7 @@ from bismuth_agent.network import (
     SysctlChange,
 )
 from bismuth_agent.network.namespaces import run_in_netns
+from bismuth_agent.network.ruleset import LEGACY_FORWARDING_GUARD
 from bismuth_core.errors import Conflict, NotFound
 
 pytestmark = pytest.mark.integration
@@ -459,7 +460,7 @@ from bismuth_agent.network import Firewall, NetworkAdapter, NetworkSettings
 async def main(cid, netns, state_file, firewall_id):
     settings = NetworkSettings(state_file=state_file, firewall_id=firewall_id)
     adapter, firewall = NetworkAdapter(settings), Firewall(settings)
-    changes = await firewall.install(await adapter.host_networks())
+    changes = await firewall.install(await adapter.host_networks(), await adapter.uplinks())
     allocation = await adapter.setup(cid, netns)
     await firewall.attach(allocation)
     print(json.dumps({"host": str(allocation.host_address), "changes": len(changes),
@@ -479,7 +480,7 @@ async def test_default_settings_act_on_the_agents_own_namespace(
     command = ["ip", "netns", "exec", host, sys.executable, "-c", AGENT_IN_ITS_OWN_NAMESPACE]
     args = [cid, path(a), str(tmp_path / "state.json"), node_settings.firewall_id]
     report = json.loads(sh(*command, *args))
-    assert report == {"host": "10.253.0.1", "changes": 1, "listed": [cid]}
+    assert report == {"host": "10.253.0.1", "changes": 2, "listed": [cid]}  # lan0, wan0
     await lab.serve(host, "10.253.0.1", 9000, "provider")
     assert await probe(a, "169.254.169.254", 9000) == "provider 10.253.0.2"
     assert await unreachable({"host": (a, HOST_UPLINK, 22, "")}) == {"host": "timeout"}
@@ -569,6 +570,18 @@ def nft_tables(lab: Lab) -> str:
     return sh("ip", "netns", "exec", lab.name("host"), "nft", "list", "tables")
 
 
+def forwarding(lab: Lab, ifname: str) -> str:
+    key = f"net/ipv4/conf/{ifname}/forwarding"
+    return sh("ip", "netns", "exec", lab.name("host"), "cat", f"/proc/sys/{key}").strip()
+
+
+def uplink_changes(before: str, after: str) -> list[SysctlChange]:
+    return [SysctlChange(f"net/ipv4/conf/{name}/forwarding", before, after) for name in UPLINKS]
+
+
+UPLINKS = ("lan0", "wan0")
+
+
 async def test_forwarding_turned_on_by_the_agent_serves_containers_only(
     lab: Lab, node_settings: NetworkSettings
 ) -> None:
@@ -577,21 +590,70 @@ async def test_forwarding_turned_on_by_the_agent_serves_containers_only(
     route_lan_through_host(lab)
     await lab.serve(lab.name("world"), WORLD, 80, "world")
     firewall = Firewall(node_settings)
-    assert await firewall.install() == [SysctlChange("net.ipv4.ip_forward", "0", "1")]
-    assert await firewall.install() == []
+    adapter = NetworkAdapter(node_settings)
+    assert await adapter.uplinks() == UPLINKS
+    assert await firewall.install(await adapter.host_networks(), UPLINKS) == uplink_changes(
+        "0", "1"
+    )
+    assert await firewall.install(await adapter.host_networks(), UPLINKS) == []
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == machine_forwarding
+    assert (
+        sh("ip", "netns", "exec", lab.name("host"), "sysctl", "-n", "net.ipv4.ip_forward") == "0\n"
+    )
     assert f"table inet {node_settings.table}" in nft_tables(lab)
-    node = Node(lab, lab.name("host"), node_settings, NetworkAdapter(node_settings), firewall)
+    node = Node(lab, lab.name("host"), node_settings, adapter, firewall)
     a = await node.container("a")
+    assert forwarding(lab, a.allocation.ifname) == "1"
     route_back_from_world(lab, node)
     assert await probe(a.ns, WORLD, 80) == f"world {a.ip}"
     assert await unreachable({"lan via host": (lab.name("lan"), WORLD, 80, "")}) == {
         "lan via host": "timeout"  # the host did not route before, and still does not
     }
 
-    assert await firewall.remove_all() == [SysctlChange("net.ipv4.ip_forward", "1", "0")]
+    assert await firewall.remove_all() == uplink_changes("1", "0")
     assert node_settings.table not in nft_tables(lab)
     assert await firewall.remove_all() == []
+
+
+async def test_traffic_bridged_by_the_host_passes_the_forwarding_guard(
+    lab: Lab, node_settings: NetworkSettings
+) -> None:
+    """Two neighbours on a bridge of the host (br_netfilter shows their frames to the forward
+    hook) talk as before while the agent forwards for its containers, whether the bridge was
+    there before the agent started or came later."""
+    host_forwarding(lab, "0")
+    host = lab.name("host")
+    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host, "addr", "add", "10.77.0.1/24", "dev", "br0")
+    sh("ip", "-n", host, "link", "set", "br0", "up")
+    for role, address in (("p", "10.77.0.11"), ("q", "10.77.0.12")):
+        ns = lab.netns(role)
+        sh(
+            "ip",
+            "-n",
+            host,
+            "link",
+            "add",
+            f"br-{role}",
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            ns,
+        )
+        sh("ip", "-n", host, "link", "set", f"br-{role}", "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    await lab.serve(lab.name("q"), "10.77.0.12", 80, "q")
+    adapter, firewall = NetworkAdapter(node_settings), Firewall(node_settings)
+    uplinks = await adapter.uplinks()
+    assert "br0" in uplinks
+    await firewall.install(await adapter.host_networks(), uplinks)
+    assert await probe(lab.name("p"), "10.77.0.12", 80) == "q 10.77.0.11"
+    await firewall.install(await adapter.host_networks(), UPLINKS)  # br0 came after the agent
+    assert await probe(lab.name("p"), "10.77.0.12", 80) == "q 10.77.0.11"
+    await firewall.remove_all()
 
 
 async def test_a_host_that_already_forwards_keeps_forwarding(
@@ -601,10 +663,38 @@ async def test_a_host_that_already_forwards_keeps_forwarding(
     route_lan_through_host(lab)
     await lab.serve(lab.name("world"), WORLD, 80, "world")
     firewall = Firewall(node_settings)
-    assert await firewall.install() == []
+    assert await firewall.install(uplinks=UPLINKS) == []
     assert await probe(lab.name("lan"), WORLD, 80) == f"world {LAN}"
     assert await firewall.remove_all() == []
     assert await probe(lab.name("lan"), WORLD, 80) == f"world {LAN}"
+
+
+async def test_an_older_agents_global_forwarding_is_turned_back_off(
+    lab: Lab, node_settings: NetworkSettings
+) -> None:
+    """An agent from before per-interface forwarding turned ``ip_forward`` on and guarded it
+    with one rule; the next agent turns the switch back off and forwards per interface."""
+    host_forwarding(lab, "1")
+    table = f"inet {node_settings.table}"
+    legacy = (
+        f"add table {table}\n"
+        f"add chain {table} forward {{ type filter hook forward priority filter; }}\n"
+        f'add rule {table} forward meta nfproto ipv4 iifname != "bth*" oifname != "bth*"'
+        f' drop comment "{LEGACY_FORWARDING_GUARD}"\n'
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", lab.name("host"), "nft", "-f", "-"],
+        input=legacy,
+        text=True,
+        check=True,
+    )
+    firewall = Firewall(node_settings)
+    changes = await firewall.install(uplinks=UPLINKS)
+    assert changes == [SysctlChange("net.ipv4.ip_forward", "1", "0"), *uplink_changes("0", "1")]
+    assert (
+        sh("ip", "netns", "exec", lab.name("host"), "sysctl", "-n", "net.ipv4.ip_forward") == "0\n"
+    )
+    assert await firewall.remove_all() == uplink_changes("1", "0")
 
 
 async def test_two_agents_on_one_host_keep_separate_tables(lab: Lab, node: Node) -> None:

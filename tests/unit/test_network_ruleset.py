@@ -9,10 +9,11 @@ import pytest
 from bismuth_agent.network import Allocation, NetworkSettings
 from bismuth_agent.network.firewall import _parse_elements
 from bismuth_agent.network.ruleset import (
-    FORWARDING_GUARD,
+    GUARD_COMMENT,
     attach_script,
     blocked_destinations,
     detach_script,
+    guarded_uplink,
     install_script,
 )
 
@@ -44,15 +45,26 @@ def test_base_chains_only_touch_container_interfaces(masquerade: bool) -> None:
 
 
 def test_forwarding_guard_drops_only_what_the_host_did_not_forward_before() -> None:
+    """One guard per uplink bismuth turned forwarding on for: what arrives there and leaves
+    through another interface that is no container's. Bridged traffic (the same bridge in and
+    out) and what arrives anywhere else never match."""
     plain = rules(install_script(SETTINGS))
-    guarded = rules(install_script(SETTINGS, guard_forwarding=True))
+    guarded = rules(install_script(SETTINGS, guarded_uplinks=["eth0", "br-lan.7"]))
     assert [r for r in guarded if r not in plain] == [
         (
             "forward",
-            'meta nfproto ipv4 iifname != "bth*" oifname != "bth*"'
-            f' drop comment "{FORWARDING_GUARD}"',
+            f'meta nfproto ipv4 iifname "{name}" oifname != "{name}" oifname != "bth*"'
+            f' drop comment "{GUARD_COMMENT}{name}"',
         )
+        for name in ("eth0", "br-lan.7")
     ]
+    assert [guarded_uplink(f"{GUARD_COMMENT}eth0"), guarded_uplink("other")] == ["eth0", None]
+
+
+@pytest.mark.parametrize("name", ['a"b', "x y", "", "sixteen-chars-xx", "a;b"])
+def test_an_uplink_name_that_cannot_be_quoted_is_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        install_script(SETTINGS, guarded_uplinks=[name])
 
 
 def test_masquerade_is_off_by_default() -> None:
