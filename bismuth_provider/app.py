@@ -7,8 +7,8 @@ container"):
 - ``GET|POST|DELETE /kv/v1/<key>``: a value (``POST`` creates or replaces; 204);
 - ``GET /blob/v1/?prefix=&after=&limit=``: ``{"keys": [...], "next": <key or null>}``;
   pass ``next`` as ``after`` for the following page;
-- ``GET|POST|PUT|DELETE /blob/v1/<key>``: ``POST`` creates (409 if it exists), ``PUT``
-  replaces (404 if missing); bodies are streamed to storage;
+- ``GET|HEAD|POST|PUT|DELETE /blob/v1/<key>``: ``HEAD`` gives the size only; ``POST``
+  creates (409 if it exists), ``PUT`` replaces (404 if missing); bodies are streamed;
 - ``GET /secrets/v1/<name>``: the function's secret, opened with the cluster key.
 
 Errors are JSON ``{"error": ...}``: 400 bad key, 401, 404, 409, 413 too large or over
@@ -164,6 +164,16 @@ async def blob_get(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def blob_head(request: web.Request) -> web.StreamResponse:
+    """A blob's headers without its body: nothing is opened or sent after them."""
+    size = await request.app[DEPS].storage.blob_size(_key(request))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
 async def _blob_write(request: web.Request, mode: WriteMode, status: int) -> web.Response:
     deps = request.app[DEPS]
     key = _key(request)
@@ -198,7 +208,8 @@ def create_app(deps: ProviderDeps) -> web.Application:
     app.router.add_post("/kv/v1/{key:.+}", kv_set)
     app.router.add_delete("/kv/v1/{key:.+}", kv_delete)
     app.router.add_get("/blob/v1/", blob_list)
-    app.router.add_get("/blob/v1/{key:.+}", blob_get)
+    app.router.add_get("/blob/v1/{key:.+}", blob_get, allow_head=False)
+    app.router.add_head("/blob/v1/{key:.+}", blob_head)
     app.router.add_post("/blob/v1/{key:.+}", blob_create)
     app.router.add_put("/blob/v1/{key:.+}", blob_replace)
     app.router.add_delete("/blob/v1/{key:.+}", blob_delete)

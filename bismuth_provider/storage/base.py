@@ -74,6 +74,10 @@ class Storage(Protocol):
 
     async def blob_read(self, key: str) -> BlobStream: ...
 
+    async def blob_size(self, key: str) -> int:
+        """The blob's size in bytes, without opening it (HEAD); ``NotFound`` if missing."""
+        ...
+
     async def blob_write(
         self, key: str, body: AsyncIterator[bytes], mode: WriteMode, max_bytes: int
     ) -> int:

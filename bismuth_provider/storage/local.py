@@ -158,6 +158,12 @@ class LocalStorage:
         size = os.fstat(handle.fileno()).st_size
         return BlobStream(size, _chunks(handle))
 
+    async def blob_size(self, key: str) -> int:
+        size = await self._run(lambda: self._blob_size(key))
+        if size is None:
+            raise NotFound(f"no blob {key!r}")
+        return size
+
     async def blob_write(
         self, key: str, body: AsyncIterator[bytes], mode: WriteMode, max_bytes: int
     ) -> int:

@@ -271,6 +271,12 @@ class S3Storage:
         )
         return BlobStream(int(answer["ContentLength"]), self._chunks(answer["Body"]))
 
+    async def blob_size(self, key: str) -> int:
+        head = await self._run("check blob", lambda: self._stat("blob", key))
+        if head is None:
+            raise NotFound(f"no blob {key!r}")
+        return int(head["ContentLength"])
+
     async def _chunks(self, body: Any) -> AsyncIterator[bytes]:
         try:
             while chunk := await self._run("read blob", lambda: body.read(READ_CHUNK)):

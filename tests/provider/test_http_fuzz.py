@@ -132,3 +132,29 @@ def test_a_refused_write_leaves_the_stored_value(server):
     status, _, payload = server.request("POST", "/kv/v1/keep", {}, b"x" * 1001, TOKEN)
     assert status == 413 and b"limit" in payload
     assert server.request("GET", "/kv/v1/keep", {}, None, TOKEN)[2] == b"v1"
+
+
+def test_head_of_a_blob_leaves_a_kept_alive_connection_in_step(server):
+    """HEAD answers with a blob's headers only: bytes of its body left on the connection would
+    be read as the next response's status line (what the fuzz test once saw)."""
+    body = bytes(range(256)) * 4
+    assert server.request("PUT", "/blob/v1/head-me", {}, body, TOKEN)[0] in (200, 404)
+    server.request("POST", "/blob/v1/head-me", {}, body, TOKEN)
+    auth = f"Authorization: Bearer {TOKEN}\r\n"
+    requests = (
+        f"HEAD /blob/v1/head-me HTTP/1.1\r\nHost: p\r\n{auth}\r\n"
+        f"GET /healthz HTTP/1.1\r\nHost: p\r\n{auth}Connection: close\r\n\r\n"
+    )
+
+    async def exchange() -> bytes:  # one connection, in the server's loop
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(requests.encode())
+        received = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return received
+
+    received = server.loop.run_until_complete(exchange())
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 1024" in head
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:40]
+    assert rest.endswith(b'{"status": "ok"}')

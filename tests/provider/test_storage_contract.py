@@ -146,6 +146,7 @@ async def test_kv_quota_refusal_changes_nothing(open_group: Opener) -> None:
 async def test_blob_create_conflict_replace_delete(store: Storage) -> None:
     assert await write(store, "docs/a.txt", b"first") == 5
     assert await read(store, "docs/a.txt") == b"first"
+    assert await store.blob_size("docs/a.txt") == 5
     with pytest.raises(Conflict, match=r"docs/a\.txt"):
         await write(store, "docs/a.txt", b"second")
     assert await read(store, "docs/a.txt") == b"first"
@@ -164,6 +165,8 @@ async def test_blob_create_conflict_replace_delete(store: Storage) -> None:
 async def test_blob_missing_is_not_found(store: Storage) -> None:
     with pytest.raises(NotFound, match="ghost"):
         await store.blob_read("ghost")
+    with pytest.raises(NotFound, match="ghost"):
+        await store.blob_size("ghost")
     with pytest.raises(NotFound, match="ghost"):
         await write(store, "ghost", b"data", mode="replace")
     with pytest.raises(NotFound, match="ghost"):
