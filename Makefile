@@ -11,12 +11,12 @@ STAMP := $(VENV)/.installed
 # One setting of group_data/all.py, printed for the shell (lists space-separated).
 setting = $(shell $(SYSTEM_PYTHON) -c 'import runpy, sys; v = runpy.run_path("group_data/all.py")[sys.argv[1]]; print(" ".join(v) if isinstance(v, list) else v)' $(1))
 
-.PHONY: help up down test lint venv packages python
+.PHONY: help up down test lint venv packages test-packages python
 
 help:
 	@echo "make up     install everything and bring up a single-node cluster on this machine (root)"
 	@echo "make down   stop what 'make up' started"
-	@echo "make test   run the whole test suite"
+	@echo "make test   install what the tests lack, then run the whole test suite (root)"
 	@echo "make lint   ruff check and ruff format --check"
 
 # Python first: reading the settings needs it (a minimal Debian may not have it yet).
@@ -27,8 +27,10 @@ python:
 # Debian packages, only if one is missing (so a second run touches nothing): this machine
 # runs every part of the cluster and builds the toolkit and the base image.
 DEBIAN_PACKAGES = $(foreach list,debian_packages agent_packages zookeeper_packages build_packages,$(call setting,$(list)))
-packages: python
-	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+# What the tests need beyond that: one list, tests/debian-packages.txt.
+TEST_PACKAGES = $(shell sed -e 's/\#.*//' tests/debian-packages.txt)
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -37,6 +39,12 @@ packages: python
 	  apt-get update -q; \
 	  apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+packages: python
+	$(call install_missing,$(DEBIAN_PACKAGES))
+
+test-packages: packages
+	$(call install_missing,$(TEST_PACKAGES))
 
 # The virtualenv with the toolkit (editable) and its test tools; redone when pyproject changes.
 venv: $(STAMP)
@@ -94,9 +102,8 @@ if first:
 endef
 export STOP_PROVIDERS
 
-# Removes the agent's firewall table (read from its config), as the agent does: if the agent
-# had turned IPv4 forwarding on and this was the last bismuth table, forwarding goes off too.
-# Left behind, its forwarding guard would keep filtering the host's forwarded traffic.
+# Removes the agent's firewall table (read from its config), as the agent does: forwarding
+# goes off again on the interfaces where the agent had turned it on.
 define REMOVE_FIREWALL
 import asyncio, sys
 from bismuth_agent.config import AgentConfig
@@ -159,7 +166,8 @@ down:
 	if alive "$$pid"; then echo "supervisord $$pid is still running" >&2; exit 1; fi; \
 	echo "stopped supervisord $$pid and its daemons"
 
-test: venv
+# The whole suite; installs what the tests lack first (it passes next to a running `make up`).
+test: test-packages venv
 	$(VENV)/bin/pytest
 
 lint: venv
