@@ -129,8 +129,7 @@ class Agent:
     async def start(self) -> None:
         stream = self.ctrd.events.subscribe()
         await stream.ready()
-        network = self.runtime.network
-        await self.runtime.firewall.install(await network.host_networks(), await network.uplinks())
+        await self.runtime.firewall.install(await self.runtime.network.host_view())
         await self.reap()
         await self.presence.start()
         self._tasks = [

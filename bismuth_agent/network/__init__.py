@@ -2,7 +2,7 @@
 
 How the agent uses it (setup in this order, teardown in reverse; every step idempotent):
 
-1. at start: ``Firewall.install(await adapter.host_networks())`` creates or refreshes the
+1. at start: ``Firewall.install(await adapter.host_view())`` creates or refreshes the
    table ``inet bismuth_<firewall_id>`` (keeping container elements) and turns IPv4
    forwarding on if it was off; ``NetworkAdapter.list()`` finds veths to adopt or reap;
 2. per container: ``allocation = await adapter.setup(cid, "/proc/<pid>/ns/net")``, then
@@ -25,6 +25,7 @@ from .model import (
     ContainerFirewall,
     ContainerNetwork,
     HostInterface,
+    HostView,
     NetworkError,
     NetworkStateError,
     SysctlChange,
@@ -39,6 +40,7 @@ __all__ = [
     "ContainerNetwork",
     "Firewall",
     "HostInterface",
+    "HostView",
     "NetworkAdapter",
     "NetworkError",
     "NetworkSettings",

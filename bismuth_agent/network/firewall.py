@@ -16,11 +16,10 @@ import asyncio
 import json
 import logging
 import subprocess
-from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Any
 
-from .model import Allocation, NetworkError, SysctlChange
+from .model import NO_HOST_VIEW, Allocation, HostView, NetworkError, SysctlChange
 from .namespaces import run_in_netns
 from .ruleset import (
     ELEMENT_SETS,
@@ -50,24 +49,21 @@ class Firewall:
         self.table = settings.table
         self._lock = asyncio.Lock()
 
-    async def install(
-        self, host_networks: Iterable[IPv4Network] = (), uplinks: Iterable[str] = ()
-    ) -> list[SysctlChange]:
+    async def install(self, host: HostView = NO_HOST_VIEW) -> list[SysctlChange]:
         """Create or refresh the table (keeping container elements); forward for containers.
 
-        ``host_networks`` (the host's own networks) are added to the blocked destinations,
-        so containers cannot reach the host's neighbours. ``uplinks`` (the host's own
-        interfaces) get forwarding where the host does not forward, each with its guard.
-        Returns the sysctls it changed.
+        The host's own networks are added to the blocked destinations, so containers cannot
+        reach the host's neighbours; its uplinks get forwarding where the host does not
+        forward, each with its guard. Returns the sysctls it changed.
         """
-        names = [u for u in uplinks if uplink_name(u)]
+        names = [u for u in host.uplinks if uplink_name(u)]
         async with self._lock:
             guards = await self._guards()
             changes = await self._retire_legacy_guard(guards)
             before = set().union(*guards.values())
             changed, guarded = await self._in_host_netns(lambda: forward_on_uplinks(names, before))
             changes += changed
-            script = install_script(self.settings, host_networks, guarded_uplinks=guarded)
+            script = install_script(self.settings, host.networks, guarded_uplinks=guarded)
             try:
                 await self._nft(["-f", "-"], script)
             except NetworkError as exc:

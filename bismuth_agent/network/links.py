@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
@@ -36,6 +36,7 @@ from .model import (
     HOST_IFNAME_PREFIX,
     Allocation,
     HostInterface,
+    HostView,
     NetworkError,
     host_ifname,
 )
@@ -84,14 +85,9 @@ class NetworkAdapter:
         """Bismuth veth ends on the host (this agent's interface group), for reaping."""
         return await asyncio.to_thread(self._host, self._describe_all)
 
-    async def host_networks(self) -> tuple[IPv4Network, ...]:
-        """Networks of the host's own IPv4 addresses, container interfaces and lo aside."""
-        return await asyncio.to_thread(self._host, self._own_networks)
-
-    async def uplinks(self) -> tuple[str, ...]:
-        """The host's own interfaces with an IPv4 address: where replies and fleet traffic
-        for containers arrive (any agent's container interfaces and loopback aside)."""
-        return await asyncio.to_thread(self._host, _uplinks)
+    async def host_view(self) -> HostView:
+        """The host's own networks and the interfaces holding them (see :class:`HostView`)."""
+        return await asyncio.to_thread(self._host, _host_view)
 
     # -- blocking parts, on worker threads -------------------------------------------------
 
@@ -223,15 +219,6 @@ class NetworkAdapter:
             if self._ours(link)
         ]
 
-    def _own_networks(self, ipr: IPRoute) -> tuple[IPv4Network, ...]:
-        ours = {link["index"] for link in ipr.get_links() if self._ours(link)}
-        networks = {
-            IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}").network
-            for msg in ipr.get_addr(family=socket.AF_INET)
-            if msg["index"] not in ours
-        }
-        return tuple(sorted(n for n in networks if not n.is_loopback))
-
     def _ours(self, link: Link) -> bool:
         info = link.get_attr("IFLA_LINKINFO")
         return (
@@ -266,14 +253,21 @@ def _with_netlink(work: Callable[[IPRoute], T]) -> T:
         raise NetworkError(f"netlink: {exc}") from exc
 
 
-def _uplinks(ipr: IPRoute) -> tuple[str, ...]:
-    addressed = {msg["index"] for msg in ipr.get_addr(family=socket.AF_INET)}
-    names = (
-        str(link.get_attr("IFLA_IFNAME"))
+def _host_view(ipr: IPRoute) -> HostView:
+    """Addresses and interfaces of the host itself: any agent's containers and lo aside."""
+    names = {
+        link["index"]: str(link.get_attr("IFLA_IFNAME"))
         for link in ipr.get_links()
-        if link["index"] in addressed and not link["flags"] & IFF_LOOPBACK
-    )
-    return tuple(sorted(n for n in names if not n.startswith(HOST_IFNAME_PREFIX)))
+        if not link["flags"] & IFF_LOOPBACK
+    }
+    own = {i: n for i, n in names.items() if not n.startswith(HOST_IFNAME_PREFIX)}
+    networks, uplinks = set(), set()
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        if msg["index"] in own:
+            address = IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            networks.add(address.network)
+            uplinks.add(own[msg["index"]])
+    return HostView(tuple(sorted(networks)), tuple(sorted(uplinks)))
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:

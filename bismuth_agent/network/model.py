@@ -91,6 +91,19 @@ class HostInterface:
 
 
 @dataclass(frozen=True)
+class HostView:
+    """What the firewall needs to know of the host: the networks of its own addresses
+    (blocked for containers) and its interfaces holding them (uplinks, where replies and
+    fleet traffic for containers arrive), container and loopback interfaces aside."""
+
+    networks: tuple[IPv4Network, ...] = ()
+    uplinks: tuple[str, ...] = ()
+
+
+NO_HOST_VIEW = HostView()  # a firewall that knows nothing of the host: blocks, forwards nothing
+
+
+@dataclass(frozen=True)
 class SysctlChange:
     """A kernel setting the agent had to change (reported once at start)."""
 
@@ -114,19 +127,14 @@ class ContainerNetwork(Protocol):
     async def list(self) -> builtins.list[HostInterface]:
         """Bismuth veth ends on the host, including leftovers."""
 
-    async def host_networks(self) -> tuple[IPv4Network, ...]:
-        """Networks of the host's own addresses (blocked for containers)."""
-
-    async def uplinks(self) -> tuple[str, ...]:
-        """The host's own interfaces with an IPv4 address."""
+    async def host_view(self) -> HostView:
+        """The host's own networks and uplinks, for the firewall."""
 
 
 class ContainerFirewall(Protocol):
     """The toolkit's own nftables table and the per-container elements in it."""
 
-    async def install(
-        self, host_networks: tuple[IPv4Network, ...] = (), uplinks: tuple[str, ...] = ()
-    ) -> list[SysctlChange]:
+    async def install(self, host: HostView = NO_HOST_VIEW) -> list[SysctlChange]:
         """Create or refresh the table, keeping container elements; forward on uplinks."""
 
     async def attach(self, allocation: Allocation) -> None:

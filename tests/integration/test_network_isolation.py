@@ -34,6 +34,7 @@ from bismuth_agent.network import (
     Allocation,
     AllocationStore,
     Firewall,
+    HostView,
     NetworkAdapter,
     NetworkSettings,
     SysctlChange,
@@ -229,7 +230,7 @@ def node_settings(lab: Lab, tmp_path: Path) -> NetworkSettings:
 async def node(lab: Lab, node_settings: NetworkSettings) -> AsyncIterator[Node]:
     adapter = NetworkAdapter(node_settings)
     firewall = Firewall(node_settings)
-    await firewall.install(await adapter.host_networks())
+    await firewall.install(await adapter.host_view())
     yield Node(lab, lab.name("host"), node_settings, adapter, firewall)
     await firewall.remove_all()
 
@@ -378,7 +379,7 @@ async def test_masquerade_setting_hides_container_addresses(
 ) -> None:
     settings = replace(node_settings, masquerade=True)
     node = Node(lab, lab.name("host"), settings, NetworkAdapter(settings), Firewall(settings))
-    await node.firewall.install(await node.adapter.host_networks())
+    await node.firewall.install(await node.adapter.host_view())
     a = await node.container("a")
     await lab.serve(lab.name("world"), WORLD, 80, "world")  # the world has no route to the pool
     assert await probe(a.ns, WORLD, 80) == f"world {HOST_UPLINK}"
@@ -416,7 +417,7 @@ async def test_restarted_agent_adopts_networks_without_recreating_them(
     index = node.links()[a.allocation.ifname]["ifindex"]
 
     again = node.restarted()
-    await again.firewall.install(await again.adapter.host_networks())
+    await again.firewall.install(await again.adapter.host_view())
     assert await probe(a.ns, node.settings.metadata_address, port) == f"provider-a {a.ip}"
     assert await again.adapter.adopt(a.cid, path(a.ns)) == a.allocation
     await again.firewall.attach(a.allocation)
@@ -460,7 +461,7 @@ from bismuth_agent.network import Firewall, NetworkAdapter, NetworkSettings
 async def main(cid, netns, state_file, firewall_id):
     settings = NetworkSettings(state_file=state_file, firewall_id=firewall_id)
     adapter, firewall = NetworkAdapter(settings), Firewall(settings)
-    changes = await firewall.install(await adapter.host_networks(), await adapter.uplinks())
+    changes = await firewall.install(await adapter.host_view())
     allocation = await adapter.setup(cid, netns)
     await firewall.attach(allocation)
     print(json.dumps({"host": str(allocation.host_address), "changes": len(changes),
@@ -591,11 +592,10 @@ async def test_forwarding_turned_on_by_the_agent_serves_containers_only(
     await lab.serve(lab.name("world"), WORLD, 80, "world")
     firewall = Firewall(node_settings)
     adapter = NetworkAdapter(node_settings)
-    assert await adapter.uplinks() == UPLINKS
-    assert await firewall.install(await adapter.host_networks(), UPLINKS) == uplink_changes(
-        "0", "1"
-    )
-    assert await firewall.install(await adapter.host_networks(), UPLINKS) == []
+    view = await adapter.host_view()
+    assert view.uplinks == UPLINKS
+    assert await firewall.install(view) == uplink_changes("0", "1")
+    assert await firewall.install(view) == []
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == machine_forwarding
     assert (
         sh("ip", "netns", "exec", lab.name("host"), "sysctl", "-n", "net.ipv4.ip_forward") == "0\n"
@@ -647,11 +647,11 @@ async def test_traffic_bridged_by_the_host_passes_the_forwarding_guard(
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
     await lab.serve(lab.name("q"), "10.77.0.12", 80, "q")
     adapter, firewall = NetworkAdapter(node_settings), Firewall(node_settings)
-    uplinks = await adapter.uplinks()
-    assert "br0" in uplinks
-    await firewall.install(await adapter.host_networks(), uplinks)
+    view = await adapter.host_view()
+    assert "br0" in view.uplinks
+    await firewall.install(view)
     assert await probe(lab.name("p"), "10.77.0.12", 80) == "q 10.77.0.11"
-    await firewall.install(await adapter.host_networks(), UPLINKS)  # br0 came after the agent
+    await firewall.install(replace(view, uplinks=UPLINKS))  # br0 came after the agent
     assert await probe(lab.name("p"), "10.77.0.12", 80) == "q 10.77.0.11"
     await firewall.remove_all()
 
@@ -663,7 +663,7 @@ async def test_a_host_that_already_forwards_keeps_forwarding(
     route_lan_through_host(lab)
     await lab.serve(lab.name("world"), WORLD, 80, "world")
     firewall = Firewall(node_settings)
-    assert await firewall.install(uplinks=UPLINKS) == []
+    assert await firewall.install(HostView(uplinks=UPLINKS)) == []
     assert await probe(lab.name("lan"), WORLD, 80) == f"world {LAN}"
     assert await firewall.remove_all() == []
     assert await probe(lab.name("lan"), WORLD, 80) == f"world {LAN}"
@@ -689,7 +689,7 @@ async def test_an_older_agents_global_forwarding_is_turned_back_off(
         check=True,
     )
     firewall = Firewall(node_settings)
-    changes = await firewall.install(uplinks=UPLINKS)
+    changes = await firewall.install(HostView(uplinks=UPLINKS))
     assert changes == [SysctlChange("net.ipv4.ip_forward", "1", "0"), *uplink_changes("0", "1")]
     assert (
         sh("ip", "netns", "exec", lab.name("host"), "sysctl", "-n", "net.ipv4.ip_forward") == "0\n"
