@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from bismuth_core.httpheaders import CONTAINER_ID, NOT_FORWARDED, end_to_end
+from bismuth_core.weberrors import error_middleware
 
 from .logstore import LogStore
 
@@ -271,16 +272,6 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _json_error(exc.status, exc.reason)
-
-
 async def _client(app: web.Application) -> AsyncIterator[None]:
     app[HTTP] = ClientSession(
         timeout=ClientTimeout(total=None, connect=2.0, sock_read=None),
@@ -292,7 +283,7 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(deps: HttpDeps) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=deps.max_exec_body)
+    app = web.Application(middlewares=[error_middleware()], client_max_size=deps.max_exec_body)
     app[DEPS] = deps
     app.cleanup_ctx.append(_client)
     app.router.add_route("*", "/invoke/{cid}", invoke)

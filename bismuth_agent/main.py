@@ -5,18 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from ipaddress import IPv4Address
-
-from aiohttp import web
 
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.network import Firewall, NetworkAdapter, NetworkSettings
 from bismuth_core import __version__, eventloop
 from bismuth_core.config import ConfigError, add_common_arguments, flag_overrides, load_config
-from bismuth_core.errors import BismuthError
+from bismuth_core.daemon import run_daemon, serving
 from bismuth_core.layout import NodeAlive, parse_ipv4
-from bismuth_core.logs import setup_logging
 from bismuth_core.zk import ZooKeeper
 
 from .agent import Agent
@@ -81,32 +77,27 @@ async def serve(config: AgentConfig) -> None:
             refresh_metrics=agent.refresh_metrics,
         )
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.node_ip, config.port).start()
-    await agent.start()
-    log.info("agent of node %s serving on port %d", config.node_ip, config.port)
-    await eventloop.until_signalled()
-    log.info("shutting down; containers keep running")
-    await agent.stop()
-    await runner.cleanup()
-    await zk.stop()
-    await ctrd.close()
+    try:
+        async with serving(app, config.node_ip, config.port):
+            await agent.start()
+            log.info("agent of node %s serving on port %d", config.node_ip, config.port)
+            await eventloop.until_signalled()
+            log.info("shutting down; containers keep running")
+            await agent.stop()
+    finally:
+        await zk.stop()
+        await ctrd.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
+    def load() -> AgentConfig:
+        args = parse_args(argv)
         config = load_config(AgentConfig, file=args.config, overrides=flag_overrides(args))
         if parse_ipv4(config.bind) != config.bind:
             raise ConfigError(f"config bind: {config.bind!r} is not the node's IPv4 address")
-    except ConfigError as exc:
-        sys.exit(f"bismuthd: {exc}")
-    setup_logging(config.log_level)
-    try:
-        eventloop.run(serve(config))
-    except BismuthError as exc:
-        sys.exit(f"bismuthd: {exc.message}")
+        return config
+
+    run_daemon("bismuthd", load, serve)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kazoo.client import KazooState
-from kazoo.recipe.watchers import ChildrenWatch
 
 from bismuth_core import layout
 from bismuth_core.cluster import STORED_LIMITS
@@ -44,7 +43,7 @@ class NodePresence:
         self.ip = ip
         self.alive = alive
         self._wake = wake
-        self._watching = True
+        self._unwatch: Callable[[], None] = lambda: None
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -52,18 +51,10 @@ class NodePresence:
             raise Unavailable(f"node {self.ip} is not provisioned (bismuthctl provision {self.ip})")
         self.zk.add_listener(self._on_state)
         await self.announce()
-        wake = self.zk.threadsafe(self._wake)
-
-        def on_children(_children: list[str]) -> bool:
-            wake()
-            return self._watching
-
-        await asyncio.to_thread(
-            ChildrenWatch, self.zk.client, layout.containers_path(self.ip), on_children
-        )
+        self._unwatch = await self.zk.watch_children(layout.containers_path(self.ip), self._wake)
 
     def stop(self) -> None:
-        self._watching = False
+        self._unwatch()
 
     async def announce(self, containers: int | None = None) -> None:
         """Create (or refresh) the ephemeral ``alive`` znode with capacity and count."""

@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
 from bismuth_core.fleet import FleetCache
 from bismuth_core.secrets import MAX_SECRET_SIZE, validate_secret_name, validate_secret_value
+from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
 
 from . import logs
@@ -84,30 +85,21 @@ HTTP = web.AppKey("http", ClientSession)
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Latency and count of every answer, by route (errors included: it wraps the errors)."""
     deps = request.app[DEPS]
     resource = request.match_info.route.resource
     route = resource.canonical if resource else "unmatched"
     with deps.metrics.latency.labels(route).time():
-        try:
-            response = await handler(request)
-        except BismuthError as exc:
-            response = web.json_response(exc.to_json(), status=exc.status)
-        except web.HTTPRequestEntityTooLarge:
-            response = _error(TooLarge(f"request body over {deps.config.max_body_size} bytes"))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = web.json_response({"error": exc.reason}, status=exc.status)
-        except Exception:
-            log.exception("unexpected error", extra={"path": request.path})
-            response = web.json_response({"error": "internal error"}, status=500)
+        response = await handler(request)
     deps.metrics.requests.labels(route, str(response.status)).inc()
     return response
 
 
-def _error(exc: BismuthError) -> web.Response:
-    return web.json_response(exc.to_json(), status=exc.status)
+def _too_large(request: web.Request, exc: web.HTTPException) -> BismuthError | None:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return TooLarge(f"request body over {request.app[DEPS].config.max_body_size} bytes")
+    return None
 
 
 async def _json_body(request: web.Request, required: bool = True) -> object | None:
@@ -230,7 +222,10 @@ async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(deps: ApiDeps) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=deps.config.max_body_size)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware(translate=_too_large)],
+        client_max_size=deps.config.max_body_size,
+    )
     app[DEPS] = deps
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_fleet_ctx)

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 from kazoo.client import KazooState
 from kazoo.recipe.election import Election
-from kazoo.recipe.watchers import ChildrenWatch
 
 from bismuth_core import layout, operations
 from bismuth_core.errors import BismuthError, InsufficientCapacity
@@ -107,14 +106,7 @@ class Leader:
         self._lost.clear()
         log.info("this API replica leads background work")
         tracker = NodeLossTracker(self.grace)
-        wake = self.zk.threadsafe(self._wake.set)
-        watching = True
-
-        def on_rollouts(_children: list[str]) -> bool:
-            wake()
-            return watching  # False ends the watch
-
-        ChildrenWatch(self.zk.client, layout.ROLLOUTS, on_rollouts)
+        unwatch = await self.zk.watch_children(layout.ROLLOUTS, self._wake.set)
         try:
             while not self._lost.is_set() and not self._stopping:
                 with contextlib.suppress(TimeoutError):
@@ -127,7 +119,7 @@ class Leader:
                 except BismuthError as exc:
                     log.warning("leader pass incomplete: %s", exc.message)
         finally:
-            watching = False
+            unwatch()
             self.is_leader = False
             log.info("this API replica no longer leads")
 

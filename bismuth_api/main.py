@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-
-from aiohttp import web
 
 from bismuth_core import eventloop, operations
-from bismuth_core.config import (
-    ConfigError,
-    add_common_arguments,
-    flag_overrides,
-    load_config,
-    split_hostport,
-)
-from bismuth_core.errors import Unavailable
-from bismuth_core.logs import setup_logging
+from bismuth_core.config import add_common_arguments, flag_overrides, load_config, split_hostport
+from bismuth_core.daemon import run_daemon, serving
 from bismuth_core.zk import ZooKeeper
 
 from .app import build_deps, create_app
@@ -45,35 +35,27 @@ async def serve(config: ApiConfig) -> None:
     await zk.start(timeout=config.connect_timeout)
     # Top-level znodes a newer release added appear in existing environments too.
     await operations.bootstrap(zk)
-    runner = web.AppRunner(create_app(deps), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info(
-        "serving on %s:%d (ZooKeeper %s, env %s)",
-        host,
-        port,
-        config.zookeeper,
-        config.zookeeper_env,
-    )
-    await eventloop.until_signalled()
-    log.info("shutting down")
-    await runner.cleanup()
-    await zk.stop()
+    try:
+        async with serving(create_app(deps), host, port):
+            log.info(
+                "serving on %s:%d (ZooKeeper %s, env %s)",
+                host,
+                port,
+                config.zookeeper,
+                config.zookeeper_env,
+            )
+            await eventloop.until_signalled()
+            log.info("shutting down")
+    finally:
+        await zk.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        config = load_config(ApiConfig, file=args.config, overrides=flag_overrides(args))
-    except ConfigError as exc:
-        sys.exit(f"bismuth-api: {exc}")
-    setup_logging(config.log_level)
-    try:
-        eventloop.run(serve(config))
-    except ConfigError as exc:
-        sys.exit(f"bismuth-api: {exc}")
-    except Unavailable as exc:
-        sys.exit(f"bismuth-api: {exc.message}")
+    def load() -> ApiConfig:
+        args = parse_args(argv)
+        return load_config(ApiConfig, file=args.config, overrides=flag_overrides(args))
+
+    run_daemon("bismuth-api", load, serve)
 
 
 if __name__ == "__main__":

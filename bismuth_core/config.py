@@ -18,6 +18,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from .layout import chroot
+
 T = TypeVar("T")
 
 ENV_PREFIX = "BISMUTH_"
@@ -80,6 +82,11 @@ def load_config(
     missing = [name for name in _required_fields(cls) if name not in values]
     if missing:
         raise ConfigError(f"config {missing[0]}: required (file, {ENV_PREFIX}* or flag)")
+    if "zookeeper_env" in values:
+        try:
+            chroot(values["zookeeper_env"])
+        except ValueError as exc:
+            raise ConfigError(f"config zookeeper_env: {exc}") from None
     return cls(**values)
 
 

@@ -19,6 +19,10 @@ class BismuthError(Exception):
     def to_json(self) -> dict[str, object]:
         return {"error": self.message}
 
+    def headers(self) -> dict[str, str]:
+        """Headers the answer to this error carries."""
+        return {}
+
 
 class InvalidRequest(BismuthError):
     """The request itself is malformed (not JSON, wrong shape)."""
@@ -35,6 +39,19 @@ class InvalidDefinition(InvalidRequest):
 
     def to_json(self) -> dict[str, object]:
         return {"error": self.message, "field": self.field}
+
+
+class Unauthorized(BismuthError):
+    """No valid credential came with the request; the answer names the scheme to use."""
+
+    status = 401
+
+    def __init__(self, message: str, realm: str = "bismuth") -> None:
+        super().__init__(message)
+        self.realm = realm
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer realm="{self.realm}"'}
 
 
 class NotFound(BismuthError):

@@ -27,6 +27,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.protocol.states import ZnodeStat
+from kazoo.recipe.watchers import ChildrenWatch
 from kazoo.retry import KazooRetry
 
 from .errors import Unavailable
@@ -151,6 +152,28 @@ class ZooKeeper:
                 loop.call_soon_threadsafe(lambda: callback(*args, **kwargs))
 
         return wake
+
+    async def watch_children(self, path: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` on the event loop each time ``path``'s children change (and once
+        now), with kazoo's ``ChildrenWatch`` recipe; returns the function that ends it.
+
+        The recipe reads the children as it is built, so that happens off the event loop;
+        ``wake`` only wakes: the caller reads what it needs itself.
+        """
+        wake_on_loop = self.threadsafe(wake)
+        watching = True
+
+        def on_children(_children: list[str]) -> bool:
+            if watching:
+                wake_on_loop()
+            return watching  # False ends the recipe's watch
+
+        def stop() -> None:
+            nonlocal watching
+            watching = False
+
+        await asyncio.to_thread(ChildrenWatch, self.client, path, on_children)
+        return stop
 
     # --- single operations -----------------------------------------------------
 

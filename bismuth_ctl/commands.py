@@ -18,8 +18,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from kazoo.recipe.watchers import ChildrenWatch
-
 from bismuth_core import cluster, consistency, layout, operations
 from bismuth_core.cluster import FunctionView, NodeView
 from bismuth_core.consistency import Finding
@@ -169,21 +167,20 @@ async def wait_until_empty(zk: ZooKeeper, ip: str, timeout: float) -> int:
     ``POLL_INTERVAL`` seconds, so a missed wake-up only delays it.
     """
     changed = asyncio.Event()
-    wake = zk.threadsafe(changed.set)
-    # The recipe's constructor reads the children synchronously: keep it off the loop.
-    await asyncio.to_thread(
-        ChildrenWatch, zk.client, layout.containers_path(ip), lambda _children: wake()
-    )
+    unwatch = await zk.watch_children(layout.containers_path(ip), changed.set)
     deadline = time.monotonic() + timeout
-    while True:
-        node = await cluster.read_node(zk, ip)
-        remaining = len(node.containers) if node else 0
-        left = deadline - time.monotonic()
-        if not remaining or left <= 0:
-            return remaining
-        changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), min(left, POLL_INTERVAL))
+    try:
+        while True:
+            node = await cluster.read_node(zk, ip)
+            remaining = len(node.containers) if node else 0
+            left = deadline - time.monotonic()
+            if not remaining or left <= 0:
+                return remaining
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, POLL_INTERVAL))
+    finally:
+        unwatch()
 
 
 # --- listings --------------------------------------------------------------------------

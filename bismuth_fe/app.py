@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
 from bismuth_core.errors import BismuthError, InvalidRequest
+from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
 
 from .balance import OutstandingRequests
@@ -69,7 +70,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(deps: FrontendDeps) -> web.Application:
     config = deps.config
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware(translate=_unsupported_target, observe=_observe)],
         handler_args={
             "max_line_size": config.max_line_size,
             "max_field_size": config.max_field_size,
@@ -148,27 +149,18 @@ def request_host_and_target(request: web.Request) -> tuple[str, str]:
     raise InvalidRequest(f"unsupported request target {raw[:100]!r}")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as JSON ``{"error": ...}``; count every answer by status class."""
-    try:
-        response = await handler(request)
-    except BismuthError as exc:
-        response = web.json_response(exc.to_json(), status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 404:  # only the router raises it: the target is not a /path
-            exc = web.HTTPBadRequest(reason=f"unsupported request target {request.raw_path!r}")
-        response = web.json_response({"error": exc.reason}, status=exc.status)
-    except Exception:
-        log.exception("unexpected error", extra={"path": request.path})
-        response = web.json_response({"error": "internal error"}, status=500)
+def _unsupported_target(request: web.Request, exc: web.HTTPException) -> BismuthError | None:
+    if exc.status == 404:  # only the router raises it: the target is not a /path
+        return InvalidRequest(f"unsupported request target {request.raw_path!r}")
+    return None
+
+
+def _observe(request: web.Request, response: web.StreamResponse) -> None:
+    """Trace header on the frontend's own answers; every answer counted by status class."""
     trace = request.get(TRACE)
     if trace is not None and not response.prepared:
         response.headers[TRACEPARENT] = trace.header
     request.app[DEPS].metrics.count_response(response.status)
-    return response
 
 
 # --- admin app --------------------------------------------------------------------------

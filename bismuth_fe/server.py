@@ -7,11 +7,11 @@ closes the public listener, then lets in-flight requests finish for up to
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 from aiohttp import web
+
+from bismuth_core import eventloop
 
 from .app import FrontendDeps, build_deps, create_admin_app, create_app
 from .config import FrontendConfig
@@ -80,14 +80,10 @@ def _url(runner: web.AppRunner | None) -> str:
 
 async def run(config: FrontendConfig) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     frontend = Frontend(config)
     await frontend.start()
     try:
-        await stop.wait()
+        await eventloop.until_signalled()
         log.info("shutting down: finishing in-flight requests (up to %gs)", config.shutdown_timeout)
     finally:
         await frontend.stop()

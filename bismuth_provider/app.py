@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
+from bismuth_core.errors import InvalidRequest, TooLarge, Unauthorized
+from bismuth_core.weberrors import error_middleware
 
 from .keys import validate_key, validate_prefix
 from .secretstore import SecretReader
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY_CHUNK = 64 << 10
 MAX_PAGE = 1000
+REALM = "bismuth-provider"
 
 
 @dataclass(frozen=True)
@@ -54,27 +56,8 @@ class ProviderDeps:
 DEPS = web.AppKey("deps", ProviderDeps)
 
 
-class Unauthorized(BismuthError):
-    status = 401
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except BismuthError as exc:
-        response = web.json_response(exc.to_json(), status=exc.status)
-        if isinstance(exc, Unauthorized):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="bismuth-provider"'
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = web.json_response({"error": exc.reason}, status=exc.status)
-    except Exception:
-        log.exception("unexpected error", extra={"path": request.path})
-        response = web.json_response({"error": "internal error"}, status=500)
+def _log_answer(request: web.Request, response: web.StreamResponse) -> None:
     log.debug("%s %s → %d", request.method, request.path, response.status)
-    return response
 
 
 @web.middleware
@@ -82,9 +65,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     expected = request.app[DEPS].token.encode()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
-        raise Unauthorized("missing bearer token: send Authorization: Bearer $BISMUTH_AUTH")
+        raise Unauthorized("missing bearer token: send Authorization: Bearer $BISMUTH_AUTH", REALM)
     if not hmac.compare_digest(given.strip().encode(), expected):
-        raise Unauthorized("wrong bearer token")
+        raise Unauthorized("wrong bearer token", REALM)
     return await handler(request)
 
 
@@ -201,7 +184,7 @@ async def secret_get(request: web.Request) -> web.Response:
 
 
 def create_app(deps: ProviderDeps) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app = web.Application(middlewares=[error_middleware(observe=_log_answer), auth_middleware])
     app[DEPS] = deps
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/kv/v1/{key:.+}", kv_get)

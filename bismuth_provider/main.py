@@ -12,8 +12,6 @@ import logging
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from bismuth_core import eventloop
 from bismuth_core.config import (
     ConfigError,
@@ -22,8 +20,7 @@ from bismuth_core.config import (
     load_config,
     split_hostport,
 )
-from bismuth_core.errors import BismuthError
-from bismuth_core.logs import setup_logging
+from bismuth_core.daemon import run_daemon, serving
 from bismuth_core.secrets import SecretBox, load_cluster_key
 
 from .app import Limits, ProviderDeps, create_app
@@ -78,31 +75,24 @@ def _s3_settings(config: ProviderConfig) -> object | None:
 
 async def serve(config: ProviderConfig) -> None:
     host, port = split_hostport(config.bind, 9000)
-    runner = web.AppRunner(create_app(build_deps(config)), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
-    log.info(
-        "serving on %s:%d (group %s, storage %s)",
-        host,
-        port,
-        config.group,
-        config.storage.split("://", 1)[0],
-        extra={"function_id": config.function_id},
-    )
-    await eventloop.until_signalled()
-    await runner.cleanup()
+    async with serving(create_app(build_deps(config)), host, port, reuse_address=True):
+        log.info(
+            "serving on %s:%d (group %s, storage %s)",
+            host,
+            port,
+            config.group,
+            config.storage.split("://", 1)[0],
+            extra={"function_id": config.function_id},
+        )
+        await eventloop.until_signalled()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        config = load_config(ProviderConfig, file=args.config, overrides=flag_overrides(args))
-        setup_logging(config.log_level)
-        eventloop.run(serve(config))
-    except (ConfigError, OSError) as exc:
-        sys.exit(f"bismuth-provider: {exc}")
-    except BismuthError as exc:
-        sys.exit(f"bismuth-provider: {exc.message}")
+    def load() -> ProviderConfig:
+        args = parse_args(argv)
+        return load_config(ProviderConfig, file=args.config, overrides=flag_overrides(args))
+
+    run_daemon("bismuth-provider", load, serve)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""Every daemon's command as an operator meets it: one message line and the same exit codes.
+
+A bad configuration value exits 2 naming the key; a dependency that cannot be reached at
+start (here: ZooKeeper on a port nobody listens on) exits 1 saying so. No traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.zkserver import free_port
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+DAEMONS = ["bismuth-api", "bismuthfe", "bismuthd"]
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("daemon", [*DAEMONS, "bismuth-provider"])
+def test_a_bad_config_value_exits_2_naming_the_key(daemon: str) -> None:
+    result = run(str(BIN / daemon), "--zookeeper-env", "Not An Env")
+    assert result.returncode == 2, result.stderr
+    assert "zookeeper_env" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_zookeeper_at_start_exits_1(tmp_path: Path) -> None:
+    """Every daemon starts through the same runner; the API's connect timeout is short."""
+    config = tmp_path / "api.toml"
+    config.write_text("connect_timeout = 1.0\n")
+    result = run(
+        str(BIN / "bismuth-api"), "--config", str(config), "--zookeeper", f"127.0.0.1:{free_port()}"
+    )
+    assert result.returncode == 1, result.stderr
+    assert "ZooKeeper" in result.stderr and "Traceback" not in result.stderr
