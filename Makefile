@@ -46,11 +46,12 @@ packages: python
 test-packages: packages
 	$(call install_missing,$(TEST_PACKAGES))
 
-# The virtualenv with the toolkit (editable) and its test tools; redone when pyproject changes.
+# The virtualenv with the toolkit (editable), the deploy's tools (pyinfra) and the test tools;
+# redone when pyproject changes.
 venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py | packages
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[deploy,test]'
 	touch $@
 
 up: packages venv

@@ -137,7 +137,9 @@ def ctr_runs(address: str, runs: int, fifo_dir: Path) -> list[float]:
 def ensure_image() -> None:
     if not ARCHIVE.exists():
         subprocess.run(
-            [sys.executable, "-m", "images.build", "--output", str(ARCHIVE)], check=True, cwd=ROOT
+            [sys.executable, "-m", "bismuth_images.build", "--output", str(ARCHIVE)],
+            check=True,
+            cwd=ROOT,
         )
 
 

@@ -126,7 +126,7 @@ containerd_namespace = "bismuth"  # the design's namespace: `ctr -n bismuth task
 containerd_command = "/usr/bin/containerd"
 
 # --- base image --------------------------------------------------------------------------
-# Built once from Debian packages (python3 -m images.build), then imported into containerd.
+# Built once from Debian packages (python3 -m bismuth_images.build), then imported into containerd.
 base_image = "bismuth.local/python:3.11"
 base_image_archive = ""  # "" = <var_dir>/images/python-3.11.oci.tar (name follows base_image)
 # Wheel installs: the archive is built on the machine running pyinfra, here, and uploaded.

@@ -120,7 +120,7 @@ class ContainerdImages(FactBase[list[str]]):
 _ARCHIVE_PROBE = """
 import logging, sys
 from pathlib import Path
-from images.build import BuildOptions, existing_image, host_architecture
+from bismuth_images.build import BuildOptions, existing_image, host_architecture
 
 logging.basicConfig(level=logging.CRITICAL)
 options = BuildOptions(output=Path(sys.argv[1]), reference=sys.argv[2])
@@ -131,8 +131,8 @@ print("valid" if existing_image(options, host_architecture()) else "invalid")
 class ImageArchiveValid(FactBase[bool]):
     """Whether ``path`` is a complete OCI archive of ``reference`` for this host's platform.
 
-    Asks ``images.build`` (in the checkout ``source``) exactly what it asks before skipping a
-    build, so "valid" here means a build would change nothing.
+    Asks ``bismuth_images.build`` (in the checkout ``source``) exactly what it asks before
+    skipping a build, so "valid" here means a build would change nothing.
     """
 
     def command(self, python: str, source: str, path: str, reference: str) -> str:

@@ -1,7 +1,7 @@
 """The base image every function can use: built once from Debian packages, imported once.
 
 Every host of ``agents`` gets it. With a checkout install (``make up``) the host builds the
-archive itself: ``python3 -m images.build`` from its checkout, ``bismuth_source``, writes
+archive itself: ``python3 -m bismuth_images.build`` from its checkout, ``bismuth_source``, writes
 ``base_image_archive``. With wheel installs (fleets) the machine running the deploy builds it
 into ``base_image_source`` (the same command, once per run) and uploads it to each host's
 ``base_image_archive``. ``ctr images import`` then puts it into containerd's namespace. Each
@@ -58,7 +58,15 @@ def source_archive() -> Path:
 @functools.cache
 def _built_archive(path: Path, reference: str) -> Path:
     """Run the build (a no-op when the archive checks out) once per deploy."""
-    command = [sys.executable, "-m", "images.build", "--output", str(path), "--name", reference]
+    command = [
+        sys.executable,
+        "-m",
+        "bismuth_images.build",
+        "--output",
+        str(path),
+        "--name",
+        reference,
+    ]
     done = subprocess.run(
         command, cwd=CHECKOUT, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
@@ -99,7 +107,15 @@ def base_image() -> None:
     if wheel_install():
         files.put(name=f"Upload {reference}", src=str(source_archive()), dest=path, mode="644")
     else:
-        build = [tool_bin("python"), "-m", "images.build", "--output", path, "--name", reference]
+        build = [
+            tool_bin("python"),
+            "-m",
+            "bismuth_images.build",
+            "--output",
+            path,
+            "--name",
+            reference,
+        ]
         server.shell(
             name=f"Build {reference}",
             commands=[f"cd {shlex.quote(host.data.bismuth_source)} && {shlex.join(build)}"],

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from images.build import BuildOptions, BuildResult, build_image
+from bismuth_images.build import BuildOptions, BuildResult, build_image
 
 pytestmark = pytest.mark.integration
 

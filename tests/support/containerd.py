@@ -527,7 +527,7 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> BusyboxImage:
 @pytest.fixture(scope="session")
 def python_image() -> Path:
     """The toolkit's base image archive, built once (kept between runs under var/images)."""
-    from images.build import BuildOptions, build_image
+    from bismuth_images.build import BuildOptions, build_image
 
     output = Path(__file__).resolve().parents[2] / "var" / "images" / "python-3.11.oci.tar"
     return build_image(BuildOptions(output=output)).path

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from images.archive import inspect_archive, open_layer, wrap_rootfs
-from images.build import BuildOptions, default_output, existing_image, host_architecture
-from images.oci import (
+from bismuth_images.archive import inspect_archive, open_layer, wrap_rootfs
+from bismuth_images.build import BuildOptions, default_output, existing_image, host_architecture
+from bismuth_images.oci import (
     ContainerDefaults,
     ImageError,
     ImageReference,
     Platform,
     platform_for_dpkg,
 )
-from images.rootfs import RootfsSpec, check_rootfs, customize_hooks, mmdebstrap_command
-from images.sources import (
+from bismuth_images.rootfs import RootfsSpec, check_rootfs, customize_hooks, mmdebstrap_command
+from bismuth_images.sources import (
     AptSource,
     host_sources,
     mirror_lines,

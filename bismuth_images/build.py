@@ -2,7 +2,7 @@
 
 Usage (as root, on Debian with ``mmdebstrap`` installed)::
 
-    python3 -m images.build [--output PATH] [--force] [--mirror URI|'deb ...']...
+    python3 -m bismuth_images.build [--output PATH] [--force] [--mirror URI|'deb ...']...
 
 The archive is written to ``var/images/python-3.11.oci.tar`` in the checkout unless
 ``--output`` says otherwise. If it already exists and checks out (every blob matches its
@@ -36,7 +36,7 @@ from .oci import ImageError, ImageReference, platform_for_dpkg
 from .rootfs import RootfsSpec, bootstrap, check_rootfs
 from .sources import host_sources, mirror_lines, select_sources
 
-log = logging.getLogger("images.build")
+log = logging.getLogger("bismuth_images.build")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = "bismuth.local/python:3.11"
@@ -164,9 +164,9 @@ def build_image(options: BuildOptions) -> BuildResult:
 
 def parse_args(argv: Sequence[str] | None) -> BuildOptions:
     parser = argparse.ArgumentParser(
-        prog="python3 -m images.build",
+        prog="python3 -m bismuth_images.build",
         description=(__doc__ or "").split("\n\n")[0],
-        epilog="See images/README.md for what the image holds and how it is built.",
+        epilog="See bismuth_images/README.md for what the image holds and how it is built.",
     )
     parser.add_argument(
         "--output", type=Path, metavar="PATH", help="archive path (default: var/images/...)"

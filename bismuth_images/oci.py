@@ -1,6 +1,6 @@
 """The OCI image model of a single-layer image: digests, config, manifest, index, as pure values.
 
-Nothing here touches the filesystem. :mod:`images.archive` streams the layer and writes the
+Nothing here touches the filesystem. :mod:`bismuth_images.archive` streams the layer and writes the
 image-layout tar from the JSON documents built here; the unit tests check these documents
 against the OCI image spec (media types, digests, ``diff_ids``, annotations).
 
