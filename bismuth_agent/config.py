@@ -45,6 +45,13 @@ class AgentConfig:
     exec_concurrency: int = 8
     # Bytes of stdout+stderr kept per container.
     log_max_bytes: int = 10 << 20
+    # A definition's repo: fetched over https (plain http only from these hosts, "name" or
+    # "name:port"), trusting the system's CAs or those in git_ca_file; into a tmpfs of at most
+    # repo_max_bytes, within repo_timeout seconds.
+    repo_http_hosts: tuple[str, ...] = ()
+    git_ca_file: str = ""
+    repo_max_bytes: int = 256 << 20
+    repo_timeout: float = 120.0
     # Seconds a Server entrypoint may take to accept connections before Failed.
     start_timeout: float = 60.0
     # Container subnets (a /30 each) come from this pool.

@@ -2,22 +2,18 @@
 
 Each container has a directory ``<state_dir>/containers/<cid>`` holding its own
 ``hosts``, ``resolv.conf`` and ``hostname`` (bind-mounted read-only over /etc) and, when the
-definition names a repo, its clone (bind-mounted at /repo), owned by the container user as
-the host sees it (the mapped uid). Removing the directory removes all of it.
+definition names a repo, the tmpfs it is fetched into (:mod:`bismuth_agent.repos`). Removing
+the directory (after that tmpfs is unmounted) removes all of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import os
 import shutil
 import uuid
 from pathlib import Path
 
 from bismuth_core.errors import BismuthError
-
-CLONE_TIMEOUT = 120.0
 
 
 class PrepareFailed(BismuthError):
@@ -67,47 +63,6 @@ def write_etc_files(
         path.chmod(0o644)
         mounts[target] = str(path)
     return mounts
-
-
-async def clone_repo(
-    directory: Path, url: str, branch: str, uid: int, gid: int, timeout: float = CLONE_TIMEOUT
-) -> str:
-    """Clone ``branch`` of ``url`` into ``directory/repo`` owned by uid:gid; return its path."""
-    target = directory / "repo"
-    if target.exists():
-        shutil.rmtree(target)
-    git = shutil.which("git")
-    if git is None:
-        raise PrepareFailed("cannot clone the repo: git is not installed on this node")
-    proc = await asyncio.create_subprocess_exec(
-        git,
-        "clone",
-        "--quiet",
-        "--depth",
-        "1",
-        "--branch",
-        branch,
-        "--",
-        url,
-        str(target),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_TERMINAL_PROMPT": "0"},
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise PrepareFailed(f"cloning {url} took longer than {timeout:g}s") from None
-    if proc.returncode != 0:
-        why = stderr.decode(errors="replace").strip().splitlines()
-        raise PrepareFailed(f"cannot clone {url} (branch {branch}): {why[-1] if why else ''}")
-    for root, dirs, names in os.walk(target):
-        for name in [*dirs, *names]:
-            os.lchown(os.path.join(root, name), uid, gid)
-    os.lchown(target, uid, gid)
-    return str(target)
 
 
 def remove(directory: Path) -> None:

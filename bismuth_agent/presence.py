@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 
 from kazoo.client import KazooState
 
-from bismuth_core import layout
+from bismuth_core import jsondoc, layout
 from bismuth_core.cluster import STORED_LIMITS
 from bismuth_core.definition import FunctionDefinition, parse_definition
 from bismuth_core.errors import BismuthError, Unavailable
@@ -112,7 +111,7 @@ class NodePresence:
         if got is None:
             return None
         try:
-            return parse_definition(json.loads(got[0]), STORED_LIMITS)
+            return parse_definition(jsondoc.loads(got[0], "stored definition"), STORED_LIMITS)
         except (ValueError, BismuthError) as exc:  # a bad definition runs nothing
             log.warning("undecodable definition: %s", exc, extra={"function_id": fid})
             return None

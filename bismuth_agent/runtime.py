@@ -1,13 +1,14 @@
 """Making and unmaking one container, as a sequence of idempotent steps.
 
-Setup: files (/etc files, repo clone, token) → image (pulled or imported, unpacked, its top
-layer remapped to the container ids once per image) → containerd container and rootfs
-snapshot → task created (runc made the namespaces, process not started; output to the log
-file) → veth into the task's network namespace → firewall elements → provider started and
-answering → task started.
+Setup: files (/etc files, token, the repo fetched into its tmpfs) → image (pulled or
+imported, unpacked, its top layer remapped to the container ids once per image) →
+containerd container and rootfs snapshot → task created (runc made the namespaces, process
+not started; output to the log file) → veth into the task's network namespace → firewall
+elements → provider started and answering → task started.
 Teardown runs every step's undo in reverse, each safe when its setup never ran ("not found"
 is success): SIGTERM, a grace period, SIGKILL; task, provider, container, snapshot,
-firewall, veth, files. A failed setup tears down what it made before the error is reported.
+firewall, veth, the repo's tmpfs, files. A failed setup tears down what it made before the
+error is reported.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifn
 from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError
 
-from . import files
+from . import files, repos
 from .config import AgentConfig
 from .http import ExecResult, ExecTimeout
 from .logstore import LogStore
 from .presence import DesiredContainer
 from .providers import Launch, ProviderSupervisor
+from .repos import RepoSettings
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,9 @@ class ContainerRuntime:
         self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
         self._image_locks: dict[str, asyncio.Lock] = {}
+        self.repo_settings = RepoSettings(
+            config.repo_http_hosts, config.git_ca_file, config.repo_max_bytes, config.repo_timeout
+        )
 
     def dir(self, cid: uuid.UUID) -> Path:
         return files.container_dir(self.config.state_dir, cid)
@@ -139,13 +144,8 @@ class ContainerRuntime:
         repo_dir = None
         if definition.repo:
             url, branch = definition.repo
-            repo_dir = await files.clone_repo(
-                directory,
-                url,
-                branch,
-                self.ids.host_start + CONTAINER_UID,
-                self.ids.host_start + CONTAINER_GID,
-            )
+            owner = (self.ids.host_start + CONTAINER_UID, self.ids.host_start + CONTAINER_GID)
+            repo_dir = await repos.fetch(directory, url, branch, owner, self.repo_settings)
         parent = await self._image(definition.image)
         plan = ContainerPlan(
             container_id=cid,
@@ -310,6 +310,7 @@ class ContainerRuntime:
         await self.ctrd.delete_container(str(cid))
         await self.firewall.detach(host_ifname(str(cid)))
         await self.network.teardown(str(cid))
+        await repos.remove(self.dir(cid))
         if not keep_logs:
             files.remove(self.dir(cid))
             self.logs.remove(cid)

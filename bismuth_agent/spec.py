@@ -173,7 +173,7 @@ def _mounts(plan: ContainerPlan) -> list[dict[str, Any]]:
                 "destination": "/repo",
                 "type": "bind",
                 "source": plan.repo_dir,
-                "options": ["rbind", "rw", "nosuid", "nodev"],
+                "options": ["rbind", "ro", "nosuid", "nodev"],
             }
         )
     for destination, source in sorted(plan.etc_files.items()):

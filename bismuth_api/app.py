@@ -9,7 +9,6 @@ body ``{"error": ...}`` with its status; nothing a client sends produces a 500.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from bismuth_core import jsondoc
 from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
 from bismuth_core.fleet import FleetCache
 from bismuth_core.secrets import MAX_SECRET_SIZE, validate_secret_name, validate_secret_value
@@ -108,10 +108,7 @@ async def _json_body(request: web.Request, required: bool = True) -> object | No
         if required:
             raise InvalidRequest("request body must be a JSON function definition")
         return None
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    return jsondoc.loads(body, "request body")
 
 
 async def create_function(request: web.Request) -> web.Response:

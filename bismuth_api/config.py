@@ -23,7 +23,9 @@ class ApiConfig:
     max_instances: int = 64
     # cpu bound used while no live node advertises its capacity.
     default_cpu_max: float = 64.0
-    repo_schemes: tuple[str, ...] = ("https", "http", "git", "ssh", "file")
+    # Hosts ("name" or "name:port") a function's repo may come from over plain http (labs);
+    # every other repo must be an https URL.
+    repo_http_hosts: tuple[str, ...] = ()
     # Seconds to wait for ZooKeeper on start before giving up.
     connect_timeout: float = 30.0
     # The fleet's cluster key, which seals function secrets in ZooKeeper: base64 of 32 bytes,

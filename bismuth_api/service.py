@@ -54,7 +54,7 @@ class FunctionService:
             cpu_max=max((a.cpus for a in alive), default=0.0) or self.config.default_cpu_max,
             max_instances=self.config.max_instances,
             memory_max=max((a.memory for a in alive), default=0) or None,
-            repo_schemes=self.config.repo_schemes,
+            repo_http_hosts=self.config.repo_http_hosts,
         )
 
     async def parse(self, raw: object) -> FunctionDefinition:

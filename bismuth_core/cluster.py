@@ -7,21 +7,21 @@ multi-ops in :mod:`bismuth_core.operations` against concurrent writers.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import layout
+from . import jsondoc, layout
 from .definition import DefinitionLimits, FunctionDefinition, parse_definition
 from .errors import NotFound
 from .layout import Backend, ContainerRecord, ContainerStatus, NodeAlive, Reservation
 from .scheduler import NodeCapacity
 from .zk import ZooKeeper
 
-# Definitions already in ZooKeeper were validated on the way in; re-read them leniently.
-STORED_LIMITS = DefinitionLimits(cpu_max=math.inf, max_instances=1_000_000)
+# Definitions already in ZooKeeper were validated on the way in (bounds and policy as they
+# were then); re-read them leniently.
+STORED_LIMITS = DefinitionLimits(cpu_max=math.inf, max_instances=1_000_000, enforce_policy=False)
 
 PENDING = "Pending"  # no status znode yet: the agent has not picked the container up
 
@@ -150,7 +150,7 @@ async def read_function(zk: ZooKeeper, fid: uuid.UUID) -> FunctionView:
     )
     if got is None or backends is None:
         raise NotFound(f"function {fid} not found")
-    definition = parse_definition(json.loads(got[0]), STORED_LIMITS)
+    definition = parse_definition(jsondoc.loads(got[0], "stored definition"), STORED_LIMITS)
     return FunctionView(
         id=fid,
         definition=definition,

@@ -36,14 +36,13 @@ planned from those fresh reads as one guarded multi-op and retried on a lost rac
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from . import layout
+from . import jsondoc, layout
 from .cluster import STORED_LIMITS, read_node
 from .definition import parse_definition
 from .errors import InvalidRequest
@@ -148,7 +147,8 @@ async def _read_listed(zk: ZooKeeper, path: str) -> _Listed | None:
 
 def _hostnames(data: bytes) -> frozenset[str] | None:
     try:
-        return frozenset(parse_definition(json.loads(data), STORED_LIMITS).routes)
+        stored = jsondoc.loads(data, "stored definition")
+        return frozenset(parse_definition(stored, STORED_LIMITS).routes)
     except (ValueError, InvalidRequest):
         return None
 

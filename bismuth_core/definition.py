@@ -3,6 +3,12 @@
 :func:`parse_definition` turns untrusted JSON into a frozen :class:`FunctionDefinition` or
 raises :class:`InvalidDefinition` naming the field and the rule it broke. ``to_json`` gives
 back the canonical contract shape, which is what ZooKeeper stores.
+
+Beyond the shape, new definitions obey the platform's policy: a route is a DNS name (not an
+IP literal, not ``localhost``), and a repo is fetched over https only (plain http only from
+hosts the operator lists), without credentials in its URL. Stored definitions are read back
+as they were written (``DefinitionLimits.enforce_policy`` off): the agent checks the repo
+URL again itself before it fetches anything.
 """
 
 from __future__ import annotations
@@ -55,7 +61,10 @@ class DefinitionLimits:
     cpu_max: float = 64.0
     max_instances: int = 64
     memory_max: int | None = None
-    repo_schemes: tuple[str, ...] = ("https", "http", "git", "ssh", "file")
+    # Hosts ("name" or "name:port") a repo may be fetched from over plain http (labs).
+    repo_http_hosts: tuple[str, ...] = ()
+    # Route names and repo URLs must obey the policy (off for definitions already stored).
+    enforce_policy: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ def parse_definition(raw: object, limits: DefinitionLimits | None = None) -> Fun
         memory=_parse_memory(raw["memory"], limits),
         invoke_mode=_parse_invoke_mode(raw["invoke_mode"]),
         max_instances=_parse_max_instances(raw.get("max_instances", 1), limits),
-        routes=_parse_routes(raw.get("routes", [])),
+        routes=_parse_routes(raw.get("routes", []), limits),
         repo=_parse_repo(raw.get("repo"), limits),
         svc_group_id=_parse_group(raw.get("svc_group_id")),
         svc_quotas=_parse_quotas(raw.get("svc_quotas")),
@@ -252,7 +261,7 @@ def _parse_invoke_mode(value: object) -> ServerMode | ExecutableMode:
     raise InvalidDefinition("invoke_mode", f"unknown mode {kind!r}; use Server or Executable")
 
 
-def _parse_routes(value: object) -> tuple[str, ...]:
+def _parse_routes(value: object, limits: DefinitionLimits) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -264,6 +273,8 @@ def _parse_routes(value: object) -> tuple[str, ...]:
         if not isinstance(item, Mapping) or set(item) != {"hostname"}:
             raise InvalidDefinition("routes", 'each route must be {"hostname": "<name>"}')
         host = normalize_hostname(item["hostname"])
+        if limits.enforce_policy:
+            check_route_name(host)
         if host in hosts:
             raise InvalidDefinition("routes", f"hostname {host!r} is listed twice")
         hosts.append(host)
@@ -282,18 +293,56 @@ def _parse_repo(value: object, limits: DefinitionLimits) -> tuple[str, str] | No
     url, branch = value
     if any(ord(c) < 0x20 or c == "\x7f" for c in url) or len(url) > 2048:
         raise InvalidDefinition("repo", "url must be at most 2048 printable characters")
-    try:
-        scheme = "file" if url.startswith("/") else urlsplit(url).scheme.lower()
-    except ValueError as exc:
-        raise InvalidDefinition("repo", f"url {url!r} is not a valid URL: {exc}") from None
-    if scheme not in limits.repo_schemes:
-        allowed = ", ".join(limits.repo_schemes)
-        raise InvalidDefinition(
-            "repo", f"url scheme {scheme or '(none)'!r} is not allowed; allowed: {allowed}"
-        )
+    if limits.enforce_policy:
+        check_repo_url(url, limits.repo_http_hosts)
     if not _is_branch_name(branch):
         raise InvalidDefinition("repo", f"branch {branch!r} is not a valid git ref name")
     return url, branch
+
+
+def check_repo_url(url: str, http_hosts: tuple[str, ...] = ()) -> None:
+    """Raise :class:`InvalidDefinition` (field ``repo``) unless ``url`` may be fetched:
+    ``https://host[:port]/path``, or ``http://`` to a host listed in ``http_hosts``; never
+    credentials in the URL, local paths, or any other scheme (file, ssh, git, ext, ...)."""
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or ""), parts.port
+    except ValueError as exc:
+        raise InvalidDefinition("repo", f"url {url!r} is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    http_allowed = scheme == "http" and _listed(host, port, http_hosts)
+    if scheme != "https" and not http_allowed:
+        lab = " (plain http only to the hosts listed in repo_http_hosts)"
+        raise InvalidDefinition(
+            "repo",
+            f"url {url!r} is not allowed: only https URLs can be fetched{lab}; local paths, "
+            "file, ssh, git, ext and other transports are refused",
+        )
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidDefinition("repo", "url must not carry credentials (user@ or user:pass@)")
+    if not host:
+        raise InvalidDefinition("repo", f"url {url!r} names no host")
+
+
+def _listed(host: str, port: int | None, hosts: tuple[str, ...]) -> bool:
+    wanted = {h.lower() for h in hosts}
+    return host in wanted or (port is not None and f"{host}:{port}" in wanted)
+
+
+def check_route_name(host: str) -> None:
+    """Raise :class:`InvalidDefinition` (field ``routes``) unless the canonical hostname
+    ``host`` is a DNS name a client can route by: not an IP address in any spelling a URL
+    parser accepts (its last label is a number, decimal or ``0x`` hex) and not ``localhost``
+    or a name under it."""
+    last = host.rsplit(".", 1)[-1]
+    if last.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last):
+        raise InvalidDefinition(
+            "routes", f"hostname {host!r} is an IP address; routes must be DNS names"
+        )
+    if host == "localhost" or host.endswith(".localhost"):
+        raise InvalidDefinition(
+            "routes", f"hostname {host!r} names this machine (localhost); routes must be DNS names"
+        )
 
 
 def _is_branch_name(branch: str) -> bool:

@@ -91,6 +91,12 @@ network_pool = "10.253.0.0/16"  # every container gets a /30 of it
 plain_http_registries: list[str] = []  # registries (host[:port]) pulled from over plain HTTP
 outbound_nat = False  # containers reach the internet through NAT
 rate_limit_kbit = 0  # per-container rate limit in kbit/s each way (0 = none)
+# Function repos are fetched over https only; plain http only from these hosts ("name" or
+# "name:port": a lab's git server). git trusts the system's CAs, or only those in
+# git_ca_file (a PEM bundle on the agent hosts); a clone may hold repo_max_bytes.
+repo_http_hosts: list[str] = []
+git_ca_file = ""
+repo_max_bytes = 256 << 20
 # Where each container's provider keeps its group's key/value pairs and blobs:
 # "" = local://<var_dir>/data (SQLite and files on the node), or s3://bucket/prefix, shared
 # by every node, with the endpoint, region and credentials below.

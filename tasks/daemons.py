@@ -63,6 +63,7 @@ def api(restart_on: Sequence[OperationMeta | None] = ()) -> None:
         node_loss_grace=host.data.node_loss_grace,
         log_level=host.data.log_level,
         cluster_key_file=cluster_key_file(),
+        repo_http_hosts=host.data.repo_http_hosts,
     )
     link = switch_daemon(API_PROGRAM)
     spec = _daemon(API_PROGRAM, "Bismuth control-plane API", "bismuth-api", path)

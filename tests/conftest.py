@@ -15,7 +15,12 @@ from tests.support.standin import StandInAgent
 from tests.support.zkserver import ZooKeeperServer, free_port
 
 # fixtures of a private containerd and of in-process agents, for every suite
-pytest_plugins = ["tests.support.containerd", "tests.support.agenthost", "tests.support.s3server"]
+pytest_plugins = [
+    "tests.support.containerd",
+    "tests.support.agenthost",
+    "tests.support.s3server",
+    "tests.support.gitserver",
+]
 
 _SUBNETS = itertools.count(1)
 

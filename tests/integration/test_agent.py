@@ -173,48 +173,6 @@ async def _no_tasks(running) -> bool:
     return not await running.ctrd.tasks.list()
 
 
-async def test_repo_is_cloned_into_the_container(zk, agent, tmp_path):
-    source = tmp_path / "src"
-    source.mkdir()
-    for args in (["init", "-q", "-b", "main"],):
-        subprocess.run(["git", "-C", str(source), *args], check=True)
-    (source / "app.txt").write_text("from the repo\n")
-    subprocess.run(["git", "-C", str(source), "add", "app.txt"], check=True)
-    subprocess.run(
-        [
-            "git",
-            "-C",
-            str(source),
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "x",
-        ],
-        check=True,
-    )
-    fid = await operations.create_function(
-        zk,
-        httpd(
-            repo=[f"file://{source}", "main"],
-            invoke_mode={"Executable": ["/bin/sh", "-c", "cat /repo/app.txt; ls -n /repo/app.txt"]},
-        ),
-    )
-    backend = await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{agent.url}/invoke/{backend.container_id}", data=b"") as resp,
-    ):
-        out = (await resp.read()).decode()
-    assert resp.status == 200, out
-    first, listing = out.splitlines()
-    assert first == "from the repo"
-    assert listing.split()[2:4] == ["1000", "1000"]  # owned by the container user
-
-
 async def test_start_reaps_the_network_of_containers_that_are_gone(zk, node):
     """An agent killed between deleting a container and its veth leaves the veth; the next
     agent removes it."""

@@ -13,30 +13,22 @@ import dataclasses
 import socket
 import threading
 
-import aiohttp
 import pytest
 
 from bismuth_core import cluster, operations
 from bismuth_core.layout import ContainerStatus
-from tests.support.agenthost import get, httpd, running_backend, start_agent, statuses
+from tests.support.agenthost import (
+    get,
+    httpd,
+    run_in,
+    running_backend,
+    shell_container,
+    start_agent,
+    statuses,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-SHELL = {"Executable": ["/bin/sh"]}  # runs the request body as a script
-
-
-async def run_in(agent, backend, script: str) -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{agent.url}/invoke/{backend.container_id}", data=script.encode()) as resp,
-    ):
-        return resp.status, (await resp.read()).decode(errors="replace")
-
-
-async def shell_container(zk, agent, **changes):
-    fid = await operations.create_function(zk, httpd(invoke_mode=SHELL, **changes))
-    return await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
 
 
 async def test_process_identity_inside(zk, agent):

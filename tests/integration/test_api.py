@@ -62,6 +62,16 @@ async def test_create_get_list_delete(api, standins, http):
         (definition(routes=[{"hostname": "-bad-.example"}]), "routes"),
         (definition(routes=[{"hostname": "a.example"}, {"hostname": "A.example."}]), "routes"),
         (definition(repo=["ftp://example/repo.git", "main"]), "repo"),
+        (definition(repo=["/srv/git/app.git", "main"]), "repo"),
+        (definition(repo=["file:///srv/git/app.git", "main"]), "repo"),
+        (definition(repo=["ssh://git@git.example/app.git", "main"]), "repo"),
+        (definition(repo=["git@git.example:app.git", "main"]), "repo"),
+        (definition(repo=["git://git.example/app.git", "main"]), "repo"),
+        (definition(repo=["ext::sh -c id", "main"]), "repo"),
+        (definition(repo=["http://127.0.0.1:8002/app.git", "main"]), "repo"),
+        (definition(repo=["https://me:pw@git.example/app.git", "main"]), "repo"),
+        (definition(routes=[{"hostname": "127.0.0.1"}]), "routes"),
+        (definition(routes=[{"hostname": "localhost"}]), "routes"),
         (definition(svc_quotas={"kv": -1}), "svc_quotas.kv"),
         (definition(invoke_mode={"Daemon": []}), "invoke_mode"),
         (definition(extra=1), "extra"),
@@ -89,11 +99,21 @@ async def test_malformed_requests_get_json_errors(api, standins, http):
         ("GET", "/nothing-here", None, 404),
         ("PATCH", "/function", None, 405),
         ("POST", "/function", b"x" * (2 << 20), 413),
+        ("POST", "/function", b"[" * 50_000, 400),
+        ("POST", "/function", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, 400),
+        ("PUT", f"/function/{uuid.uuid4()}", b"[" * 70 + b"]" * 70, 400),
     ]
     for method, path, raw, expected in cases:
         status, body = await call(http, method, api.url + path, raw=raw)
         assert status == expected, (method, path, body)
         assert isinstance(body, dict) and body["error"], (method, path, body)
+
+
+async def test_deeply_nested_json_is_a_400_that_says_so(api, standins, http):
+    await standins.add()
+    status, body = await call(http, "POST", api.url + "/function", raw=b"[" * 50_000)
+    assert status == 400
+    assert body == {"error": "request body is nested deeper than 64 levels"}
 
 
 async def test_hostname_conflict_is_409(api, standins, http):

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus, NodeAlive
 from bismuth_core.zk import ZooKeeper
 from tests.support.containerd import sweep
+from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
 
 _NODES = itertools.count(1)
@@ -107,7 +110,7 @@ async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path
         port=free_port(),
         containerd_address=containerd_server.address,
         containerd_namespace=namespace,
-        state_dir=str(tmp_path / "state"),
+        state_dir=str(containerd_server.shared / namespace),
         log_dir=str(tmp_path / "logs"),
         cgroup_parent=f"{containerd_server.cgroup_parent}/{namespace}",
         network_pool=f"10.{200 + n % 50}.{os.getpid() % 250}.0/24",
@@ -124,6 +127,8 @@ async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path
     async with ContainerdClient(config.containerd_address, namespace) as client:
         await sweep(client)
     end_providers(Path(config.state_dir))
+    unmount_under(Path(config.state_dir))
+    shutil.rmtree(config.state_dir, ignore_errors=True)
     settings = network_settings(config)
     await Firewall(settings).remove_all()
 
@@ -134,6 +139,14 @@ async def pynode(node, python_image):
     async with ContainerdClient(node.containerd_address, node.containerd_namespace) as client:
         await import_oci_archive(client, python_image)
     return node
+
+
+def unmount_under(top: Path) -> None:
+    """Unmount what an agent left mounted under ``top`` (repo tmpfs of killed tests)."""
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        point = line.split()[4]
+        if point.startswith(f"{top}/"):
+            subprocess.run(["umount", point], check=False)
 
 
 def end_providers(state_dir: Path) -> None:
@@ -163,6 +176,24 @@ async def running_backend(zk, fid) -> layout.Backend | None:
     got = await cluster.read_statuses(zk, view.backends)
     ok = [b for b in view.backends if got[b] == ContainerStatus.RUNNING]
     return ok[0] if ok else None
+
+
+SHELL = {"Executable": ["/bin/sh"]}  # runs the request body as a script
+
+
+async def run_in(agent: RunningAgent, backend: layout.Backend, script: str) -> tuple[int, str]:
+    """Run ``script`` in a ``SHELL`` container through the agent's /invoke."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{agent.url}/invoke/{backend.container_id}", data=script.encode()) as resp,
+    ):
+        return resp.status, (await resp.read()).decode(errors="replace")
+
+
+async def shell_container(zk, agent: RunningAgent, **changes: object) -> layout.Backend:
+    """A Running ``SHELL`` container of a new function (``changes`` to its definition)."""
+    fid = await operations.create_function(zk, httpd(invoke_mode=SHELL, **changes))
+    return await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
 
 
 async def get(url: str) -> tuple[int, str, dict[str, str]]:

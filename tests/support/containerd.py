@@ -2,9 +2,12 @@
 
 ``ContainerdServer`` runs Debian's containerd with its own root, state, socket and config
 (CRI and the other plugins tests do not need are disabled; tasks use the runc v2 shim). It
-runs in a private mount namespace with a tmpfs over /run/containerd, where the shims put
+runs in a mount namespace of its own with a tmpfs over /run/containerd, where the shims put
 their sockets and runc its state, so the machine's /run/containerd (and any containerd
-using it) is never touched. Containers the tests make get cgroups under a parent of their
+using it) is never touched. Mounts made on the machine under ``shared`` (a shared mount the
+server makes before it starts; agents keep their state there) reach containerd's namespace,
+as they do where containerd and the agent share the host's: the agent mounts each repo's
+tmpfs there for runc to bind. Containers the tests make get cgroups under a parent of their
 own, which ``stop()`` removes. Only the PID this module started is ever signalled.
 
 Fixtures (import them into a test module): ``containerd_server`` (session), ``ctrd`` (a
@@ -81,6 +84,7 @@ class ContainerdServer:
         self.dir = Path(tempfile.mkdtemp(prefix="bismuth-ctrd-"))
         self.dir.chmod(0o711)  # a user-namespaced container's root must reach its bundle
         self.address = str(self.dir / "containerd.sock")
+        self.shared = self.dir / "shared"
         self.cgroup_parent = f"/bismuth-test-{uuid.uuid4().hex[:8]}"
         self.config = self.dir / "config.toml"
         self.config.write_text(self._config_text())
@@ -100,6 +104,9 @@ class ContainerdServer:
         )
 
     def start(self, timeout: float = 20.0) -> None:
+        self.shared.mkdir(mode=0o711, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(self.shared), str(self.shared)], check=True)
+        subprocess.run(["mount", "--make-shared", str(self.shared)], check=True)
         script = (
             "mkdir -p /run/containerd && "
             "mount -t tmpfs -o mode=0711 bismuth-test /run/containerd && "
@@ -110,7 +117,7 @@ class ContainerdServer:
                 "unshare",
                 "--mount",
                 "--propagation",
-                "private",
+                "slave",
                 "--",
                 "sh",
                 "-c",
@@ -151,6 +158,7 @@ class ContainerdServer:
                 self.proc.wait()
         self.proc = None
         self._remove_cgroups()
+        subprocess.run(["umount", "--recursive", str(self.shared)], check=False)
 
     async def _sweep_all(self) -> None:
         async with ContainerdClient(self.address, "default") as client:

@@ -1,15 +1,12 @@
-"""Files the agent prepares for a container: /etc files and the repo clone."""
+"""Files the agent prepares for a container: /etc files; how git is run for its repo."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
-
-from bismuth_agent import files
+from bismuth_agent import files, repos
+from bismuth_agent.repos import RepoSettings
 
 
 def test_etc_files(tmp_path):
@@ -29,30 +26,29 @@ def test_loopback_nameservers_are_not_passed_on(tmp_path):
     assert files.nameservers(str(tmp_path / "missing")) == []
 
 
-def make_repo(path):
-    path.mkdir()
-
-    def git(*args):
-        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
-    (path / "app.py").write_text("print('hi')\n")
-    git("add", "app.py")
-    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", "x")
-
-
-async def test_clone_is_owned_by_the_mapped_user(tmp_path):
-    make_repo(tmp_path / "src")
-    uid = gid = 1_001_000 if os.geteuid() == 0 else os.getuid()
-    repo = await files.clone_repo(tmp_path / "c", f"file://{tmp_path / 'src'}", "main", uid, gid)
-    assert Path(repo, "app.py").read_text() == "print('hi')\n"
-    assert os.stat(os.path.join(repo, "app.py")).st_uid == uid
-    assert os.stat(repo).st_uid == uid
+def test_git_runs_with_every_transport_but_https_off():
+    settings = RepoSettings()
+    argv = repos.git_command("https://g.example/a.git", "main", settings, None)
+    config = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-c")
+    assert config["protocol.allow"] == "never"
+    assert config["protocol.https.allow"] == "always"
+    assert "protocol.http.allow" not in config and "http.sslCAInfo" not in config
+    assert config["credential.helper"] == ""
+    clone = argv[argv.index("clone") :]
+    for flag in ("--no-local", "--single-branch", "--no-tags"):
+        assert flag in clone
+    assert clone[clone.index("--depth") + 1] == "1"
+    assert clone[-5:] == ["--branch", "main", "--", "https://g.example/a.git", "."]
 
 
-async def test_clone_failures_say_why(tmp_path):
-    make_repo(tmp_path / "src")
-    with pytest.raises(files.PrepareFailed, match="branch nope"):
-        await files.clone_repo(tmp_path / "c", str(tmp_path / "src"), "nope", 0, 0)
-    with pytest.raises(files.PrepareFailed, match="cannot clone"):
-        await files.clone_repo(tmp_path / "c", str(tmp_path / "missing"), "main", 0, 0)
+def test_plain_http_and_a_ca_bundle_only_when_configured():
+    settings = RepoSettings(http_hosts=("git.lab",), ca_file="/etc/ca.pem")
+    argv = repos.git_command("http://git.lab/a.git", "main", settings, "/home/ca.pem")
+    assert "protocol.http.allow=always" in argv and "http.sslCAInfo=/home/ca.pem" in argv
+
+
+def test_git_sees_no_system_or_user_configuration(tmp_path):
+    env = repos.git_environment(tmp_path)
+    assert env["HOME"] == str(tmp_path) and env["GIT_CONFIG_NOSYSTEM"] == "1"
+    assert env["GIT_CONFIG_GLOBAL"] == "/dev/null" and env["GIT_TERMINAL_PROMPT"] == "0"
+    assert "SSH_AUTH_SOCK" not in env

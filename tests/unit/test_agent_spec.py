@@ -72,11 +72,11 @@ def test_hostname_etc_files_and_readonly_sysfs():
 
 
 def test_executable_functions_idle_and_repo_sets_the_working_directory():
-    p = plan(invoke_mode={"Executable": ["/bin/cat"]}, repo=["file:///srv/repo.git", "main"])
+    p = plan(invoke_mode={"Executable": ["/bin/cat"]}, repo=["https://g.example/r.git", "main"])
     p = dataclasses.replace(p, repo_dir="/var/lib/bismuth/agent/c/repo")
     spec = container_spec(p)
     repo = next(m for m in spec["mounts"] if m["destination"] == "/repo")
-    assert repo["source"] == "/var/lib/bismuth/agent/c/repo" and "rw" in repo["options"]
+    assert repo["source"] == "/var/lib/bismuth/agent/c/repo" and "ro" in repo["options"]
     proc = spec["process"]
     assert tuple(proc["args"]) == IDLE_COMMAND
     assert proc["cwd"] == "/repo"

@@ -297,9 +297,11 @@ HOST253 = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
         ("app.example", "app.example"),
         ("App.EXAMPLE", "app.example"),
         ("app.example.", "app.example"),
-        ("localhost", "localhost"),
         ("a", "a"),
-        ("1.2.3.4", "1.2.3.4"),
+        ("hello.bismuth.local", "hello.bismuth.local"),
+        ("1.2.3.example", "1.2.3.example"),
+        ("app.123a", "app.123a"),
+        ("localhost.example", "localhost.example"),
         ("xn--bcher-kva.example", "xn--bcher-kva.example"),
         ("a-b--c.example", "a-b--c.example"),
         (LABEL63 + ".example", LABEL63 + ".example"),
@@ -346,6 +348,27 @@ def test_invalid_hostnames(hostname: object, message: str) -> None:
         normalize_hostname(hostname)
 
 
+@pytest.mark.parametrize(
+    ("hostname", "message"),
+    [
+        ("127.0.0.1", "hostname '127.0.0.1' is an IP address; routes must be DNS names"),
+        ("10.0.0.1.", "is an IP address"),
+        ("1.2.3", "is an IP address"),
+        ("2130706433", "is an IP address"),
+        ("0x7f000001", "is an IP address"),
+        ("0X7F.0.0.0x1", "is an IP address"),
+        ("app.example.0", "is an IP address"),
+        ("localhost", "names this machine (localhost)"),
+        ("LocalHost.", "names this machine (localhost)"),
+        ("app.localhost", "names this machine (localhost)"),
+    ],
+)
+def test_routes_must_be_dns_names(hostname: str, message: str) -> None:
+    err = rejected(definition(routes=[{"hostname": hostname}]))
+    assert err.field == "routes"
+    assert message in err.message
+
+
 def test_normalize_hostname_names_the_callers_field() -> None:
     with pytest.raises(InvalidDefinition) as info:
         normalize_hostname("bad_host", field_name="host")
@@ -389,28 +412,40 @@ def test_64_routes_are_allowed() -> None:
     [
         "https://git.example/team/app.git",
         "HTTPS://git.example/team/app.git",
-        "http://10.0.0.1:3000/app.git",
-        "git://git.example/app.git",
-        "ssh://git@git.example:2222/app.git",
-        "file:///srv/git/app.git",
-        "/srv/git/app.git",
+        "https://git.example:8443/app",
+        "https://10.0.0.1/app.git",
     ],
 )
 def test_allowed_repo_urls(url: str) -> None:
     assert parse_definition(definition(repo=[url, "main"])).repo == (url, "main")
 
 
+ONLY_HTTPS = "only https URLs can be fetched"
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("ftp://git.example/app.git", "url scheme 'ftp' is not allowed"),
-        ("javascript:alert(1)", "url scheme 'javascript' is not allowed"),
-        ("git.example/app.git", "url scheme '(none)' is not allowed"),
-        ("./app.git", "url scheme '(none)' is not allowed"),
-        ("git@git.example:team/app.git", "is not allowed"),
-        ("-oProxyCommand=evil", "url scheme '(none)' is not allowed"),
-        ("ext::sh -c evil", "url scheme 'ext' is not allowed"),
+        ("http://git.example/app.git", ONLY_HTTPS),
+        ("git://git.example/app.git", ONLY_HTTPS),
+        ("ssh://git@git.example:2222/app.git", ONLY_HTTPS),
+        ("file:///srv/git/app.git", ONLY_HTTPS),
+        ("/srv/git/app.git", ONLY_HTTPS),
+        ("/root/.ssh", ONLY_HTTPS),
+        ("ftp://git.example/app.git", ONLY_HTTPS),
+        ("javascript:alert(1)", ONLY_HTTPS),
+        ("git.example/app.git", ONLY_HTTPS),
+        ("./app.git", ONLY_HTTPS),
+        ("git@git.example:team/app.git", ONLY_HTTPS),
+        ("-oProxyCommand=evil", ONLY_HTTPS),
+        ("ext::sh -c evil", ONLY_HTTPS),
+        ("https::git.example/app.git", "names no host"),
+        ("https:///app.git", "names no host"),
+        ("https://user@git.example/app.git", "must not carry credentials"),
+        ("https://user:secret@git.example/app.git", "must not carry credentials"),
+        ("https://:secret@git.example/app.git", "must not carry credentials"),
         ("https://[::1", "is not a valid URL"),
+        ("https://git.example:99999/app.git", "is not a valid URL"),
         ("https://a\uff03b/app.git", "is not a valid URL"),
         ("https://git.example/app\n.git", "at most 2048 printable characters"),
         ("https://git.example/\x00", "at most 2048 printable characters"),
@@ -423,19 +458,32 @@ def test_rejected_repo_urls(url: str, message: str) -> None:
     assert message in err.message
 
 
-def test_rejected_scheme_lists_the_allowed_ones() -> None:
-    err = rejected(definition(repo=["ftp://git.example/app.git", "main"]))
+def test_refused_url_names_the_rule_and_what_is_refused() -> None:
+    err = rejected(definition(repo=["file:///srv/git/app.git", "main"]))
     assert err.message == (
-        "repo: url scheme 'ftp' is not allowed; allowed: https, http, git, ssh, file"
+        "repo: url 'file:///srv/git/app.git' is not allowed: only https URLs can be fetched "
+        "(plain http only to the hosts listed in repo_http_hosts); local paths, file, ssh, "
+        "git, ext and other transports are refused"
     )
 
 
-def test_repo_schemes_follow_the_limits() -> None:
-    limits = DefinitionLimits(repo_schemes=("https",))
-    assert parse_definition(definition(repo=["https://g.example/a", "main"]), limits).repo
-    err = rejected(definition(repo=["http://g.example/a", "main"]), limits)
-    assert "url scheme 'http' is not allowed; allowed: https" in err.message
-    assert "allowed: https" in rejected(definition(repo=["/srv/a", "main"]), limits).message
+def test_plain_http_only_to_hosts_the_operator_lists() -> None:
+    limits = DefinitionLimits(repo_http_hosts=("git.lab", "10.0.0.5:3000"))
+    for url in ("http://git.lab/a.git", "http://GIT.lab:8080/a.git", "http://10.0.0.5:3000/a"):
+        assert parse_definition(definition(repo=[url, "main"]), limits).repo
+    for url in ("http://10.0.0.5/a", "http://10.0.0.5:3001/a", "http://other.lab/a"):
+        assert ONLY_HTTPS in rejected(definition(repo=[url, "main"]), limits).message
+    err = rejected(definition(repo=["http://me@git.lab/a.git", "main"]), limits)
+    assert "credentials" in err.message
+
+
+def test_stored_definitions_are_read_as_they_were_written() -> None:
+    """Definitions an older API stored still parse: the agent refuses their repo itself."""
+    stored = DefinitionLimits(enforce_policy=False)
+    raw = definition(repo=["/srv/git/app.git", "main"], routes=[{"hostname": "127.0.0.1"}])
+    got = parse_definition(raw, stored)
+    assert got.repo == ("/srv/git/app.git", "main")
+    assert got.routes == ("127.0.0.1",)
 
 
 @pytest.mark.parametrize(
@@ -624,7 +672,11 @@ def test_invalid_invoke_modes(mode: object, field: str, message: str) -> None:
 # --- properties ---------------------------------------------------------------------
 
 labels = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
-hostnames = st.lists(labels, min_size=1, max_size=4).map(".".join)
+hostnames = (
+    st.lists(labels, min_size=1, max_size=4)
+    .map(".".join)
+    .filter(lambda h: not h.rsplit(".", 1)[-1].isdigit() and "localhost" not in h)
+)
 path_components = st.from_regex(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+){0,2}", fullmatch=True)
 images = st.builds(
     lambda domain, path, tag, digest: domain + "/".join(path) + tag + digest,
@@ -645,7 +697,7 @@ modes = st.one_of(
 branches = st.from_regex(r"[a-z0-9]+(?:[/_-][a-z0-9]+){0,3}", fullmatch=True)
 urls = st.builds(
     lambda prefix, path: prefix + path,
-    st.sampled_from(["https://g.example/", "http://10.0.0.1/", "git://h/", "ssh://git@h/", "/"]),
+    st.sampled_from(["https://g.example/", "https://10.0.0.1/", "https://h:8443/"]),
     st.from_regex(r"[a-z0-9]{1,10}(?:\.git)?", fullmatch=True),
 )
 quota = st.none() | st.integers(min_value=0, max_value=2**40)
