@@ -35,7 +35,7 @@ from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifn
 from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError
 
-from . import files, repos
+from . import files, repos, seccomp
 from .config import AgentConfig
 from .http import ExecResult, ExecTimeout
 from .logstore import LogStore
@@ -111,6 +111,7 @@ class ContainerRuntime:
         self.firewall = firewall
         self.logs = logs
         self.ids = IdMapping(config.id_map_start, config.id_map_size)
+        self.seccomp = seccomp.profile()
         self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
         self._image_locks: dict[str, asyncio.Lock] = {}
@@ -157,6 +158,7 @@ class ContainerRuntime:
             etc_files=etc,
             repo_dir=repo_dir,
             pids_limit=self.config.pids_limit,
+            seccomp=self.seccomp,
         )
         mounts = await self.ctrd.create_container(
             str(cid),

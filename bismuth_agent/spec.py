@@ -4,13 +4,17 @@ Pure: :func:`container_spec` turns a :class:`ContainerPlan` into the JSON docume
 runs, with no I/O. Every container gets new cgroup, ipc, mount, network, pid, user and uts
 namespaces; container ids 0..size-1 map onto an unprivileged host range; the process runs
 as uid/gid 1000 with no capabilities and no new privileges; cpu, memory and pids are
-limited by its own cgroup under the agent's parent; kernel paths are masked or read-only;
-/etc/hosts, /etc/resolv.conf and /etc/hostname come from files the agent writes.
+limited by its own cgroup under the agent's parent; system calls are filtered by the
+seccomp profile of :mod:`bismuth_agent.seccomp`; kernel paths are masked or read-only;
+/etc/hosts, /etc/resolv.conf and /etc/hostname come from files the agent writes. The root
+filesystem is read-only: /tmp (a tmpfs inside the memory limit) and /dev/shm are the only
+writable places, and /repo is mounted read-only.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +75,7 @@ class ContainerPlan:
     repo_dir: str | None = None  # host path of the clone mounted at /repo
     pids_limit: int = 512
     nofile_limit: int = 4096
+    seccomp: Mapping[str, Any] | None = None  # the runtime spec's linux.seccomp
 
     @property
     def cgroup_path(self) -> str:
@@ -161,10 +166,13 @@ def _mounts(plan: ContainerPlan) -> list[dict[str, Any]]:
             "options": ["nosuid", "noexec", "nodev", "ro"],
         },
         {
+            # The only writable place. tmpfs pages are charged to the memory cgroup of the
+            # process that writes them: with the limit as its size, /tmp lives inside the
+            # container's memory limit and never reaches the host's disk.
             "destination": "/tmp",
             "type": "tmpfs",
             "source": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777", "size=65536k"],
+            "options": ["nosuid", "nodev", "mode=1777", f"size={plan.definition.memory}"],
         },
     ]
     if plan.repo_dir:
@@ -203,7 +211,7 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     return {
         "ociVersion": OCI_VERSION,
         "process": process(plan),
-        "root": {"path": "rootfs", "readonly": False},
+        "root": {"path": "rootfs", "readonly": True},
         "hostname": str(plan.container_id),
         "mounts": _mounts(plan),
         "linux": {
@@ -217,5 +225,6 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
             "cgroupsPath": plan.cgroup_path,
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
+            **({"seccomp": plan.seccomp} if plan.seccomp is not None else {}),
         },
     }

@@ -81,3 +81,17 @@ def test_executable_functions_idle_and_repo_sets_the_working_directory():
     assert tuple(proc["args"]) == IDLE_COMMAND
     assert proc["cwd"] == "/repo"
     assert process(p, ("/bin/cat",))["args"] == ["/bin/cat"]
+
+
+def test_root_is_read_only_and_tmp_lives_inside_the_memory_limit():
+    spec = container_spec(plan(memory=96 << 20))
+    assert spec["root"]["readonly"] is True
+    tmp = next(m for m in spec["mounts"] if m["destination"] == "/tmp")
+    assert tmp["type"] == "tmpfs" and f"size={96 << 20}" in tmp["options"]
+
+
+def test_the_seccomp_profile_is_the_containers_filter():
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}
+    spec = container_spec(dataclasses.replace(plan(), seccomp=profile))
+    assert spec["linux"]["seccomp"] == profile
+    assert "seccomp" not in container_spec(plan())["linux"]

@@ -1,0 +1,165 @@
+"""The sandbox seen from inside real containers: syscall filter, filesystem, host ids.
+
+Python programs run in the toolkit's base image (Executable mode: the request body is the
+program) on an in-process agent with a real ZooKeeper, containerd, runc and namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bismuth_core import operations
+from bismuth_core.definition import parse_definition
+from tests.support.agenthost import run_in, running_backend, start_agent
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+PYTHON = {"Executable": ["/usr/bin/python3", "-"]}  # runs the request body
+
+SYSCALLS = r"""
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWNS, SIGCHLD = 0x10000000, 0x20000, 17
+NR = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250,
+      "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
+      "userfaultfd": 323, "clone3": 435}
+
+def errname(result):
+    return "ok" if result >= 0 else errno.errorcode[ctypes.get_errno()]
+
+got = {name: errname(libc.syscall(nr, 0, 0, 0, 0, 0)) for name, nr in NR.items()}
+got["unshare_user"] = errname(libc.unshare(CLONE_NEWUSER))
+got["unshare_mount"] = errname(libc.unshare(CLONE_NEWNS))
+got["clone_user"] = errname(libc.syscall(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0))
+got["seccomp"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")][0]
+print(json.dumps(got))
+"""
+
+ORDINARY = r"""
+import json, os, socket, subprocess, tempfile, threading
+out = {}
+results = []
+threads = [threading.Thread(target=lambda i=i: results.append(i * i)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+out["threads"] = sorted(results)
+server = socket.create_server(("127.0.0.1", 0))
+def serve():
+    conn, _ = server.accept()
+    conn.sendall(conn.recv(100).upper())
+    conn.close()
+threading.Thread(target=serve).start()
+with socket.create_connection(server.getsockname()) as client:
+    client.sendall(b"ping")
+    out["socket"] = client.recv(100).decode()
+out["subprocess"] = subprocess.run(["/usr/bin/python3", "-c", "print(6 * 7)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+pid = os.fork()
+if pid == 0:
+    os._exit(3)
+out["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+with tempfile.NamedTemporaryFile(dir="/tmp", delete=False) as f:
+    f.write(b"x" * 100000)
+out["tmp"] = os.path.getsize(f.name)
+os.unlink(f.name)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+async def pyagent(pynode):
+    running = await start_agent(pynode)
+    yield running
+    await running.stop()
+
+
+async def python_container(zk, agent, **changes):
+    raw = {
+        "image": "bismuth.local/python:3.11",
+        "cpu": 0.5,
+        "memory": 128 << 20,
+        "invoke_mode": PYTHON,
+        "routes": [],
+        **changes,
+    }
+    fid = await operations.create_function(zk, parse_definition(raw))
+    return await eventually(lambda: running_backend(zk, fid), timeout=60, what="Running")
+
+
+async def run_python(agent, backend, program: str) -> dict:
+    status, out = await run_in(agent, backend, program)
+    assert status == 200, out
+    return json.loads(out)
+
+
+async def test_the_syscall_filter_denies_user_namespaces_io_uring_keys_bpf(zk, pyagent):
+    backend = await python_container(zk, pyagent)
+    got = await run_python(pyagent, backend, SYSCALLS)
+    assert got.pop("seccomp") == "2"  # a filter is installed
+    assert got.pop("clone3") == "ENOSYS"  # libc falls back to clone, whose flags are checked
+    assert got == {
+        "io_uring_setup": "EPERM",
+        "io_uring_enter": "EPERM",
+        "io_uring_register": "EPERM",
+        "keyctl": "EPERM",
+        "add_key": "EPERM",
+        "request_key": "EPERM",
+        "bpf": "EPERM",
+        "perf_event_open": "EPERM",
+        "userfaultfd": "EPERM",
+        "unshare_user": "EPERM",
+        "unshare_mount": "EPERM",
+        "clone_user": "EPERM",
+    }
+
+
+async def test_ordinary_python_keeps_working_under_the_filter(zk, pyagent):
+    backend = await python_container(zk, pyagent)
+    got = await run_python(pyagent, backend, ORDINARY)
+    assert got == {
+        "threads": [i * i for i in range(8)],
+        "socket": "PING",
+        "subprocess": "42",
+        "fork": 3,
+        "tmp": 100000,
+    }
+
+
+WRITES = r"""
+import errno, json, os
+out = {}
+for path in ("/probe", "/etc/probe", "/usr/probe", "/var/probe", "/home/bismuth/probe"):
+    try:
+        with open(path, "ab") as f:
+            f.write(b"x")
+        out[path] = "written"
+    except OSError as exc:
+        out[path] = errno.errorcode[exc.errno]
+print(json.dumps(out))
+"""
+
+
+async def test_writing_outside_tmp_is_erofs(zk, pyagent):
+    backend = await python_container(zk, pyagent)
+    got = await run_python(pyagent, backend, WRITES)
+    assert got == dict.fromkeys(
+        ["/probe", "/etc/probe", "/usr/probe", "/var/probe", "/home/bismuth/probe"], "EROFS"
+    )
+
+
+async def test_tmp_is_a_tmpfs_bounded_by_the_memory_limit(zk, pyagent):
+    memory = 48 << 20
+    backend = await python_container(
+        zk, pyagent, memory=memory, invoke_mode={"Executable": ["/bin/sh"]}
+    )
+    fill = "exec 2>&1; stat -f -c %T /tmp; dd if=/dev/zero of=/tmp/fill bs=1M count=200; echo end"
+    _status, out = await run_in(pyagent, backend, fill)
+    assert out.splitlines()[0] == "tmpfs", out
+    assert "200+0 records out" not in out  # the writer was stopped (OOM-killed, or no space)
+    task = await pyagent.ctrd.tasks.get(str(backend.container_id))
+    size = os.stat(f"/proc/{task.pid}/root/tmp/fill").st_size  # seen from the host
+    assert 0 < size <= memory
