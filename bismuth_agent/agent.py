@@ -140,18 +140,10 @@ class Agent:
         self.wake.set()
 
     async def reap(self) -> None:
-        """Remove veths and firewall elements of containers containerd no longer has: what an
-        agent killed in the middle of a removal leaves behind."""
+        """Remove veths, firewall elements and id ranges of containers containerd no longer
+        has: what an agent killed in the middle of a removal leaves behind."""
         records = await self.ctrd.containers.list([f'labels."{NODE_LABEL}"=={self.config.node_ip}'])
-        known = {r.id for r in records}
-        for found in await self.runtime.network.list():
-            if found.container_id is not None and found.container_id not in known:
-                log.info(
-                    "reaping the network of a container that is gone",
-                    extra={"container_id": found.container_id},
-                )
-                await self.runtime.firewall.detach(found.ifname)
-                await self.runtime.network.teardown(found.container_id)
+        await self.runtime.reap({r.id for r in records})
 
     async def stop(self) -> None:
         """Stop supervising; every container keeps running for the next agent to adopt."""

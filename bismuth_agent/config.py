@@ -29,9 +29,11 @@ class AgentConfig:
     # cgroup parent of this agent's containers ("" = /bismuth-<node ip>): never shared
     # between two agents on one machine.
     cgroup_parent: str = ""
-    # Container ids 0..65535 map onto host ids starting here (one range for every container).
+    # Each container's ids 0..id_map_size-1 map onto a host range of its own: range i starts
+    # at id_map_start + i * id_map_size, i < id_map_count (also the most containers a node runs).
     id_map_start: int = 1_000_000
     id_map_size: int = 65536
+    id_map_count: int = 1024
     # Capacity advertised for scheduling (0 = all of this machine's cpus / memory).
     cpus: float = 0.0
     memory: int = 0

@@ -1,14 +1,14 @@
 """Making and unmaking one container, as a sequence of idempotent steps.
 
-Setup: files (/etc files, token, the repo fetched into its tmpfs) → image (pulled or
-imported, unpacked, its top layer remapped to the container ids once per image) →
-containerd container and rootfs snapshot → task created (runc made the namespaces, process
-not started; output to the log file) → veth into the task's network namespace → firewall
-elements → provider started and answering → task started.
+Setup: a host id range of its own → files (/etc files, token, the repo fetched into its
+tmpfs) → image (pulled or imported, unpacked, its top layer remapped to that range once per
+image and range) → containerd container and rootfs snapshot → task created (runc made the
+namespaces, process not started; output to the log file) → veth into the task's network
+namespace → firewall elements → provider started and answering → task started.
 Teardown runs every step's undo in reverse, each safe when its setup never ran ("not found"
 is success): SIGTERM, a grace period, SIGKILL; task, provider, container, snapshot,
-firewall, veth, the repo's tmpfs, files. A failed setup tears down what it made before the
-error is reported.
+firewall, veth, the repo's tmpfs, files, and (once the container is no longer wanted) its
+id range. A failed setup tears down what it made before the error is reported.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
 from bismuth_agent.containerd.process import exec_process
 from bismuth_agent.containerd.registry import pull
-from bismuth_agent.containerd.remap import remapped_snapshot
+from bismuth_agent.containerd.remap import remapped_snapshot, with_metacopy
 from bismuth_agent.containerd.types import Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
 from bismuth_core.config import ConfigError
-from bismuth_core.errors import BismuthError
+from bismuth_core.errors import BismuthError, Conflict
 
 from . import files, repos, seccomp
 from .config import AgentConfig
 from .http import ExecResult, ExecTimeout
+from .idranges import IdRangeStore, mapping_of
 from .logstore import LogStore
 from .presence import DesiredContainer
 from .providers import Launch, ProviderSupervisor
@@ -47,6 +48,7 @@ from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, contai
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "token"
+ID_RANGES_FILE = "idranges.json"
 
 
 def provider_identity(name: str) -> tuple[int, int] | None:
@@ -94,6 +96,7 @@ class Made:
     pid: int
     allocation: Allocation
     token: str
+    ids: IdMapping  # its own host id range
 
 
 class ContainerRuntime:
@@ -110,7 +113,12 @@ class ContainerRuntime:
         self.network = network
         self.firewall = firewall
         self.logs = logs
-        self.ids = IdMapping(config.id_map_start, config.id_map_size)
+        self.id_ranges = IdRangeStore(
+            Path(config.state_dir) / ID_RANGES_FILE,
+            config.id_map_start,
+            config.id_map_size,
+            config.id_map_count,
+        )
         self.seccomp = seccomp.profile()
         self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
@@ -138,6 +146,7 @@ class ContainerRuntime:
 
     async def _create(self, desired: DesiredContainer) -> Made:
         cid, definition = desired.container_id, desired.definition
+        ids = self.id_ranges.allocate(cid)
         directory = self.dir(cid)
         token = self._token(directory)
         dns = files.nameservers()
@@ -145,15 +154,15 @@ class ContainerRuntime:
         repo_dir = None
         if definition.repo:
             url, branch = definition.repo
-            owner = (self.ids.host_start + CONTAINER_UID, self.ids.host_start + CONTAINER_GID)
+            owner = (ids.host_start + CONTAINER_UID, ids.host_start + CONTAINER_GID)
             repo_dir = await repos.fetch(directory, url, branch, owner, self.repo_settings)
-        parent = await self._image(definition.image)
+        parent = await self._image(definition.image, ids)
         plan = ContainerPlan(
             container_id=cid,
             function_id=desired.function_id,
             definition=definition,
             auth_token=token,
-            ids=self.ids,
+            ids=ids,
             cgroup_parent=self.config.cgroup_root,
             etc_files=etc,
             repo_dir=repo_dir,
@@ -172,14 +181,14 @@ class ContainerRuntime:
         )
         uri = self.logs.uri(cid)
         pid = await self.ctrd.tasks.create(
-            str(cid), rootfs=mounts, stdio=Stdio(stdout=uri, stderr=uri)
+            str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
         )
         allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
         files.write_etc_files(directory, cid, str(allocation.container_address), dns)
         await self.providers.start(self._launch(desired, allocation, token))
         await self.ctrd.tasks.start(str(cid))
-        return Made(cid, pid, allocation, token)
+        return Made(cid, pid, allocation, token, ids)
 
     def _launch(self, desired: DesiredContainer, allocation: Allocation, token: str) -> Launch:
         """How this container's provider runs: its address, scope, quotas and storage."""
@@ -224,8 +233,9 @@ class ContainerRuntime:
         path.write_text(token)
         return token
 
-    async def _image(self, reference: str) -> str:
-        """The remapped top snapshot of ``reference``, pulling the image if it is missing."""
+    async def _image(self, reference: str, ids: IdMapping) -> str:
+        """The top snapshot of ``reference`` remapped to ``ids``, pulling the image if it is
+        missing: made once per image and range, reused by every container the range goes to."""
         lock = self._image_locks.setdefault(reference, asyncio.Lock())
         async with lock:
             try:
@@ -237,7 +247,7 @@ class ContainerRuntime:
                     why = exc.message if isinstance(exc, BismuthError) else repr(exc)
                     raise SetupFailed(f"image {reference} is not available: {why}") from exc
             return await remapped_snapshot(
-                self.ctrd, reference, self.ids.host_start, self.ids.host_start, self.ids.size
+                self.ctrd, reference, ids.host_start, ids.host_start, ids.size
             )
 
     def _plain_http(self, reference: str) -> bool:
@@ -250,11 +260,23 @@ class ContainerRuntime:
         """Take over a running task (and its provider) after an agent restart, restarting
         neither."""
         cid = desired.container_id
+        ids = self._adopted_ids(cid, pid)
         allocation = await self.network.adopt(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
         token = self._token(self.dir(cid))
         await self.providers.adopt(self._launch(desired, allocation, token))
-        return Made(cid, pid, allocation, token)
+        return Made(cid, pid, allocation, token, ids)
+
+    def _adopted_ids(self, cid: uuid.UUID, pid: int) -> IdMapping:
+        """The range the running task maps, recorded as its own; ``SetupFailed`` if another
+        container holds it (made before ranges were per container): it is made again."""
+        found = mapping_of(pid)
+        if found is None:
+            raise SetupFailed(f"cannot read the uid map of task {pid}")
+        try:
+            return self.id_ranges.claim(cid, found)
+        except Conflict as exc:
+            raise SetupFailed(f"its user namespace {exc.message}") from None
 
     async def execute(
         self,
@@ -269,7 +291,7 @@ class ContainerRuntime:
             function_id=desired.function_id,
             definition=desired.definition,
             auth_token=made.token,
-            ids=self.ids,
+            ids=made.ids,
             cgroup_parent=self.config.cgroup_root,
         )
         try:
@@ -316,3 +338,25 @@ class ContainerRuntime:
         if not keep_logs:
             files.remove(self.dir(cid))
             self.logs.remove(cid)
+            self.id_ranges.release(cid)
+
+    async def reap(self, known: set[str]) -> None:
+        """Forget what containers containerd no longer has (``known``: those it has) left:
+        veths, firewall elements and host id ranges of an agent killed mid-removal."""
+        for found in await self.network.list():
+            if found.container_id is not None and found.container_id not in known:
+                log.info(
+                    "reaping the network of a container that is gone",
+                    extra={"container_id": found.container_id},
+                )
+                await self.firewall.detach(found.ifname)
+                await self.network.teardown(found.container_id)
+        self.id_ranges.keep_only(uuid.UUID(c) for c in known if _is_uuid(c))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

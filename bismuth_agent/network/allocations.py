@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from ipaddress import IPv4Network
 from pathlib import Path
+
+from bismuth_agent.files import write_atomically
 
 from .addressing import SubnetPool
 from .model import Allocation, NetworkStateError
@@ -85,23 +86,3 @@ def _load(path: Path, network: IPv4Network) -> SubnetPool:
         raise NetworkStateError(
             f"{path}: {exc}; move it away to rebuild allocations from the host's interfaces"
         ) from exc
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

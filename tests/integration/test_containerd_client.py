@@ -22,7 +22,7 @@ from bismuth_agent.containerd.events import EventStream, TaskExit
 from bismuth_agent.containerd.manifests import chain_ids
 from bismuth_agent.containerd.oci import import_oci_archive
 from bismuth_agent.containerd.process import exec_process
-from bismuth_agent.containerd.remap import mount_all, remapped_snapshot, unmount
+from bismuth_agent.containerd.remap import mount_all, remapped_snapshot, unmount, with_metacopy
 from bismuth_agent.containerd.stdio import ProcessIO
 from bismuth_agent.containerd.unpack import unpack
 from tests.support.containerd import (  # noqa: F401 (fixtures)
@@ -62,7 +62,7 @@ async def start_container(
     mounts = await client.create_container(cid, spec=spec, parent=parent, image=image)
     assert await client.create_container(cid, spec=spec, parent=parent, image=image) == mounts
     io = await ProcessIO.open(fifo_dir, cid)
-    pid = await client.tasks.create(cid, rootfs=mounts, stdio=io.stdio)
+    pid = await client.tasks.create(cid, rootfs=with_metacopy(mounts), stdio=io.stdio)
     io.started()
     await client.tasks.start(cid)
     return Running(cid, pid, spec, io)
@@ -227,7 +227,7 @@ async def test_remapped_snapshot_shifts_owners_once_per_mapping(
     async with ctrd.lease() as leased:
         mounts = await leased.snapshots.view(view, key)
         with tempfile.TemporaryDirectory() as tmp:
-            await mount_all(mounts, Path(tmp))
+            await mount_all(with_metacopy(mounts), Path(tmp))
             try:
                 busybox = os.lstat(Path(tmp, "bin/busybox"))
                 marker = os.lstat(Path(tmp, "etc/setuid-marker"))

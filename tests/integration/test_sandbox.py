@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from bismuth_core import operations
+from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
-from tests.support.agenthost import run_in, running_backend, start_agent
+from tests.support.agenthost import run_in, running_backend, shell_container, start_agent
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -163,3 +164,64 @@ async def test_tmp_is_a_tmpfs_bounded_by_the_memory_limit(zk, pyagent):
     task = await pyagent.ctrd.tasks.get(str(backend.container_id))
     size = os.stat(f"/proc/{task.pid}/root/tmp/fill").st_size  # seen from the host
     assert 0 < size <= memory
+
+
+async def host_ranges(agent, backend) -> tuple[int, int]:
+    """(uid, gid) host range starts the container maps, as seen from inside it."""
+    status, out = await run_in(agent, backend, "cat /proc/self/uid_map /proc/self/gid_map")
+    assert status == 200, out
+    (uid_inside, uid_host, uid_size), (gid_inside, gid_host, gid_size) = (
+        tuple(int(v) for v in line.split()) for line in out.splitlines()
+    )
+    assert uid_inside == gid_inside == 0 and uid_size == gid_size == agent.config.id_map_size
+    return uid_host, gid_host
+
+
+def pool_file(agent) -> dict[str, int]:
+    return json.loads((Path(agent.config.state_dir) / "idranges.json").read_text())
+
+
+async def test_containers_have_disjoint_host_id_ranges_released_with_them(zk, agent):
+    size, start = agent.config.id_map_size, agent.config.id_map_start
+    a = await shell_container(zk, agent)
+    b = await shell_container(zk, agent)
+    (a_uid, a_gid), (b_uid, b_gid) = await host_ranges(agent, a), await host_ranges(agent, b)
+    assert (a_uid, b_uid) == (a_gid, b_gid)
+    assert {a_uid, b_uid} == {start, start + size}  # the two lowest ranges, one each
+    for backend, host in ((a, a_uid), (b, b_uid)):
+        task = await agent.ctrd.tasks.get(str(backend.container_id))
+        assert os.stat(f"/proc/{task.pid}").st_uid == host + 1000  # its own host uid
+    assert pool_file(agent) == {str(a.container_id): a_uid, str(b.container_id): b_uid}
+    # removed: its range is free again, and the next container takes it
+    (a_function,) = [f for f in await cluster.function_ids(zk) if await _runs(zk, f, a)]
+    await operations.delete_function(zk, a_function)
+    await eventually(lambda: str(a.container_id) not in pool_file(agent), what="range released")
+    c = await shell_container(zk, agent)
+    assert (await host_ranges(agent, c))[0] == a_uid
+
+
+async def _runs(zk, fid, backend) -> bool:
+    return backend in (await cluster.read_function(zk, fid)).backends
+
+
+async def test_an_agent_restart_keeps_every_containers_range(zk, node):
+    first = await start_agent(node)
+    try:
+        a = await shell_container(zk, first)
+        b = await shell_container(zk, first)
+        before = pool_file(first)
+        pids = {(await first.ctrd.tasks.get(str(x.container_id))).pid for x in (a, b)}
+    finally:
+        await first.stop()
+    second = await start_agent(node)
+    try:
+        await eventually(
+            lambda: all(second.agent.containers[x.container_id].made for x in (a, b)),
+            what="both adopted",
+        )
+        assert pool_file(second) == before
+        assert {(await second.ctrd.tasks.get(str(x.container_id))).pid for x in (a, b)} == pids
+        c = await shell_container(zk, second)
+        assert (await host_ranges(second, c))[0] not in before.values()
+    finally:
+        await second.stop()
