@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m bismuth_lab up N          # lab1..labN (a no-op when they already run)
+    python -m bismuth_lab up N [--systemd K]  # lab1..labN, the last K booting systemd
+                                        # (a no-op when they already run)
     python -m bismuth_lab status [--json]
     python -m bismuth_lab ssh NAME [CMD...]
     python -m bismuth_lab down          # kills everything the hosts ran, removes the lab
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(common, argparse.SUPPRESS)  # after the command: overrides only when given
     up = commands.add_parser("up", parents=[common], help="bring up N hosts")
     up.add_argument("n", type=int, metavar="N")
+    up.add_argument(
+        "--systemd",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the last K hosts boot systemd in a root file system of their own",
+    )
     commands.add_parser("down", parents=[common], help="tear the lab down")
     status = commands.add_parser("status", parents=[common], help="show the hosts")
     status.add_argument("--json", action="store_true", help="one JSON document")
@@ -70,10 +78,10 @@ def _table(statuses: list[HostStatus]) -> str:
     )
 
 
-def cmd_up(lab: Lab, n: int) -> int:
+def cmd_up(lab: Lab, n: int, systemd_hosts: int = 0) -> int:
     before = lab.state()
     started = time.monotonic()
-    recorded = lab.up(n)
+    recorded = lab.up(n, systemd_hosts=systemd_hosts)
     took = time.monotonic() - started
     what = "already up, nothing changed" if before else f"up in {took:.2f} s"
     print(f"lab at {lab.state_dir}: {len(recorded.hosts)} host(s) {what}")
@@ -125,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lab = Lab(args.state, args.subnet, args.bridge, args.prefix)
         if args.command == "up":
-            return cmd_up(lab, args.n)
+            return cmd_up(lab, args.n, args.systemd)
         if args.command == "status":
             return cmd_status(lab, args.json)
         if args.command == "down":

@@ -46,3 +46,12 @@ def remove_lab_cgroups(addresses: Iterable[str], root: Path = CGROUP_ROOT) -> li
     for top in lab_cgroups(addresses, root):
         failed += remove_tree(top)
     return failed
+
+
+def remove_host_cgroups(names: Iterable[str], root: Path = CGROUP_ROOT) -> list[str]:
+    """Remove the own cgroups of systemd hosts (``lab-<name>``); return the busy ones."""
+    failed: list[str] = []
+    for name in names:
+        for tree in [p for p in root.glob(f"*/lab-{name}") if p.is_dir()] if root.is_dir() else []:
+            failed += remove_tree(tree)
+    return failed

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bismuth_lab import cgroups, firewall, hostfiles, network, procs, ssh, state
+from bismuth_lab import cgroups, firewall, hostfiles, network, procs, ssh, state, systemd
 from bismuth_lab.mounts import Mounter, mount_points_under, mounts_of
 from bismuth_lab.plan import DEFAULT_BRIDGE, DEFAULT_PREFIX, DEFAULT_SUBNET, LabPlan, PlanError
 from bismuth_lab.state import HostState, LabState
@@ -128,11 +128,15 @@ class Lab:
 
     # -- up --------------------------------------------------------------------------------
 
-    def up(self, n: int, timeout: float = 30.0) -> LabState:
-        """Bring up ``n`` hosts; a no-op when this lab already runs ``n`` hosts."""
+    def up(self, n: int, timeout: float | None = None, systemd_hosts: int = 0) -> LabState:
+        """Bring up ``n`` hosts, the last ``systemd_hosts`` of them booting systemd (see
+        :mod:`bismuth_lab.systemd`); a no-op when this lab already runs just that."""
+        if not 0 <= systemd_hosts <= n:
+            raise LabError(f"systemd hosts: {systemd_hosts} of {n} hosts is not possible")
+        timeout = timeout or (120.0 if systemd_hosts else 30.0)
         recorded = self.state()
         if recorded is not None:
-            return self._existing(recorded, n)
+            return self._existing(recorded, n, systemd_hosts)
         try:
             plans = self.plan.hosts(n)
             network.check_free(self.plan, plans)
@@ -149,7 +153,10 @@ class Lab:
             prefix=self.plan.prefix,
             key=str(hostfiles.client_key(keys)),
             known_hosts=str(hostfiles.known_hosts(keys)),
-            hosts=tuple(HostState(h.name, h.address, h.name, h.veth) for h in plans),
+            hosts=tuple(
+                HostState(h.name, h.address, h.name, h.veth, kind=_kind(h.index, n, systemd_hosts))
+                for h in plans
+            ),
         )
         state.save(lab)  # first: from here on, down can undo whatever follows
         try:
@@ -159,7 +166,7 @@ class Lab:
                 self.down()
             raise
 
-    def _existing(self, lab: LabState, n: int) -> LabState:
+    def _existing(self, lab: LabState, n: int, systemd_hosts: int) -> LabState:
         where = f"the lab at {self.state_dir}"
         if not lab.complete:
             raise LabError(f"{where} is half made (up failed or still runs): run down first")
@@ -172,8 +179,12 @@ class Lab:
                 f"{where} was made with --subnet {lab.subnet} --bridge {lab.bridge}"
                 f" --prefix {lab.prefix}: run down first"
             )
-        if len(lab.hosts) != n:
-            raise LabError(f"{where} has {len(lab.hosts)} hosts, not {n}: run down first")
+        booting = sum(h.kind == "systemd" for h in lab.hosts)
+        if (len(lab.hosts), booting) != (n, systemd_hosts):
+            raise LabError(
+                f"{where} has {len(lab.hosts)} hosts ({booting} booting systemd), not {n}"
+                f" ({systemd_hosts}): run down first"
+            )
         broken = [s.host.name for s in self.status() if not s.ok]
         if broken:
             raise LabError(f"{where}: not running: {', '.join(broken)}; run down, then up")
@@ -187,11 +198,21 @@ class Lab:
         hostfiles.write_client_key(self.state_dir)
         lines = [hostfiles.write_host(self.state_dir, plans, h) for h in plans]
         Path(lab.known_hosts).write_text("\n".join(lines) + "\n")
+        lower = None
+        if any(h.kind == "systemd" for h in lab.hosts):
+            try:
+                lower = systemd.ensure_rootfs()
+            except systemd.RootfsError as exc:
+                raise LabError(str(exc)) from None
         network.create(self.plan, plans)
         lab = replace(lab, forward_rule=firewall.open_bridge(self.plan.bridge))
         state.save(lab)
         for host in lab.hosts:
-            self._spawned[host.name] = self._spawn(host)
+            if host.kind == "systemd":
+                assert lower is not None
+                self._spawned[host.name] = self._boot(host, lower)
+            else:
+                self._spawned[host.name] = self._spawn(host)
         for host in lab.hosts:
             lab = lab.with_host(self._await(host, self._spawned[host.name], deadline))
             state.save(lab)
@@ -219,6 +240,24 @@ class Lab:
                 start_new_session=True,
             )
 
+    def _boot(self, host: HostState, lower: Path) -> subprocess.Popen[bytes]:
+        """A systemd host: its root on an overlay of ``lower``, booted by systemd-nspawn."""
+        hdir = self.state_dir / "hosts" / host.name
+        root = systemd.mount_root(lower, hdir)
+        systemd.install_host_files(root, hdir, host.name, self.state_dir / "authorized_keys")
+        systemd.make_cgroups(host.name)
+        argv = systemd.spawn_argv(host.name, hdir, str(network.NETNS_DIR / host.netns))
+        with open(hdir / "init.log", "ab") as log:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd="/",
+                env={"PATH": HOST_PATH, "LANG": "C.UTF-8", **systemd.SPAWN_ENV},
+                start_new_session=True,
+            )
+
     def _await(self, host: HostState, proc: subprocess.Popen[bytes], deadline: float) -> HostState:
         """Wait until the host's init runs and its sshd accepts connections; note their PIDs."""
         log = self.state_dir / "hosts" / host.name / "init.log"
@@ -229,7 +268,10 @@ class Lab:
 
         def init_pids() -> list[int]:
             alive()
-            return procs.children(proc.pid)
+            children = procs.children(proc.pid)
+            if host.kind == "systemd":  # nspawn forks short-lived helpers before the init
+                return [c for c in children if procs.comm(c) == "systemd"]
+            return children
 
         def listening() -> bool:
             alive()
@@ -271,13 +313,15 @@ class Lab:
             raise LabError(str(exc)) from None
         firewall.close_bridge(lab.bridge)
         addresses = [h.address for h in lab.hosts]
+        booted = [h.name for h in lab.hosts if h.kind == "systemd"]
+
+        def busy_cgroups() -> list[str]:
+            return cgroups.remove_lab_cgroups(addresses) + cgroups.remove_host_cgroups(booted)
+
         try:
-            procs.wait_for(
-                lambda: not cgroups.remove_lab_cgroups(addresses), timeout, "cgroups to empty"
-            )
+            procs.wait_for(lambda: not busy_cgroups(), timeout, "cgroups to empty")
         except procs.Timeout:
-            busy = cgroups.remove_lab_cgroups(addresses)
-            raise LabError(f"cgroups still busy: {'; '.join(busy)}") from None
+            raise LabError(f"cgroups still busy: {'; '.join(busy_cgroups())}") from None
         hostfiles.remove_mount_points(list(lab.created_dirs))
         shutil.rmtree(self.state_dir)
         return True
@@ -289,7 +333,7 @@ class Lab:
         for h in lab.hosts:
             if procs.running(h.init_pid, h.init_start):
                 procs.kill(h.init_pid)
-            elif procs.comm(h.unshare_pid) == "unshare":  # init unknown: --kill-child ends it
+            elif _launcher(h.unshare_pid):  # init unknown: ending its launcher ends it too
                 procs.kill(h.unshare_pid)
         for name, proc in self._spawned.items():
             if not procs.running(lab.host(name).init_pid):
@@ -300,6 +344,7 @@ class Lab:
             for proc in self._spawned.values():
                 proc.poll()
             left = [p for pids in procs.netns_pids(netns).values() for p in pids]
+            left += [h.unshare_pid for h in lab.hosts if _launcher(h.unshare_pid)]
             inits = [h for h in lab.hosts if procs.running(h.init_pid, h.init_start)]
             if not inits:  # what is left entered a lab netns from outside a host's init
                 for pid in left:
@@ -311,6 +356,15 @@ class Lab:
         except procs.Timeout as exc:
             raise LabError(str(exc)) from None
         self._spawned.clear()
+
+
+def _launcher(pid: int) -> bool:
+    """Whether ``pid`` still is what started a host's init (unshare, or systemd-nspawn)."""
+    return bool(pid) and procs.comm(pid) in ("unshare", "systemd-nspawn")
+
+
+def _kind(index: int, n: int, systemd_hosts: int) -> str:
+    return "systemd" if index > n - systemd_hosts else "shared"
 
 
 def _accepts(address: str, port: int) -> bool:

@@ -34,7 +34,8 @@ class HostState:
     init_pid: int = 0
     init_start: int = 0  # start time (clock ticks since boot) of init_pid, against PID reuse
     sshd_pid: int = 0
-    unshare_pid: int = 0
+    unshare_pid: int = 0  # what started init: unshare, or systemd-nspawn for a systemd host
+    kind: str = "shared"  # "shared": the machine's file system; "systemd": see bismuth_lab.systemd
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ Bring the lab up first, then run pyinfra from the repository root (where it find
     BISMUTH_LAB_STATE=/var/tmp/mylab .venv/bin/pyinfra -y inventories/lab.py ...   # another lab
 
 Groups: ``zookeeper`` (every host when there are at most 3, else the first 3), ``agents``
-(every host), ``frontends`` and ``api`` (the first host). Each host has ``ssh_hostname``
-and ``node_ip`` (its lab address), ``ssh_user`` root, and the lab's ``ssh_key`` and
-``ssh_known_hosts_file``. Lab hosts keep only the directories in
+(every host), ``frontends`` and ``api`` (the first host); hosts that boot systemd
+(``up N --systemd K``: the last K) are agents only, counted out of the other groups. Each
+host has ``ssh_hostname`` and ``node_ip`` (its lab address), ``ssh_user`` root, and the
+lab's ``ssh_key`` and ``ssh_known_hosts_file``. Lab hosts keep only the directories in
 ``bismuth_lab.PRIVATE_DIRS`` and ``bismuth_lab.TMPFS_DIRS`` to themselves; the rest of the
-file system is the machine's.
+file system is the machine's (a systemd host has a file system of its own).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from typing import Any
 
 from bismuth_lab.state import default_state_dir, load
 
+Host = tuple[str, dict[str, Any]]
 
-def _lab_hosts() -> list[tuple[str, dict[str, Any]]]:
+
+def _lab_hosts() -> tuple[list[Host], list[Host]]:
+    """Every host, and those sharing the machine's file system (not booting systemd)."""
     state_dir = default_state_dir()
     lab = load(state_dir)
     if lab is None or not lab.complete:
@@ -32,7 +36,7 @@ def _lab_hosts() -> list[tuple[str, dict[str, Any]]]:
             f"no lab at {state_dir}: bring one up with `python -m bismuth_lab up N`"
             " (or point BISMUTH_LAB_STATE at its state dir)"
         )
-    return [
+    every = [
         (
             h.name,
             {
@@ -45,10 +49,12 @@ def _lab_hosts() -> list[tuple[str, dict[str, Any]]]:
         )
         for h in lab.hosts
     ]
+    shared = [host for host, h in zip(every, lab.hosts, strict=True) if h.kind != "systemd"]
+    return every, shared
 
 
-_hosts = _lab_hosts()
-zookeeper = _hosts if len(_hosts) <= 3 else _hosts[:3]
+_hosts, _shared = _lab_hosts()
+zookeeper = _shared if len(_shared) <= 3 else _shared[:3]
 agents = list(_hosts)
-frontends = _hosts[:1]
-api = _hosts[:1]
+frontends = _shared[:1]
+api = _shared[:1]

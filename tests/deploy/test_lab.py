@@ -128,8 +128,10 @@ def test_up_again_is_a_no_op(lab: Lab) -> None:
     assert again.up(3) == lab.state()
     assert (lab.state_dir / "lab.json").read_text() == record
     assert all(s.ok for s in again.status())
-    with pytest.raises(LabError, match="has 3 hosts, not 2"):
+    with pytest.raises(LabError, match=r"has 3 hosts \(0 booting systemd\), not 2 \(0\)"):
         again.up(2)
+    with pytest.raises(LabError, match=r"has 3 hosts \(0 booting systemd\), not 3 \(1\)"):
+        again.up(3, systemd_hosts=1)
 
 
 def cgroup_top() -> Path:
@@ -202,5 +204,35 @@ def test_a_host_that_cannot_start_fails_up_naming_it_and_leaves_nothing(
         links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True)
         assert lab.plan.bridge not in links.stdout
         assert not Path(f"/run/netns/{lab.plan.prefix}1").exists()
+    finally:
+        lab.down()
+
+
+def test_a_systemd_host_boots_systemd_and_down_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A host booting systemd (its own root, systemd-nspawn): sshd up once it booted,
+    containers possible under the machine's cgroups, and after down no process, mount,
+    namespace or cgroup of it is left."""
+    lab = new_lab(tmp_path)
+    try:
+        lab.up(1, systemd_hosts=1)
+        (host,) = lab.hosts()
+        assert host.kind == "systemd"
+        out = ssh_ok(lab, host.name, "cat /proc/1/comm; hostname; systemctl is-system-running")
+        assert out.split() == ["systemd", host.name, "running"]
+        memory = ssh_ok(lab, host.name, "stat -f -c %T /sys/fs/cgroup/memory; touch /x; echo ok")
+        assert memory.split() == ["cgroupfs", "ok"]  # the machine's controller, writable
+        assert not Path("/x").exists()  # its root is its own
+        own = list(CGROUP_ROOT.glob(f"*/lab-{host.name}"))
+        assert own, "the host runs in no cgroup of its own"
+        launcher, init = host.unshare_pid, host.init_pid
+        assert procs.comm(launcher) == "systemd-nspawn"
+
+        assert lab.down() is True
+
+        assert not procs.running(init, host.init_start)
+        assert procs.comm(launcher) != "systemd-nspawn"
+        assert not [m for m in mounts_of() if str(lab.state_dir) in m.mount_point]
+        assert not list(CGROUP_ROOT.glob(f"*/lab-{host.name}"))
+        assert not Path(f"/run/netns/{host.netns}").exists()
     finally:
         lab.down()
