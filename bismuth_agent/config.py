@@ -38,6 +38,10 @@ class AgentConfig:
     cpus: float = 0.0
     memory: int = 0
     pids_limit: int = 512
+    # A static init run as each container's PID 1, mounted read-only from the host (Debian's
+    # tini): it hands signals to the function's process and reaps orphans. "" = none (the
+    # function's process is PID 1, which ignores SIGTERM unless it handles it).
+    init_path: str = "/usr/bin/tini-static"
     # Seconds: SIGTERM to SIGKILL on removal; restart backoff after a task exits.
     stop_grace: float = 10.0
     restart_backoff: float = 1.0

@@ -120,6 +120,11 @@ class ContainerRuntime:
             config.id_map_count,
         )
         self.seccomp = seccomp.profile()
+        if config.init_path and not os.access(config.init_path, os.X_OK):
+            raise ConfigError(
+                f"config init_path: {config.init_path} is not an executable file"
+                ' (Debian package tini; "" runs containers without an init)'
+            )
         self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
         self._image_locks: dict[str, asyncio.Lock] = {}
@@ -168,6 +173,7 @@ class ContainerRuntime:
             repo_dir=repo_dir,
             pids_limit=self.config.pids_limit,
             seccomp=self.seccomp,
+            init=self.config.init_path or None,
         )
         mounts = await self.ctrd.create_container(
             str(cid),

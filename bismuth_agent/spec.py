@@ -9,6 +9,12 @@ seccomp profile of :mod:`bismuth_agent.seccomp`; kernel paths are masked or read
 /etc/hosts, /etc/resolv.conf and /etc/hostname come from files the agent writes. The root
 filesystem is read-only: /tmp (a tmpfs inside the memory limit) and /dev/shm are the only
 writable places, and /repo is mounted read-only.
+
+With an init (``ContainerPlan.init``: Debian's static ``tini``, as ``docker run --init``
+does), the host's binary is mounted read-only at :data:`INIT_PATH` and runs as PID 1 with
+the function's command as its child: it forwards SIGTERM (so a process that installs no
+handler still stops at once; PID 1 itself would ignore it) and reaps orphaned processes, so
+none stays a zombie. Images need not contain it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ CPU_PERIOD = 100_000  # microseconds
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An Executable function's container idles in this while each request runs the program.
 IDLE_COMMAND = ("/bin/sleep", "infinity")
+INIT_PATH = "/dev/init"  # on /dev, a tmpfs: the image gains no mount point
 
 MASKED_PATHS = (
     "/proc/acpi",
@@ -76,6 +83,7 @@ class ContainerPlan:
     pids_limit: int = 512
     nofile_limit: int = 4096
     seccomp: Mapping[str, Any] | None = None  # the runtime spec's linux.seccomp
+    init: str | None = None  # host path of a static init run as PID 1 (tini-static)
 
     @property
     def cgroup_path(self) -> str:
@@ -105,11 +113,14 @@ def environment(plan: ContainerPlan) -> list[str]:
 
 
 def process(plan: ContainerPlan, argv: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The container's process (``argv`` overrides it, as for an exec)."""
+    """The container's process (``argv`` overrides it, as for an exec, which needs no init)."""
+    args = list(argv or plan.argv)
+    if plan.init and argv is None:
+        args = [INIT_PATH, "--", *args]
     return {
         "terminal": False,
         "user": {"uid": CONTAINER_UID, "gid": CONTAINER_GID, "additionalGids": []},
-        "args": list(argv or plan.argv),
+        "args": args,
         "env": environment(plan),
         "cwd": plan.cwd,
         "capabilities": {
@@ -175,6 +186,15 @@ def _mounts(plan: ContainerPlan) -> list[dict[str, Any]]:
             "options": ["nosuid", "nodev", "mode=1777", f"size={plan.definition.memory}"],
         },
     ]
+    if plan.init:
+        mounts.append(
+            {
+                "destination": INIT_PATH,
+                "type": "bind",
+                "source": plan.init,
+                "options": ["rbind", "ro", "nosuid", "nodev"],
+            }
+        )
     if plan.repo_dir:
         mounts.append(
             {

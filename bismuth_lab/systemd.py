@@ -51,6 +51,7 @@ ROOTFS_PACKAGES = (
     "supervisor",
     "containerd",
     "git",
+    "tini",
 )
 _EXCLUDES = ("/usr/share/doc/*", "/usr/share/locale/*")
 

@@ -166,6 +166,7 @@ debian_packages = [
 agent_packages = [
     "containerd",  # the container runtime (brings runc and ctr)
     "git",  # the agent clones function repos
+    "tini",  # tini-static: each container's PID 1 (signals, orphans)
 ]
 zookeeper_packages = ["zookeeper"]
 build_packages = [

@@ -95,3 +95,16 @@ def test_the_seccomp_profile_is_the_containers_filter():
     spec = container_spec(dataclasses.replace(plan(), seccomp=profile))
     assert spec["linux"]["seccomp"] == profile
     assert "seccomp" not in container_spec(plan())["linux"]
+
+
+def test_an_init_runs_as_pid_1_read_only_and_execs_need_none():
+    with_init = dataclasses.replace(plan(), init="/usr/bin/tini-static")
+    spec = container_spec(with_init)
+    assert spec["process"]["args"] == ["/dev/init", "--", "/usr/bin/python3", "-m", "http.server"]
+    (mount,) = [m for m in spec["mounts"] if m["destination"] == "/dev/init"]
+    assert mount["source"] == "/usr/bin/tini-static"
+    assert "ro" in mount["options"] and "rbind" in mount["options"]
+    assert process(with_init, ("/bin/ls",))["args"] == ["/bin/ls"]  # an exec: no init
+    without = container_spec(plan())
+    assert without["process"]["args"][0] == "/usr/bin/python3"
+    assert "/dev/init" not in {m["destination"] for m in without["mounts"]}
