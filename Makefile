@@ -67,8 +67,15 @@ up: packages venv
 	@if [ "$(call setting,sample_function)" = True ]; then \
 	  echo "  curl -H 'Host: $(call setting,sample_hostname)' http://$(call setting,fe_bind)/   # the sample function"; \
 	fi
-	@echo "  curl -s http://$(call setting,api_bind)/function"
+	@echo "  curl -s -H \"Authorization: Bearer \$$(cat $(ADMIN_TOKEN_FILE))\" http://$(call setting,api_bind)/function"
 	@echo "  $(VENV)/bin/bismuthctl nodes"
+	@echo "The operator's admin token (every tenant) is $(ADMIN_TOKEN_FILE) (root only);"
+	@echo "the deploy keeps it in $(ADMIN_TOKEN_SOURCE) with the cluster key: back both up."
+	@echo "Tenants and their tokens: $(VENV)/bin/bismuthctl tenant create NAME"
+
+# Where `make up` keeps the operator's admin token: on this machine, and as the API host.
+ADMIN_TOKEN_FILE = $(or $(call setting,admin_token_file),$(call setting,etc_dir)/admin.token)
+ADMIN_TOKEN_SOURCE = $(or $(call setting,admin_token_source),var/secrets/$(call setting,zookeeper_env).admin-token)
 
 # What `make down` stops, from group data. Override on the command line to stop another
 # deploy of this machine (the deploy test does): make down ETC_DIR=... CONTAINERD_ADDRESS=...

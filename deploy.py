@@ -3,13 +3,15 @@
 On every host: Debian packages, kernel settings and directories, the service manager and the
 toolkit (a versioned install, or a checkout's virtualenv). Then by inventory group: the
 ZooKeeper ensemble (``zookeeper``), the environment (bootstrapped once) and every agent host
-provisioned as a node, the cluster key (which seals function secrets), the API (``api``) and
+provisioned as a node, the cluster key (which seals function secrets), the operator's admin
+token (on ``api`` hosts, its hash registered in ZooKeeper), the API (``api``) and
 the frontend (``frontends``), containerd, the base image and the agent (``agents``), and
 finally a sample function served through the frontends. An inventory without these groups
 makes each host a single-node cluster. Settings come from ``group_data/`` and host data;
 every step is idempotent, so a second run reports no changes.
 """
 
+from tasks.admin_token import admin_token
 from tasks.agent import agent
 from tasks.base import base
 from tasks.cluster import cluster
@@ -28,6 +30,7 @@ toolkit()
 zookeeper()
 cluster()
 key = cluster_key()
+admin_token()
 api(restart_on=[key])
 frontend()
 containerd()

@@ -28,8 +28,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bismuth_core import layout, operations
+from bismuth_core import layout, operations, tenancy
 from bismuth_core.layout import ContainerRecord, NodeAlive
+from bismuth_core.tokens import Scope
 from bismuth_core.zk import ZooKeeper, create
 from tests.support.apiserver import definition
 from tests.support.zkserver import ZooKeeperServer, free_port
@@ -89,6 +90,7 @@ async def bench_nodes(server: ZooKeeperServer, nodes: int, args: argparse.Namesp
     await zk.start()
     await operations.bootstrap(zk)
     await add_nodes(zk, nodes)
+    admin = (await tenancy.issue_token(zk, None, Scope.ADMIN))[1].text
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -109,7 +111,7 @@ async def bench_nodes(server: ZooKeeperServer, nodes: int, args: argparse.Namesp
     try:
         await wait_healthy(url)
         failures = 0
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http:
 
             async def create_one() -> None:
                 nonlocal failures

@@ -1,6 +1,9 @@
 """The ``bismuth-api`` aiohttp application: thin handlers over its services.
 
-:class:`FunctionService` handles functions, :class:`SecretService` their secrets.
+:class:`FunctionService` handles functions, :class:`SecretService` their secrets,
+:class:`GroupService` tenants' service groups. Every route but ``/healthz`` and
+``/openapi.json`` needs a token (:mod:`bismuth_api.auth`); the caller it names is passed to
+the services, which show each tenant only its own things.
 
 One middleware maps every :class:`BismuthError` (and aiohttp's own HTTP errors) to a JSON
 body ``{"error": ...}`` with its status; nothing a client sends produces a 500.
@@ -25,10 +28,18 @@ from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
 
 from . import logs
+from .auth import CALLER, TokenCache, auth_middleware, require_admin
 from .config import ApiConfig
 from .leader import Leader
 from .openapi import openapi_document
-from .service import FunctionService, SecretService, parse_function_id, secret_box
+from .service import (
+    FunctionService,
+    SecretService,
+    parse_function_id,
+    parse_uuid_segment,
+    secret_box,
+)
+from .tenants import GroupService
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +89,8 @@ class ApiDeps:
     leader: Leader | None
     metrics: ApiMetrics
     secrets: SecretService
+    tokens: TokenCache
+    groups: GroupService
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -102,6 +115,11 @@ def _too_large(request: web.Request, exc: web.HTTPException) -> BismuthError | N
     return None
 
 
+def _tenant(request: web.Request) -> str | None:
+    """The ``tenant`` query parameter: the tenant an admin acts for (id or name)."""
+    return request.query.get("tenant")
+
+
 async def _json_body(request: web.Request, required: bool = True) -> object | None:
     body = await request.read()
     if not body.strip():
@@ -113,35 +131,37 @@ async def _json_body(request: web.Request, required: bool = True) -> object | No
 
 async def create_function(request: web.Request) -> web.Response:
     service = request.app[DEPS].service
-    fid = await service.create(await _json_body(request))
+    raw = await _json_body(request)
+    fid = await service.create(request[CALLER], raw, _tenant(request))
     return web.json_response({"id": str(fid)})
 
 
 async def list_functions(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[DEPS].service.list())
+    service = request.app[DEPS].service
+    return web.json_response(await service.list(request[CALLER], _tenant(request)))
 
 
 async def get_function(request: web.Request) -> web.Response:
     fid = parse_function_id(request.match_info["id"])
-    return web.json_response(await request.app[DEPS].service.get(fid))
+    return web.json_response(await request.app[DEPS].service.get(request[CALLER], fid))
 
 
 async def update_function(request: web.Request) -> web.Response:
     fid = parse_function_id(request.match_info["id"])
     raw = await _json_body(request, required=False)
-    return web.json_response(await request.app[DEPS].service.update(fid, raw))
+    return web.json_response(await request.app[DEPS].service.update(request[CALLER], fid, raw))
 
 
 async def delete_function(request: web.Request) -> web.Response:
     fid = parse_function_id(request.match_info["id"])
-    await request.app[DEPS].service.delete(fid)
+    await request.app[DEPS].service.delete(request[CALLER], fid)
     return web.json_response({"id": str(fid), "deleted": True})
 
 
 async def function_logs(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     fid = parse_function_id(request.match_info["id"])
-    backends = await deps.service.backends(fid)
+    backends = await deps.service.backends(request[CALLER], fid)
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     return await logs.respond(request, request.app[HTTP], backends, deps.config.agent_port, follow)
 
@@ -159,20 +179,37 @@ async def put_secret(request: web.Request) -> web.Response:
     fid = parse_function_id(request.match_info["id"])
     name = validate_secret_name(request.match_info["name"])
     secrets.require_key()
-    await secrets.set(fid, name, await _secret_value(request))
+    await secrets.set(request[CALLER], fid, name, await _secret_value(request))
     return web.Response(status=204)
 
 
 async def list_secrets(request: web.Request) -> web.Response:
     fid = parse_function_id(request.match_info["id"])
-    return web.json_response({"secrets": await request.app[DEPS].secrets.names(fid)})
+    names = await request.app[DEPS].secrets.names(request[CALLER], fid)
+    return web.json_response({"secrets": names})
 
 
 async def delete_secret(request: web.Request) -> web.Response:
     fid = parse_function_id(request.match_info["id"])
     name = validate_secret_name(request.match_info["name"])
-    await request.app[DEPS].secrets.delete(fid, name)
+    await request.app[DEPS].secrets.delete(request[CALLER], fid, name)
     return web.Response(status=204)
+
+
+async def create_group(request: web.Request) -> web.Response:
+    gid = await request.app[DEPS].groups.create(request[CALLER], _tenant(request))
+    return web.json_response({"id": str(gid)})
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    groups = request.app[DEPS].groups
+    return web.json_response(await groups.list(request[CALLER], _tenant(request)))
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    gid = parse_uuid_segment(request.match_info["id"], "group id")
+    await request.app[DEPS].groups.delete(request[CALLER], gid)
+    return web.json_response({"id": str(gid), "deleted": True})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -188,6 +225,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
+    require_admin(request[CALLER], "metrics")
     deps.metrics.zookeeper.set(1 if deps.zk.connected else 0)
     deps.metrics.leader.set(1 if deps.leader and deps.leader.is_leader else 0)
     body = generate_latest(deps.metrics.registry)
@@ -209,6 +247,12 @@ async def _fleet_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[DEPS].tokens.start()
+    yield
+    app[DEPS].tokens.close()
+
+
 async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
     leader = app[DEPS].leader
     task = asyncio.create_task(leader.run()) if leader else None
@@ -220,11 +264,16 @@ async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(deps: ApiDeps) -> web.Application:
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware(translate=_too_large)],
+        middlewares=[
+            metrics_middleware,
+            error_middleware(translate=_too_large),
+            auth_middleware(lambda request: request.app[DEPS].tokens),
+        ],
         client_max_size=deps.config.max_body_size,
     )
     app[DEPS] = deps
     app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_tokens_ctx)
     app.cleanup_ctx.append(_fleet_ctx)
     app.cleanup_ctx.append(_leader_ctx)
     app.router.add_post("/function", create_function)
@@ -236,6 +285,9 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/function/{id}/secrets", list_secrets)
     app.router.add_put("/function/{id}/secrets/{name}", put_secret)
     app.router.add_delete("/function/{id}/secrets/{name}", delete_secret)
+    app.router.add_post("/group", create_group)
+    app.router.add_get("/group", list_groups)
+    app.router.add_delete("/group/{id}", delete_group)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
@@ -259,4 +311,7 @@ def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> Ap
         else None
     )
     service = FunctionService(zk, config, fleet, lock)
-    return ApiDeps(config, zk, service, fleet, leader, ApiMetrics.create(), secrets)
+    groups = GroupService(zk, service.scope)
+    return ApiDeps(
+        config, zk, service, fleet, leader, ApiMetrics.create(), secrets, TokenCache(zk), groups
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bismuth_core import eventloop, operations
+from bismuth_core import eventloop, operations, tenancy
 from bismuth_core.config import add_common_arguments, flag_overrides, load_config, split_hostport
 from bismuth_core.daemon import run_daemon, serving
 from bismuth_core.zk import ZooKeeper
@@ -33,8 +33,10 @@ async def serve(config: ApiConfig) -> None:
     zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
     deps = build_deps(config, zk)  # a bad cluster key stops the API before it connects
     await zk.start(timeout=config.connect_timeout)
-    # Top-level znodes a newer release added appear in existing environments too.
+    # Top-level znodes a newer release added appear in existing environments too, and
+    # functions made before tenants existed go to the default tenant.
     await operations.bootstrap(zk)
+    await tenancy.bootstrap(zk)
     try:
         async with serving(create_app(deps), host, port):
             log.info(

@@ -15,10 +15,25 @@ _ID = {
 }
 
 
+_TENANT = {
+    "name": "tenant",
+    "in": "query",
+    "required": False,
+    "description": "The tenant (id or name) an admin token acts for: on creates, the new "
+    "thing's owner (default: the tenant 'default'); on listings, a filter (default: every "
+    "tenant). A tenant token may only name its own tenant (403 otherwise).",
+    "schema": {"type": "string"},
+}
+_AUTH_ERRORS = (401,)
+
+
 def _errors(*codes: int, reasons: dict[int, str] | None = None) -> dict[str, Any]:
     reasons = {
         400: "invalid request or definition",
-        404: "unknown function",
+        401: "no token, a malformed one, or an unknown or revoked one "
+        "(with WWW-Authenticate: Bearer)",
+        403: "the token's scope does not allow this",
+        404: "unknown function, or one of another tenant",
         409: "a hostname is already routed to another function",
         413: "request body too large",
         503: "ZooKeeper unreachable or not enough capacity in the fleet",
@@ -26,7 +41,7 @@ def _errors(*codes: int, reasons: dict[int, str] | None = None) -> dict[str, Any
     }
     return {
         str(c): {"description": reasons[c], "content": {"application/json": {"schema": _ERROR}}}
-        for c in codes
+        for c in (*codes, *_AUTH_ERRORS)
     }
 
 
@@ -47,7 +62,13 @@ _DEFINITION: dict[str, Any] = {
                 {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
             ],
         },
-        "svc_group_id": {"type": ["string", "null"], "format": "uuid"},
+        "svc_group_id": {
+            "type": ["string", "null"],
+            "format": "uuid",
+            "description": "data shared by the functions of a group; default: the function's "
+            "own id. Only the caller tenant's own function ids and groups (POST /group); "
+            "anything else is a 400 naming svc_group_id",
+        },
         "cpu": {"type": "number", "exclusiveMinimum": 0, "description": "fraction of a core"},
         "memory": {"type": "integer", "minimum": 4194304, "description": "bytes"},
         "svc_quotas": {
@@ -161,10 +182,52 @@ _SECRETS: dict[str, Any] = {
     },
 }
 
+_UUID = {"type": "string", "format": "uuid"}
+_GROUP = {"type": "object", "properties": {"id": _UUID, "tenant": _UUID}}
+
+_GROUPS: dict[str, Any] = {
+    "/group": {
+        "post": {
+            "summary": "Create a service group of the tenant (to share data between functions)",
+            "parameters": [_TENANT],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"id": _UUID}}),
+                **_errors(403, 404, 503),
+            },
+        },
+        "get": {
+            "summary": "The tenant's service groups (an admin without tenant: every tenant's)",
+            "parameters": [_TENANT],
+            "responses": {"200": _json({"type": "array", "items": _GROUP}), **_errors(403, 503)},
+        },
+    },
+    "/group/{id}": {
+        "parameters": [{**_ID, "description": "the group's id"}],
+        "delete": {
+            "summary": "Delete a service group no function uses (its data stays)",
+            "responses": {
+                "200": _json({"type": "object"}),
+                **_errors(
+                    400,
+                    404,
+                    409,
+                    503,
+                    reasons={404: "unknown group, or one of another tenant", 409: "in use"},
+                ),
+            },
+        },
+    },
+}
+
 _STATUS: dict[str, Any] = {
     "type": "object",
     "properties": {
         "id": {"type": "string", "format": "uuid"},
+        "tenant": {
+            "type": ["string", "null"],
+            "format": "uuid",
+            "description": "the owning tenant (null: made before tenants, not adopted yet)",
+        },
         "definition": {"$ref": "#/components/schemas/Definition"},
         "backends": {
             "type": "array",
@@ -200,12 +263,17 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "bismuth-api",
             "version": __version__,
-            "description": "Control plane of a Bismuth cluster.",
+            "description": "Control plane of a Bismuth cluster. Every path but /healthz "
+            "and /openapi.json needs Authorization: Bearer <token> (bismuthctl tenant create, "
+            "token issue). A tenant token sees and acts on its own tenant's functions and "
+            "groups only: another tenant's are 404. An admin token acts on every tenant's.",
         },
+        "security": [{"bearer": []}],
         "paths": {
             "/function": {
                 "post": {
-                    "summary": "Create a function and schedule its containers",
+                    "summary": "Create a function of the tenant and schedule its containers",
+                    "parameters": [_TENANT],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -221,14 +289,15 @@ def openapi_document() -> dict[str, Any]:
                                 "properties": {"id": {"type": "string", "format": "uuid"}},
                             }
                         ),
-                        **_errors(400, 409, 413, 503),
+                        **_errors(400, 403, 404, 409, 413, 503),
                     },
                 },
                 "get": {
-                    "summary": "List functions with their status",
+                    "summary": "List the tenant's functions with their status",
+                    "parameters": [_TENANT],
                     "responses": {
                         "200": _json({"type": "array", "items": status_ref}),
-                        **_errors(503),
+                        **_errors(403, 404, 503),
                     },
                 },
             },
@@ -274,20 +343,39 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
             **_SECRETS,
+            **_GROUPS,
             "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}
+                "get": {
+                    "summary": "Liveness (no token needed)",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"})},
+                }
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition"}},
+                    "summary": "Prometheus metrics (admin tokens only)",
+                    "responses": {
+                        "200": {"description": "text exposition"},
+                        **_errors(403),
+                    },
                 }
             },
             "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
+                "get": {
+                    "summary": "This document (no token needed)",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"})},
+                }
             },
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "bth_<16 hex digits>_<43 characters>: a tenant or admin token",
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -296,6 +384,6 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "Definition": _DEFINITION,
                 "FunctionStatus": _STATUS,
-            }
+            },
         },
     }

@@ -83,6 +83,7 @@ class FunctionView:
     backends_version: int
     retiring: tuple[Backend, ...] = ()
     retiring_version: int | None = None  # None: no retiring znode
+    owner: uuid.UUID | None = None  # its tenant; None: made before tenants, not adopted yet
 
     @property
     def active(self) -> tuple[Backend, ...]:
@@ -143,10 +144,11 @@ async def read_nodes(
 
 
 async def read_function(zk: ZooKeeper, fid: uuid.UUID) -> FunctionView:
-    got, backends, retiring = await asyncio.gather(
+    got, backends, retiring, owner = await asyncio.gather(
         zk.get_or_none(layout.function_path(fid)),
         zk.get_or_none(layout.backends_path(fid)),
         zk.get_or_none(layout.retiring_path(fid)),
+        zk.get_or_none(layout.owner_path(fid)),
     )
     if got is None or backends is None:
         raise NotFound(f"function {fid} not found")
@@ -159,6 +161,7 @@ async def read_function(zk: ZooKeeper, fid: uuid.UUID) -> FunctionView:
         backends_version=backends[1].version,
         retiring=layout.unpack_backends(retiring[0]) if retiring else (),
         retiring_version=retiring[1].version if retiring else None,
+        owner=layout.decode_owner(owner[0]) if owner else None,
     )
 
 

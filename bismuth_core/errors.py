@@ -54,6 +54,12 @@ class Unauthorized(BismuthError):
         return {"WWW-Authenticate": f'Bearer realm="{self.realm}"'}
 
 
+class Forbidden(BismuthError):
+    """The credential is valid but its scope does not allow this."""
+
+    status = 403
+
+
 class NotFound(BismuthError):
     status = 404
 

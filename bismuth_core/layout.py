@@ -14,6 +14,13 @@ Every path below is relative to the environment's chroot ``/<env>`` (see :func:`
     /secret/<fid>                         no data; its children are the function's secrets
     /secret/<fid>/<name>                  the secret's value, sealed (bismuth_core.secrets)
     /leader/api                           kazoo Election of the API replica running background work
+    /function/<fid>/owner                 16 bytes UUID of the tenant that owns the function
+    /tenant/<tid>                         JSON {"name", "created"}: a tenant
+    /tenant/<tid>/function/<fid>          no data: the tenant owns function fid
+    /tenant/<tid>/group/<gid>             no data: a service group the tenant created
+    /tenant/<tid>/token/<token id>        no data: a token of the tenant
+    /tenant_name/<key>                    16 bytes tenant UUID; key: hash of the tenant's name
+    /token/<token id>                     JSON {"tenant", "scope", "sha256", "created"}
 
 ``/rollout/<fid>`` is desired state owned by the control plane: the backends listed there
 are old containers of an update or drain (they stay in the function's ``backends`` too).
@@ -31,14 +38,32 @@ sealed with the cluster key, which is never in ZooKeeper; a name is 1-128 charac
 ``[A-Za-z0-9._-]`` not starting with '.'. Setting a secret checks in the same multi-op that
 the function exists, and the multi-op that deletes a function deletes ``/secret/<fid>`` and
 its children too, so secrets never outlive their function.
+
+Tenants own functions, service groups and tokens, recorded both ways: under the tenant
+(``/tenant/<tid>/function``, ``group``, ``token``: what it owns is one children read) and,
+for functions and tokens, next to the thing (``/function/<fid>/owner``, the ``tenant`` of
+``/token/<id>``: whose it is is one read). A function's owner is a child of its znode rather
+than a field of its definition, whose JSON is a fixed contract. Both records are created and
+deleted in the multi-op that creates or deletes the thing, and deleting a tenant deletes its
+``function`` znode, which fails while it has children: a tenant that owns a function, even
+one created concurrently, is never deleted. A tenant's name is unique: ``/tenant_name/<key>``
+(``key`` is :func:`tenant_name_key`, a hash of the name's case-folded NFC form, so any Unicode
+name makes a valid znode name) is created in the same multi-op as ``/tenant/<tid>``.
+``/token/<id>`` holds only a hash of the token's secret (:mod:`bismuth_core.tokens`); its
+``tenant`` is null for an ``admin`` token, which no tenant lists. A function's
+``svc_group_id`` may name only its own tenant's groups and functions; a multi-op that makes a
+function use a group rewrites the group's znode, guarded by its version, so deleting a group
+(checked unused, guarded by the version it read) never races a new user of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,8 +74,12 @@ NODES = "/node"
 ROUTES = "/route"
 ROLLOUTS = "/rollout"
 SECRETS = "/secret"
+TENANTS = "/tenant"
+TENANT_NAMES = "/tenant_name"
+TOKENS = "/token"
 ROUTING_ROOTS = (FUNCTIONS, NODES, ROUTES)  # what a frontend follows
-ROOTS = (*ROUTING_ROOTS, ROLLOUTS, SECRETS)
+TENANCY_ROOTS = (TENANTS, TENANT_NAMES, TOKENS)
+ROOTS = (*ROUTING_ROOTS, ROLLOUTS, SECRETS, *TENANCY_ROOTS)
 API_LEADER = "/leader/api"  # kazoo Election: the API replica that finishes rollouts
 
 _ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -73,6 +102,54 @@ def function_path(fid: uuid.UUID) -> str:
 
 def backends_path(fid: uuid.UUID) -> str:
     return f"{FUNCTIONS}/{fid}/backends"
+
+
+def owner_path(fid: uuid.UUID) -> str:
+    """The tenant owning function ``fid`` (created and deleted with the function)."""
+    return f"{FUNCTIONS}/{fid}/owner"
+
+
+def tenant_path(tid: uuid.UUID) -> str:
+    return f"{TENANTS}/{tid}"
+
+
+def tenant_name_key(name: str) -> str:
+    """The znode name that reserves tenant name ``name``: names differing only in case or
+    Unicode normalization share it."""
+    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+    return hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tenant_name_path(name: str) -> str:
+    return f"{TENANT_NAMES}/{tenant_name_key(name)}"
+
+
+def tenant_functions_path(tid: uuid.UUID) -> str:
+    return f"{TENANTS}/{tid}/function"
+
+
+def tenant_function_path(tid: uuid.UUID, fid: uuid.UUID) -> str:
+    return f"{TENANTS}/{tid}/function/{fid}"
+
+
+def tenant_groups_path(tid: uuid.UUID) -> str:
+    return f"{TENANTS}/{tid}/group"
+
+
+def tenant_group_path(tid: uuid.UUID, gid: uuid.UUID) -> str:
+    return f"{TENANTS}/{tid}/group/{gid}"
+
+
+def tenant_tokens_path(tid: uuid.UUID) -> str:
+    return f"{TENANTS}/{tid}/token"
+
+
+def tenant_token_path(tid: uuid.UUID, token_id: str) -> str:
+    return f"{TENANTS}/{tid}/token/{token_id}"
+
+
+def token_path(token_id: str) -> str:
+    return f"{TOKENS}/{token_id}"
 
 
 def retiring_path(fid: uuid.UUID) -> str:
@@ -333,3 +410,72 @@ def decode_route(data: bytes | None) -> uuid.UUID | None:
     if not data or len(data) != 16:
         return None
     return uuid.UUID(bytes=data)
+
+
+# --- tenants, tokens, groups ----------------------------------------------------------
+
+
+def encode_owner(tid: uuid.UUID) -> bytes:
+    return tid.bytes
+
+
+def decode_owner(data: bytes | None) -> uuid.UUID | None:
+    """The tenant of an ``owner`` (or ``tenant_name``) znode; ``None`` if malformed."""
+    if not data or len(data) != 16:
+        return None
+    return uuid.UUID(bytes=data)
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """Data of ``/tenant/<tid>``."""
+
+    name: str
+    created: float = 0.0
+
+    def encode(self) -> bytes:
+        return json.dumps({"name": self.name, "created": self.created}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> TenantRecord | None:
+        """``None`` if the data is not a tenant record."""
+        raw = _json_object(data)
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            return None
+        return cls(name, float(_number(raw.get("created"))))
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """Data of ``/token/<id>``: whose it is, what it may do, and its secret's hash.
+
+    ``tenant`` is ``None`` for an admin token; ``scope`` is ``"admin"`` or ``"tenant"``.
+    """
+
+    tenant: uuid.UUID | None
+    scope: str
+    sha256: str
+    created: float = 0.0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "tenant": str(self.tenant) if self.tenant else None,
+                "scope": self.scope,
+                "sha256": self.sha256,
+                "created": self.created,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> TokenRecord | None:
+        """``None`` if the data is not a usable token record (such a token never matches)."""
+        raw = _json_object(data)
+        scope, sha, tenant = raw.get("scope"), raw.get("sha256"), raw.get("tenant")
+        if scope not in ("admin", "tenant") or not isinstance(sha, str) or len(sha) != 64:
+            return None
+        tid = parse_uuid(tenant) if isinstance(tenant, str) else None
+        if (scope == "tenant") != (tid is not None) or (tenant is not None and tid is None):
+            return None
+        return cls(tid, scope, sha, float(_number(raw.get("created"))))

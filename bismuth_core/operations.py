@@ -193,6 +193,17 @@ async def _check_routes_free(zk: ZooKeeper, hostnames: Iterable[str], fid: uuid.
             raise Conflict(f"hostname {host!r} is already routed to function {owner}")
 
 
+def _tenant_gone(exc: TransactionFailed, ops: Sequence[Op], owner: uuid.UUID | None) -> None:
+    """A function's owner was deleted while it was being created: no retry can help."""
+    listed = (
+        ops[exc.index].path.startswith(layout.tenant_functions_path(owner) + "/")
+        if owner
+        else False
+    )
+    if listed and isinstance(exc.cause, NoNodeError):
+        raise NotFound(f"tenant {owner} does not exist") from exc
+
+
 def _route_conflict(exc: TransactionFailed, ops: Sequence[Op]) -> None:
     op = ops[exc.index]
     if isinstance(exc.cause, NodeExistsError) and op.path.startswith(layout.ROUTES + "/"):
@@ -258,9 +269,39 @@ async def deprovision(zk: ZooKeeper, ip: str) -> None:
 # --- functions ----------------------------------------------------------------------
 
 
+Guards = Callable[[], Awaitable[list[Op]]]  # ops pinning what a change relies on
+
+
+async def _no_guards() -> list[Op]:
+    return []
+
+
+def ownership_ops(tid: uuid.UUID, fid: uuid.UUID) -> list[Op]:
+    """Ops recording that tenant ``tid`` owns function ``fid`` (after the function's create)."""
+    return [
+        create(layout.owner_path(fid), layout.encode_owner(tid)),
+        create(layout.tenant_function_path(tid, fid)),
+    ]
+
+
+async def _ownership_removal_ops(zk: ZooKeeper, view: FunctionView) -> list[Op]:
+    if view.owner is None:
+        return []
+    listed = layout.tenant_function_path(view.owner, view.id)
+    ops = [delete(listed)] if await zk.exists(listed) is not None else []
+    return [*ops, delete(layout.owner_path(view.id))]
+
+
 async def create_function(
-    zk: ZooKeeper, definition: FunctionDefinition, source: NodeSource | None = None
+    zk: ZooKeeper,
+    definition: FunctionDefinition,
+    source: NodeSource | None = None,
+    *,
+    owner: uuid.UUID | None = None,
+    guards: Guards = _no_guards,
 ) -> uuid.UUID:
+    """Create and place a function; ``owner`` is its tenant (None: an unowned function, as
+    made before tenants). ``guards`` give ops (rebuilt on each try) that must hold too."""
     source = source or LiveNodes(zk)
     tries = 0
     fid = uuid.uuid4()
@@ -269,6 +310,7 @@ async def create_function(
         nonlocal tries
         tries += 1
         await _check_routes_free(zk, definition.routes, fid)
+        pinned = await guards()
         nodes, ips = await _place(
             source, tries, definition.max_instances, definition.cpu, definition.memory
         )
@@ -276,6 +318,8 @@ async def create_function(
         ops = [
             create(layout.function_path(fid), json.dumps(definition.to_json()).encode()),
             create(layout.backends_path(fid), layout.pack_backends(backends)),
+            *(ownership_ops(owner, fid) if owner else []),
+            *pinned,
             *await _reservation_ops(zk, _placement_deltas(ips, definition), nodes),
             *_container_ops(backends, fid, definition),
             *(create(layout.route_path(h), layout.encode_route(fid)) for h in definition.routes),
@@ -284,6 +328,7 @@ async def create_function(
             source.committed(ops, await zk.commit(ops))
         except TransactionFailed as exc:
             _route_conflict(exc, ops)
+            _tenant_gone(exc, ops, owner)
             raise
         log.info("created function with %d container(s)", len(backends), extra={"function_id": fid})
         return fid
@@ -296,10 +341,13 @@ async def update_function(
     fid: uuid.UUID,
     definition: FunctionDefinition | None,
     source: NodeSource | None = None,
+    *,
+    guards: Callable[[FunctionView], Awaitable[list[Op]]] | None = None,
 ) -> FunctionView:
     """Start a new generation of containers; the current ones retire once those run.
 
-    ``definition`` None redeploys the current definition in new containers.
+    ``definition`` None redeploys the current definition in new containers. ``guards``
+    give ops (rebuilt on each try, from the function as read) that must hold too.
     """
     source = source or LiveNodes(zk)
     tries = 0
@@ -310,6 +358,7 @@ async def update_function(
         current = await read_function(zk, fid)
         new = definition or current.definition
         await _check_routes_free(zk, new.routes, fid)
+        pinned = await guards(current) if guards else []
         nodes, ips = await _place(source, tries, new.max_instances, new.cpu, new.memory)
         fresh = _new_backends(ips)
         old_routes, new_routes = set(current.definition.routes), set(new.routes)
@@ -324,6 +373,7 @@ async def update_function(
                 current.backends_version,
             ),
             *_retiring_op(current, _union(current.retiring, current.backends)),
+            *pinned,
             *await _reservation_ops(zk, _placement_deltas(ips, new), nodes),
             *_container_ops(fresh, fid, new),
             *(
@@ -360,6 +410,7 @@ async def delete_function(zk: ZooKeeper, fid: uuid.UUID) -> None:
                 else []
             ),
             *await secret_removal_ops(zk, fid),
+            *await _ownership_removal_ops(zk, current),
             delete(layout.backends_path(fid), current.backends_version),
             delete(layout.function_path(fid), current.version),
         ]

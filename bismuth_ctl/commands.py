@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from bismuth_core import cluster, consistency, layout, operations
+from bismuth_core import cluster, consistency, layout, operations, tenancy
 from bismuth_core.cluster import FunctionView, NodeView
 from bismuth_core.consistency import Finding
 from bismuth_core.errors import Conflict, InvalidRequest, TooLarge
@@ -85,7 +85,8 @@ class CommandGroup:
 
 
 async def bootstrap(zk: ZooKeeper, _args: argparse.Namespace) -> Outcome:
-    changed = await operations.bootstrap(zk)
+    tree = await operations.bootstrap(zk)
+    changed = await tenancy.bootstrap(zk) or tree
     text = (
         f"environment {zk.env!r}: created the cluster tree"
         if changed

@@ -13,8 +13,9 @@ Exit codes:
 1. the operation failed or found problems (consistency found issues without ``--fix``,
    drain could not move some containers, ``--wait`` timed out)
 2. usage error or bad argument (including bad configuration)
-3. not found (node not provisioned, environment not bootstrapped)
-4. conflict (deprovision refused while the node has containers or a live agent)
+3. not found (node not provisioned, environment not bootstrapped, no such tenant or token)
+4. conflict (deprovision refused while the node has containers or a live agent, a tenant
+   name taken, a tenant deleted while it owns functions)
 5. ZooKeeper unavailable
 
 Errors go to stderr as one line ``bismuthctl: error: ...``; with ``--json`` stdout also
@@ -49,9 +50,8 @@ from bismuth_core.logs import setup_logging
 from bismuth_core.secrets import SecretBox, load_cluster_key
 from bismuth_core.zk import ZooKeeper
 
-from . import commands
+from . import commands, tenants
 from .commands import (
-    COMMANDS,
     CONFLICT,
     FAILED,
     NOT_FOUND,
@@ -72,8 +72,10 @@ exit codes:
   1  the operation failed or found problems (consistency issues without --fix,
      drain could not move some containers, --wait timed out)
   2  usage error or bad argument
-  3  not found (node not provisioned, environment not bootstrapped)
-  4  conflict (e.g. deprovision refused while the node has containers or a live agent)
+  3  not found (node not provisioned, environment not bootstrapped, no such tenant
+     or token)
+  4  conflict (e.g. deprovision refused while the node has containers or a live
+     agent, a tenant name taken, a tenant that owns functions)
   5  ZooKeeper unavailable
 """
 
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    _add_commands(parser, COMMANDS, common, "command")
+    _add_commands(parser, (*commands.COMMANDS, *tenants.COMMANDS), common, "command")
     return parser
 
 

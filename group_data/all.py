@@ -21,6 +21,12 @@ bootstrap_wait = 60
 # without it the stored secrets are lost); "" = <this checkout>/var/secrets/<zookeeper_env>.key
 cluster_key_source = ""
 cluster_key_file = ""  # "" = <etc_dir>/cluster.key: where the API and the agent read it
+# The operator's admin token for the API (every tenant), made on the machine running the
+# deploy like the cluster key and kept next to it (mode 0600; "" = var/secrets/<env>.admin-token
+# when the key is var/secrets/<env>.key), installed on API hosts (root, 0600; "" =
+# <etc_dir>/admin.token); only its hash is in ZooKeeper. The deploy calls the API with it.
+admin_token_source = ""
+admin_token_file = ""
 
 # --- ZooKeeper ---------------------------------------------------------------------------
 # Members of the ensemble are the hosts of the inventory group "zookeeper" (their node_ip,

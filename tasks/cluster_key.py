@@ -12,6 +12,7 @@ file means losing every stored secret: back it up.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pyinfra import host
@@ -37,16 +38,20 @@ def cluster_key_source() -> Path:
     return CHECKOUT / "var" / "secrets" / f"{host.data.zookeeper_env}.key"
 
 
-def ensure_key_source(path: Path) -> Path:
-    """Create ``path`` with a new key (0600, directory 0700) unless it exists; check it."""
+def keep_secret(path: Path, make: Callable[[], str]) -> None:
+    """Create ``path`` (0600, its directory 0700) holding ``make()`` unless it exists."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(generate_cluster_key() + "\n")
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(make() + "\n")
+
+
+def ensure_key_source(path: Path) -> Path:
+    """Create ``path`` with a new key unless it exists; check it."""
+    keep_secret(path, generate_cluster_key)
     load_cluster_key(file=str(path))  # a damaged key file stops the deploy, named
     return path
 

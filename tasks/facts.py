@@ -189,6 +189,21 @@ class RoutedHostnames(FactBase[list[str]]):
         return []
 
 
+class RegisteredTokens(FactBase[list[str]]):
+    """Ids of the environment's admin tokens, from ``bismuthctl --json token list``."""
+
+    def command(self, bismuthctl: str) -> str:
+        return f"{bismuthctl} --json token list 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        found = _bismuthctl_listing(output, "tokens")
+        return [str(t["id"]) for t in found if t.get("scope") == "admin"]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
 class HttpStatus(FactBase[int | None]):
     """Status of ``GET url`` with ``Host: host_header``, or ``None`` if nothing answered."""
 

@@ -3,7 +3,8 @@
 Its definition (``templates/sample-function.json.j2``: the base image running
 ``templates/sample-function.py`` in Server mode) is rendered to
 ``<etc_dir>/sample-function.json`` on the first host of ``api`` and POSTed to its API once,
-when no function answers ``sample_hostname`` yet. Every frontend host then waits, with a
+with the operator's admin token for the tenant ``default``, when no function answers
+``sample_hostname`` yet. Every frontend host then waits, with a
 deadline, until its frontend answers that hostname with 200. Off with
 ``sample_function = False``.
 """
@@ -16,6 +17,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from bismuth_core.tenancy import DEFAULT_TENANT
+from tasks.admin_token import authorization_header
 from tasks.cluster import bismuthctl
 from tasks.daemons import FE_PROGRAM
 from tasks.facts import HttpStatus, RoutedHostnames, http_probe
@@ -49,7 +52,9 @@ def answers() -> bool:
 
 
 def create_command(definition: str) -> str:
-    return shlex.join(
+    """POST the definition as the operator (the admin token's header from stdin, not argv),
+    for the tenant ``default``."""
+    curl = shlex.join(
         [
             "curl",
             "-sS",
@@ -60,11 +65,14 @@ def create_command(definition: str) -> str:
             "POST",
             "-H",
             "Content-Type: application/json",
+            "-H",
+            "@-",
             "--data-binary",
             f"@{definition}",
-            f"{local_url(host.data.api_bind)}function",
+            f"{local_url(host.data.api_bind)}function?tenant={DEFAULT_TENANT}",
         ]
     )
+    return f"{authorization_header()} | {curl}"
 
 
 @deploy("Sample function")

@@ -12,6 +12,7 @@ import pytest
 from bismuth_core import operations
 from bismuth_core.zk import ZooKeeper
 from tests.support.standin import StandInAgent
+from tests.support.zkfaults import InterleavedSession
 from tests.support.zkserver import ZooKeeperServer, free_port
 
 # fixtures of a private containerd and of in-process agents, for every suite
@@ -46,6 +47,17 @@ async def zk(zk_server: ZooKeeperServer, zk_env: str) -> AsyncIterator[ZooKeeper
     await operations.bootstrap(client)
     yield client
     await client.stop()
+
+
+@pytest.fixture
+async def interleaved(
+    zk_server: ZooKeeperServer, zk_env: str, zk: ZooKeeper
+) -> AsyncIterator[InterleavedSession]:
+    """A second session of the test's environment whose next multi-op waits for ``before``."""
+    session = InterleavedSession(zk_server.hosts, zk_env)
+    await session.start()
+    yield session
+    await session.stop()
 
 
 class StandIns:

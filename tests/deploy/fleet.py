@@ -115,11 +115,14 @@ class Fleet:
         return json.loads(self.ssh(self.hosts[0], shlex.join([*argv, *args])))
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        """Call the API (loopback-only, on the first host) through ssh and curl."""
-        argv = ["curl", "-sS", "--fail-with-body", "-X", method, f"http://127.0.0.1:8002{path}"]
+        """Call the API (loopback-only, on the first host) through ssh and curl, as the
+        operator: the deploy's admin token goes as a header read from stdin."""
+        argv = ["curl", "-sS", "--fail-with-body", "-H", "@-", "-X", method]
+        argv.append(f"http://127.0.0.1:8002{path}")
         if body is not None:
             argv += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-        text = self.ssh(self.hosts[0], shlex.join(argv))
+        header = "printf 'Authorization: Bearer %s\\n' \"$(cat /etc/bismuth/admin.token)\""
+        text = self.ssh(self.hosts[0], f"{header} | {shlex.join(argv)}")
         return json.loads(text) if text.strip() else None
 
     def task_pids(self) -> dict[str, int]:

@@ -103,6 +103,19 @@ class LocalCluster:
         """The key on the "control machine": private to this test, outside the checkout."""
         return self.root / "control" / "cluster.key"
 
+    @property
+    def admin_token_source(self) -> Path:
+        """The admin token the deploy keeps next to the cluster key."""
+        return self.root / "control" / "cluster.admin-token"
+
+    def admin_headers(self) -> dict[str, str]:
+        token = (self.root / "etc" / "admin.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
     def agent_config(self) -> AgentConfig:
         return AgentConfig(
             bind=self.node_ip, network_pool=NETWORK_POOL, state_dir=str(self.agent_state_dir)
@@ -270,9 +283,9 @@ async def answers_200(url: str) -> bool:
     return True
 
 
-def bismuthctl_json(cluster: LocalCluster, command: str) -> Any:
+def bismuthctl_json(cluster: LocalCluster, *command: str) -> Any:
     args = [str(VENV_BIN / "bismuthctl"), "--zookeeper", cluster.zookeeper]
-    result = run([*args, "--zookeeper-env", cluster.env, "--json", command], 60)
+    result = run([*args, "--zookeeper-env", cluster.env, "--json", *command], 60)
     assert result.returncode == 0, output(result)
     return json.loads(result.stdout)
 
@@ -350,14 +363,40 @@ async def test_cluster_key_is_installed_and_the_api_stores_secrets(
         info = path.stat()
         assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0), path
     (function,) = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
-    url = f"http://127.0.0.1:{cluster.ports['api']}/function/{function['id']}/secrets"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    url = f"{cluster.api_url}/function/{function['id']}/secrets"
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout, headers=cluster.admin_headers()) as session:
         async with session.put(f"{url}/deploy-check", data=b"value") as response:
             assert response.status == 204, await response.text()
         async with session.get(url) as response:
             assert await response.json() == {"secrets": ["deploy-check"]}
         async with session.delete(f"{url}/deploy-check") as response:
             assert response.status == 204, await response.text()
+
+
+async def test_admin_token_is_installed_and_the_sample_belongs_to_default(
+    cluster: LocalCluster,
+) -> None:
+    installed = cluster.root / "etc" / "admin.token"
+    assert installed.read_bytes() == cluster.admin_token_source.read_bytes()
+    for path in (installed, cluster.admin_token_source):
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0), path
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.get(f"{cluster.api_url}/function") as response:
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        async with session.get(
+            f"{cluster.api_url}/function", headers=cluster.admin_headers()
+        ) as response:
+            (sample,) = await response.json()
+    tenants = (await asyncio.to_thread(bismuthctl_json, cluster, "tenant", "list"))["tenants"]
+    assert [t["name"] for t in tenants] == ["default"]
+    assert sample["tenant"] == tenants[0]["id"]
+    listed = (await asyncio.to_thread(bismuthctl_json, cluster, "token", "list"))["tokens"]
+    token_id = cluster.admin_token_source.read_text().split("_")[1]
+    assert [(t["id"], t["scope"]) for t in listed] == [(token_id, "admin")]
 
 
 def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:

@@ -1,19 +1,34 @@
-"""Fixtures of the integration suites: an API served on loopback, an HTTP client."""
+"""Fixtures of the integration suites: an API served on loopback, an operator's HTTP client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
 
 from bismuth_api.config import ApiConfig
-from tests.support.apiserver import Api
+from bismuth_core import tenancy
+from bismuth_core.tokens import Scope
+from bismuth_core.zk import ZooKeeper
+from bismuth_ctl.main import main as ctl_main
+from tests.support.apiserver import Api, bearer
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+async def admin_token(zk: ZooKeeper) -> str:
+    """An admin token of the test's environment, as the deploy gives the operator."""
+    return (await tenancy.issue_token(zk, None, Scope.ADMIN))[1].text
+
+
+@pytest.fixture
+async def http(admin_token: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that calls the API as the operator: the admin token goes with every request."""
+    async with aiohttp.ClientSession(headers=bearer(admin_token)) as session:
         yield session
 
 
@@ -35,3 +50,30 @@ async def api(api_config: ApiConfig) -> AsyncIterator[Api]:
     await server.start()
     yield server
     await server.stop()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``bismuthctl`` run: exit code, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def ctl(zk_server, zk_env, capsys) -> Callable[..., Awaitable[Run]]:
+    """Run ``bismuthctl`` in-process on the test's environment (in a thread: stand-ins
+    need this loop free)."""
+
+    async def run(*args: str) -> Run:
+        capsys.readouterr()
+        argv = ["--zookeeper", zk_server.hosts, "--zookeeper-env", zk_env, *args]
+        code = await asyncio.to_thread(ctl_main, argv)
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return run

@@ -283,6 +283,8 @@ async def test_health_metrics_openapi(api, standins, http):
         "/function/{id}/logs",
         "/function/{id}/secrets",
         "/function/{id}/secrets/{name}",
+        "/group",
+        "/group/{id}",
         "/healthz",
         "/metrics",
         "/openapi.json",

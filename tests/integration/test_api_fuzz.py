@@ -31,8 +31,9 @@ bodies = st.one_of(
 )
 
 
-def send(method: str, url: str, body: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body.encode("utf-8", "surrogatepass"), method=method)
+def send(method: str, url: str, body: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    data = body.encode("utf-8", "surrogatepass")
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, resp.read()
@@ -45,7 +46,7 @@ async def test_fuzzed_bodies_never_5xx(api_config, standins):
     api = Api(api_config)
     await api.start()
     status, body = await asyncio.to_thread(
-        send, "POST", f"{api.url}/function", json.dumps(definition())
+        send, "POST", f"{api.url}/function", json.dumps(definition()), api.admin
     )
     existing = json.loads(body)["id"]
 
@@ -53,7 +54,7 @@ async def test_fuzzed_bodies_never_5xx(api_config, standins):
     @given(body=bodies, method=st.sampled_from(["POST", "PUT"]))
     def check(body: str, method: str) -> None:
         path = "/function" if method == "POST" else f"/function/{existing}"
-        status, raw = send(method, api.url + path, body)
+        status, raw = send(method, api.url + path, body, api.admin)
         assert status < 500, (status, raw)
         answer = json.loads(raw)
         if status >= 400:
@@ -61,7 +62,8 @@ async def test_fuzzed_bodies_never_5xx(api_config, standins):
 
     try:
         await asyncio.to_thread(check)
-        status, _ = await asyncio.to_thread(send, "GET", f"{api.url}/function/{uuid.uuid4()}", "")
+        url = f"{api.url}/function/{uuid.uuid4()}"
+        status, _ = await asyncio.to_thread(send, "GET", url, "", api.admin)
         assert status == 404
     finally:
         await api.stop()

@@ -11,10 +11,9 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,8 +24,7 @@ from bismuth_core.consistency import Kind
 from bismuth_core.definition import FunctionDefinition, parse_definition
 from bismuth_core.errors import NotFound, SecretUndecryptable
 from bismuth_core.secrets import MAX_SECRET_SIZE, SecretBox, generate_cluster_key, load_cluster_key
-from bismuth_core.zk import Op, ZooKeeper, create
-from bismuth_ctl.main import main as ctl_main
+from bismuth_core.zk import create
 from tests.support.apiserver import Api, definition
 
 pytestmark = pytest.mark.integration
@@ -179,27 +177,6 @@ async def test_deleting_a_function_deletes_its_secrets(keyed, standins, http):
     assert status == 404 and fid in body["error"]
 
 
-class InterleavedSession(ZooKeeper):
-    """A real ZooKeeper session whose next multi-op runs only after ``before`` has run:
-    another writer's change lands between an operation's reads and its commit."""
-
-    before: Callable[[], Awaitable[object]] | None = None
-
-    async def commit(self, ops: Sequence[Op]) -> list[Any]:
-        before, self.before = self.before, None
-        if before is not None:
-            await before()
-        return await super().commit(ops)
-
-
-@pytest.fixture
-async def interleaved(zk_server, zk_env, zk) -> AsyncIterator[InterleavedSession]:
-    session = InterleavedSession(zk_server.hosts, zk_env)
-    await session.start()
-    yield session
-    await session.stop()
-
-
 async def test_a_secret_set_racing_a_function_delete_is_not_found(zk, interleaved, standins, box):
     await standins.add()
     fid = await operations.create_function(zk, _definition())
@@ -244,27 +221,6 @@ async def test_orphan_secrets_are_found_and_removed(zk, standins, box):
 
 
 # --- bismuthctl --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def ctl(zk_server, zk_env, capsys):
-    """``bismuthctl`` in-process (in a thread: stand-ins need this loop free)."""
-
-    async def run(*args: str) -> Run:
-        capsys.readouterr()
-        argv = ["--zookeeper", zk_server.hosts, "--zookeeper-env", zk_env, *args]
-        code = await asyncio.to_thread(ctl_main, argv)
-        out, err = capsys.readouterr()
-        return Run(code, out, err)
-
-    return run
 
 
 async def test_ctl_round_trip(keyed, standins, http, ctl, key_text, box, tmp_path, zk_server):

@@ -8,7 +8,6 @@ import json
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,36 +16,13 @@ from bismuth_core import cluster, layout, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerRecord
 from bismuth_ctl.main import main
+from tests.integration.conftest import Run
 from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = Path(sys.executable).with_name("bismuthctl")
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def ctl(zk_server, zk_env, capsys):
-    """Run ``bismuthctl`` in-process (in a thread: stand-ins need this loop free)."""
-
-    async def run(*args: str) -> Run:
-        capsys.readouterr()
-        argv = ["--zookeeper", zk_server.hosts, "--zookeeper-env", zk_env, *args]
-        code = await asyncio.to_thread(main, argv)
-        out, err = capsys.readouterr()
-        return Run(code, out, err)
-
-    return run
 
 
 async def script(*args: str) -> Run:

@@ -13,8 +13,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import aiohttp
 import pytest
 
+from bismuth_core import cluster, layout, operations, tenancy
+from bismuth_core.definition import parse_definition
 from bismuth_fe.config import FrontendConfig
 from bismuth_fe.server import Frontend
 from tests.support.apiserver import Api, definition
@@ -216,3 +219,43 @@ async def test_no_running_backend_is_503(api, frontend, standins, http):
         return status == 503 and "error" in json.loads(text)
 
     await eventually(unavailable, what="503 with no running backend")
+
+
+async def test_a_cluster_from_before_tenants_upgrades_in_place(api_config, frontend, standins, zk):
+    await standins.add()
+    # The tree as a release without tenants left it: no tenancy roots, functions unowned.
+    for root in layout.TENANCY_ROOTS:
+        await zk.delete(root)
+    hosts = ("one.example", "two.example")
+    fids = {
+        h: await operations.create_function(
+            zk, parse_definition(definition(routes=[{"hostname": h}]))
+        )
+        for h in hosts
+    }
+    async with aiohttp.ClientSession() as client:
+        before = {h: await eventually(lambda h=h: _served_by(client, frontend, h)) for h in hosts}
+        backends = {h: (await cluster.read_function(zk, f)).backends for h, f in fids.items()}
+
+        api = Api(api_config)
+        await api.start()  # as bismuth-api starts: bootstrap, then adopt what has no owner
+        try:
+            default = await tenancy.find_tenant(zk, "default")
+            assert await tenancy.tenant_function_ids(zk, default.id) == sorted(fids.values())
+            _, token = await tenancy.issue_token(zk, default.id)
+            headers = {"Authorization": f"Bearer {token.text}"}
+            async with client.get(f"{api.url}/function", headers=headers) as resp:
+                listed = await resp.json()
+            assert {f["id"] for f in listed} == {str(f) for f in fids.values()}
+            assert {f["tenant"] for f in listed} == {str(default.id)}
+            for h, fid in fids.items():  # nothing recreated: same containers, serving
+                assert (await cluster.read_function(zk, fid)).backends == backends[h]
+                assert await _served_by(client, frontend, h) == before[h]
+            assert await zk.children(layout.ROLLOUTS) == []
+        finally:
+            await api.stop()
+
+
+async def _served_by(client, fe, host):
+    status, cid, _ = await invoke(client, fe, host)
+    return cid if status == 200 else None

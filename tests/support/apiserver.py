@@ -6,6 +6,8 @@ from aiohttp import web
 
 from bismuth_api.app import build_deps, create_app
 from bismuth_api.config import ApiConfig
+from bismuth_core import operations, tenancy
+from bismuth_core.tokens import Scope
 from bismuth_core.zk import ZooKeeper
 from tests.support.zkserver import free_port
 
@@ -27,8 +29,16 @@ def definition(**changes: object) -> dict[str, object]:
     return base
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 class Api:
-    """One bismuth-api with its own ZooKeeper session; ``stop`` ends both."""
+    """One bismuth-api with its own ZooKeeper session; ``stop`` ends both.
+
+    It bootstraps its environment as ``bismuth-api`` does at start (the ``default`` tenant,
+    functions without an owner adopted) and holds an admin token, ``admin_token``.
+    """
 
     def __init__(self, config: ApiConfig) -> None:
         self.config = config
@@ -37,9 +47,25 @@ class Api:
         self.zk = ZooKeeper(config.zookeeper, config.zookeeper_env, session_timeout=4.0)
         self.deps = build_deps(config, self.zk)
         self.runner: web.AppRunner | None = None
+        self.admin_token = ""
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """Headers of a request made as the operator."""
+        return bearer(self.admin_token)
+
+    async def tenant(self, name: str) -> tuple[tenancy.Tenant, str]:
+        """A new tenant and its first token."""
+        made, issued = await tenancy.create_tenant(self.zk, name)
+        assert issued is not None
+        return made, issued.text
 
     async def start(self) -> None:
         await self.zk.start()
+        await operations.bootstrap(self.zk)
+        await tenancy.bootstrap(self.zk)
+        if not self.admin_token:
+            self.admin_token = (await tenancy.issue_token(self.zk, None, Scope.ADMIN))[1].text
         self.runner = web.AppRunner(create_app(self.deps), access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()

@@ -1,4 +1,5 @@
-"""Faults forced on a ZooKeeper session: expiry, and connection loss through a TCP proxy."""
+"""Faults forced on a ZooKeeper session: expiry, connection loss through a TCP proxy, and
+another writer's change landing between an operation's reads and its commit."""
 
 from __future__ import annotations
 
@@ -6,8 +7,25 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from kazoo.client import KazooClient
+
+from bismuth_core.zk import Op, ZooKeeper
+
+
+class InterleavedSession(ZooKeeper):
+    """A real ZooKeeper session whose next multi-op runs only after ``before`` has run:
+    another writer's change lands between an operation's reads and its commit."""
+
+    before: Callable[[], Awaitable[object]] | None = None
+
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        before, self.before = self.before, None
+        if before is not None:
+            await before()
+        return await super().commit(ops)
 
 
 def expire_session(client: KazooClient, hosts: str, timeout: float = 10.0) -> None:
