@@ -371,7 +371,7 @@ async def test_secrets_set_through_the_api_are_read_inside(zk, pynode, zk_server
     await api.start()
     try:
         probe = await deploy_probe(zk, running)
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=api.admin) as http:
             url = f"{api.url}/function/{probe.fid}/secrets/db-password"
             async with http.put(url, data=b"hunter2") as resp:
                 assert resp.status == 204, await resp.text()
@@ -404,7 +404,7 @@ async def test_a_wrong_cluster_key_is_an_error_not_garbage(zk, pynode, zk_server
     await api.start()
     try:
         probe = await deploy_probe(zk, running)
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=api.admin) as http:
             url = f"{api.url}/function/{probe.fid}/secrets/token"
             async with http.put(url, data=b"s3cret") as resp:
                 assert resp.status == 204
