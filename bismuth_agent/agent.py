@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,11 +89,15 @@ class Invocation:
             return None
         return str(made.allocation.container_address), server.port
 
-    async def execute(self, stdin: bytes, timeout: float) -> ExecResult:
+    async def execute(
+        self, stdin: AsyncIterable[bytes], timeout: float, max_output: int
+    ) -> ExecResult:
         made = self._sup.made
         assert made is not None
         argv = self._sup.desired.definition.invoke_mode.argv
-        return await self._agent.runtime.execute(self._sup.desired, made, argv, stdin, timeout)
+        return await self._agent.runtime.execute(
+            self._sup.desired, made, argv, stdin, timeout, max_output
+        )
 
 
 class Agent:

@@ -46,9 +46,19 @@ class AgentConfig:
     stop_grace: float = 10.0
     restart_backoff: float = 1.0
     restart_backoff_cap: float = 60.0
-    # Executable mode: per-request timeout (s) and concurrent runs per container.
+    # Executable mode: per-request timeout (s, also for receiving the body), concurrent runs
+    # per container (a request waits for one before its body is read), the largest body, and
+    # the most stdout one run may write (past it the run is killed: 502).
     exec_timeout: float = 30.0
     exec_concurrency: int = 8
+    exec_max_body: int = 10 << 20
+    exec_max_output: int = 6 << 20
+    # Server mode: seconds to get a connection to the container (waiting for a free one of
+    # the proxy_max_connections it may have open at once, then connecting), and seconds it
+    # may send nothing before or during its answer.
+    proxy_connect_timeout: float = 5.0
+    proxy_idle_timeout: float = 60.0
+    proxy_max_connections: int = 64
     # Bytes of stdout+stderr kept per container.
     log_max_bytes: int = 10 << 20
     # A definition's repo: fetched over https (plain http only from these hosts, "name" or

@@ -7,6 +7,15 @@ on stdin, stdout as the answer. A container this agent does not run, or that is 
 frontend may safely try another backend. ``/logs/<cid>[?follow=true]`` serves the
 container's output (Server-Sent Events when following, ending when the container goes
 away). ``/healthz`` and ``/metrics`` describe the agent.
+
+One tenant cannot exhaust the agent (:class:`InvokeLimits`): an Executable request waits for
+one of its container's ``exec_concurrency`` slots *before* its body is read; the body then
+streams into the program's stdin (never held whole) and may hold at most ``exec_max_body``
+bytes (``413``); a run, body included, lasts at most ``exec_timeout`` (``504``, or ``408``
+while the body was still coming); a program whose stdout passes ``exec_max_output`` bytes is
+killed and answered ``502``; the Server-mode proxy
+is bounded by :mod:`bismuth_agent.proxy`. A client that goes away cancels its handler (and
+with it the run or the upstream request).
 """
 
 from __future__ import annotations
@@ -14,19 +23,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from yarl import URL
 
-from bismuth_core.httpheaders import CONTAINER_ID, NOT_FORWARDED, end_to_end
+from bismuth_core.httpheaders import CONTAINER_ID, NOT_FORWARDED
 from bismuth_core.weberrors import error_middleware
 
+from .config import AgentConfig
 from .logstore import LogStore
+from .proxy import ProxyLimits, Refused, proxy, proxy_session
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,10 @@ class ExecTimeout(Exception):
     """The program did not finish within the timeout (it has been killed)."""
 
 
+class ExecOutputTooLarge(Exception):
+    """The program wrote more than the output limit to stdout (it has been killed)."""
+
+
 class Invocable(Protocol):
     """A container as the HTTP server sees it."""
 
@@ -57,8 +71,11 @@ class Invocable(Protocol):
         """(ip, port) of a Server container; None for an Executable one."""
         ...
 
-    async def execute(self, stdin: bytes, timeout: float) -> ExecResult:
-        """Run the Executable program once (raises :class:`ExecTimeout`)."""
+    async def execute(
+        self, stdin: AsyncIterable[bytes], timeout: float, max_output: int
+    ) -> ExecResult:
+        """Run the Executable program once, ``stdin`` fed as it comes (raises
+        :class:`ExecTimeout`, :class:`ExecOutputTooLarge`, and what ``stdin`` raises)."""
         ...
 
 
@@ -116,17 +133,41 @@ class AgentMetrics:
         )
 
 
+@dataclass(frozen=True)
+class InvokeLimits:
+    """What one ``/invoke`` may cost the agent (the agent settings of the same names)."""
+
+    exec_timeout: float = 30.0
+    exec_concurrency: int = 8  # runs at once per container
+    exec_max_body: int = 10 << 20
+    exec_max_output: int = 6 << 20  # stdout bytes of one run
+    proxy: ProxyLimits = field(default_factory=ProxyLimits)
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> InvokeLimits:
+        return cls(
+            exec_timeout=config.exec_timeout,
+            exec_concurrency=config.exec_concurrency,
+            exec_max_body=config.exec_max_body,
+            exec_max_output=config.exec_max_output,
+            proxy=ProxyLimits(
+                config.proxy_connect_timeout,
+                config.proxy_idle_timeout,
+                config.proxy_max_connections,
+            ),
+        )
+
+
 @dataclass
 class HttpDeps:
     directory: ContainerDirectory
     logs: LogStore
     metrics: AgentMetrics
-    exec_timeout: float = 30.0
-    exec_concurrency: int = 8
-    max_exec_body: int = 10 << 20
+    limits: InvokeLimits = field(default_factory=InvokeLimits)
     refresh_metrics: Callable[[], Awaitable[None]] | None = None
 
 
+READ_BUFSIZE = 16 << 10
 DEPS = web.AppKey("deps", HttpDeps)
 HTTP = web.AppKey("http", ClientSession)
 SLOTS = web.AppKey("slots", dict)
@@ -163,61 +204,53 @@ async def _proxy(
     request: web.Request, cid: uuid.UUID, address: tuple[str, int]
 ) -> web.StreamResponse:
     deps = request.app[DEPS]
-    url = URL.build(
-        scheme="http",
-        host=address[0],
-        port=address[1],
-        path="/" + request.match_info.get("path", ""),
-        query_string=request.query_string,
-    )
-    headers = end_to_end(request.headers)
-    body = request.content if request.body_exists else None
     try:
-        upstream = await request.app[HTTP].request(
-            request.method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-        )
-    except (ClientError, TimeoutError) as exc:
-        deps.metrics.invocations.labels("server", "unreachable").inc()
-        return _json_error(502, f"container {cid} did not answer: {exc!r}")
-    async with upstream:
-        out = end_to_end(upstream.headers)
-        out[CONTAINER_ID] = str(cid)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out)
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-    deps.metrics.invocations.labels("server", str(upstream.status // 100) + "xx").inc()
+        response = await proxy(request, request.app[HTTP], deps.limits.proxy, cid, address)
+    except Refused as refused:
+        result = "unreachable" if not refused.forwarded else f"{refused.status}"
+        deps.metrics.invocations.labels("server", result).inc()
+        return refused.response()
+    deps.metrics.invocations.labels("server", str(response.status // 100) + "xx").inc()
     return response
 
 
 async def _execute(request: web.Request, target: Invocable) -> web.StreamResponse:
-    deps = request.app[DEPS]
-    stdin = await _read_limited(request, deps.max_exec_body)
-    if stdin is None:
-        return _json_error(413, f"request body over {deps.max_exec_body} bytes")
+    deps, limits = request.app[DEPS], request.app[DEPS].limits
+    declared = request.content_length
+    if declared is not None and declared > limits.exec_max_body:
+        return _json_error(413, f"request body over {limits.exec_max_body} bytes")
     slots: dict[uuid.UUID, asyncio.Semaphore] = request.app[SLOTS]
-    slot = slots.setdefault(target.container_id, asyncio.Semaphore(deps.exec_concurrency))
+    slot = slots.setdefault(target.container_id, asyncio.Semaphore(limits.exec_concurrency))
     try:
-        await asyncio.wait_for(slot.acquire(), deps.exec_timeout)
+        await asyncio.wait_for(slot.acquire(), limits.exec_timeout)
     except TimeoutError:
         deps.metrics.invocations.labels("executable", "busy").inc()
-        return _json_error(503, f"all {deps.exec_concurrency} runs of the program are busy")
-    try:
-        result = await target.execute(stdin, deps.exec_timeout)
-    except ExecTimeout:
-        deps.metrics.invocations.labels("executable", "timeout").inc()
-        return _json_error(504, f"program did not finish within {deps.exec_timeout:g}s")
+        return _json_error(503, f"all {limits.exec_concurrency} runs of the program are busy")
+    try:  # the slot is held from here: a body is read only by the run that consumes it
+        return await _run(request, target, limits)
     finally:
         slot.release()
+
+
+async def _run(request: web.Request, target: Invocable, limits: InvokeLimits) -> web.Response:
+    metrics = request.app[DEPS].metrics
+    body = RequestBody(request, limits.exec_max_body)
+    try:
+        result = await target.execute(body.chunks(), limits.exec_timeout, limits.exec_max_output)
+    except ExecTimeout:
+        if not body.complete:
+            return _json_error(408, f"request body not received within {limits.exec_timeout:g}s")
+        metrics.invocations.labels("executable", "timeout").inc()
+        return _json_error(504, f"program did not finish within {limits.exec_timeout:g}s")
+    except BodyTooLarge:
+        return _json_error(413, f"request body over {limits.exec_max_body} bytes")
+    except ExecOutputTooLarge:
+        metrics.invocations.labels("executable", "too_large").inc()
+        why = f"program wrote more than {limits.exec_max_output} bytes (exec_max_output)"
+        return _json_error(502, f"{why}; it was stopped")
     headers = {CONTAINER_ID: str(target.container_id), "X-Bismuth-Exit-Code": str(result.exit_code)}
     if result.exit_code != 0:
-        deps.metrics.invocations.labels("executable", "failed").inc()
+        metrics.invocations.labels("executable", "failed").inc()
         return web.json_response(
             {
                 "error": f"program exited with status {result.exit_code}",
@@ -226,20 +259,31 @@ async def _execute(request: web.Request, target: Invocable) -> web.StreamRespons
             status=502,
             headers=headers,
         )
-    deps.metrics.invocations.labels("executable", "ok").inc()
+    metrics.invocations.labels("executable", "ok").inc()
     return web.Response(
         body=result.stdout, headers=headers, content_type="application/octet-stream"
     )
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+class BodyTooLarge(Exception):
+    """The request body passed the limit while the program was reading it."""
+
+
+class RequestBody:
+    """A request's body as the program reads it: chunk by chunk, never whole in memory."""
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self.request, self.limit = request, limit
+        self.complete = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self.request.content.iter_any():
+            size += len(chunk)
+            if size > self.limit:
+                raise BodyTooLarge()
+            yield chunk
+        self.complete = True
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
@@ -273,17 +317,23 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _client(app: web.Application) -> AsyncIterator[None]:
-    app[HTTP] = ClientSession(
-        timeout=ClientTimeout(total=None, connect=2.0, sock_read=None),
-        auto_decompress=False,
-    )
+    app[HTTP] = proxy_session(app[DEPS].limits.proxy)
     app[SLOTS] = {}
     yield
     await app[HTTP].close()
 
 
 def create_app(deps: HttpDeps) -> web.Application:
-    app = web.Application(middlewares=[error_middleware()], client_max_size=deps.max_exec_body)
+    app = web.Application(
+        middlewares=[error_middleware()],
+        client_max_size=deps.limits.exec_max_body,
+        handler_args={
+            "handler_cancellation": True,  # a client that leaves cancels its run
+            # A request waiting for a run slot has its body read this far ahead only: 300
+            # waiting 9 MB bodies cost the agent ~25 MB instead of ~200 MB.
+            "read_bufsize": READ_BUFSIZE,
+        },
+    )
     app[DEPS] = deps
     app.cleanup_ctx.append(_client)
     app.router.add_route("*", "/invoke/{cid}", invoke)

@@ -1,10 +1,14 @@
 """Each container's stdout and stderr in one size-capped file, and reading it back.
 
-containerd's shim appends the container's output to ``<log_dir>/<cid>.log`` itself (a
-``file://`` stdio URI), so output keeps flowing while the agent restarts. The agent adds its
-own lines about the container (why it failed to start, for example) prefixed ``bismuthd:``.
-The cap works like logrotate's copytruncate: once the file passes half the cap it is copied
-to ``<cid>.log.1`` and truncated, so the two together stay under the cap.
+containerd's shim hands the container's output to ``bismuth-logger``
+(:mod:`bismuth_agent.logger`, a ``binary://`` stdio URI), which appends it to
+``<log_dir>/<cid>.log`` and enforces the cap as it writes: before the file passes half the
+cap it becomes ``<cid>.log.1`` and a new one starts, so the two together stay under the cap
+however fast a container writes, and output keeps flowing while the agent restarts. The
+agent adds its own lines about the container (why it failed to start, for example) prefixed
+``bismuthd:``. Containers started with a ``file://`` URI (by older agents) are capped like
+logrotate's copytruncate by :meth:`LogStore.enforce_cap`, which the agent calls every few
+seconds.
 """
 
 from __future__ import annotations
@@ -13,25 +17,33 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 FOLLOW_POLL = 0.2  # seconds between size checks while following
 
 
+LOGGER = "bismuth-logger"
+
+
 class LogStore:
-    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+    def __init__(self, directory: str | Path, max_bytes: int, logger: str = "") -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
+        # The logger program installed next to this Python (console script of the package).
+        self.logger = logger or str(Path(sys.executable).with_name(LOGGER))
 
     def path(self, cid: uuid.UUID) -> Path:
         return self.dir / f"{cid}.log"
 
     def uri(self, cid: uuid.UUID) -> str:
-        """The stdio URI containerd's shim writes the container's output to."""
-        return f"file://{self.path(cid)}"
+        """The stdio URI containerd's shim hands the container's output to."""
+        query = urlencode({"path": str(self.path(cid)), "max": str(self.max_bytes)})
+        return f"binary://{quote(self.logger)}?{query}"
 
     def prepare(self, cid: uuid.UUID) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

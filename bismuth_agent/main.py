@@ -17,7 +17,7 @@ from bismuth_core.zk import ZooKeeper
 
 from .agent import Agent
 from .config import AgentConfig
-from .http import AgentMetrics, HttpDeps, create_app
+from .http import AgentMetrics, HttpDeps, InvokeLimits, create_app
 from .logstore import LogStore
 from .presence import NodePresence
 from .runtime import ContainerRuntime
@@ -72,8 +72,7 @@ async def serve(config: AgentConfig) -> None:
             agent,
             logs,
             metrics,
-            config.exec_timeout,
-            config.exec_concurrency,
+            InvokeLimits.from_config(config),
             refresh_metrics=agent.refresh_metrics,
         )
     )

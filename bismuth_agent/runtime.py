@@ -21,13 +21,14 @@ import pwd
 import secrets
 import signal
 import uuid
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
-from bismuth_agent.containerd.process import exec_process
+from bismuth_agent.containerd.process import OutputTooLarge, exec_process
 from bismuth_agent.containerd.registry import pull
 from bismuth_agent.containerd.remap import remapped_snapshot, with_metacopy
 from bismuth_agent.containerd.types import Stdio
@@ -37,7 +38,7 @@ from bismuth_core.errors import BismuthError, Conflict
 
 from . import files, repos, seccomp
 from .config import AgentConfig
-from .http import ExecResult, ExecTimeout
+from .http import ExecOutputTooLarge, ExecResult, ExecTimeout
 from .idranges import IdRangeStore, mapping_of
 from .logstore import LogStore
 from .presence import DesiredContainer
@@ -289,9 +290,12 @@ class ContainerRuntime:
         desired: DesiredContainer,
         made: Made,
         argv: tuple[str, ...],
-        stdin: bytes,
+        stdin: AsyncIterable[bytes],
         timeout: float,
+        max_output: int,
     ) -> ExecResult:
+        """Run ``argv`` in the container once; ``ExecTimeout`` past ``timeout``,
+        ``ExecOutputTooLarge`` past ``max_output`` bytes of stdout (killed either way)."""
         plan = ContainerPlan(
             container_id=made.container_id,
             function_id=desired.function_id,
@@ -308,11 +312,14 @@ class ContainerRuntime:
                     process(plan, argv),
                     self.dir(made.container_id) / "fifo",
                     stdin=stdin,
+                    max_stdout=max_output,
                 ),
                 timeout,
             )
         except TimeoutError:
             raise ExecTimeout() from None
+        except OutputTooLarge:
+            raise ExecOutputTooLarge() from None
         return ExecResult(result.exit_code, result.stdout, result.stderr)
 
     # --- teardown ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import threading
+from collections.abc import AsyncIterable
 from pathlib import Path
 from types import TracebackType
 
@@ -131,13 +132,18 @@ class ProcessIO:
             os.close(fd)
         self._keep.clear()
 
-    async def write_stdin(self, data: bytes) -> None:
-        """Send ``data`` to the process's stdin and close our end (then ``close_stdin``)."""
+    async def write_stdin(self, data: bytes | AsyncIterable[bytes]) -> None:
+        """Send ``data`` (or each chunk of it as it comes) to the process's stdin and close
+        our end (then ``close_stdin``)."""
         if self._stdin is None:
             raise RuntimeError("this ProcessIO has no stdin")
         fd = await self._stdin
         try:
-            await _write_all(fd, data)
+            if isinstance(data, bytes):
+                await _write_all(fd, data)
+            else:
+                async for chunk in data:
+                    await _write_all(fd, chunk)
         finally:
             os.close(fd)
             self._stdin = None

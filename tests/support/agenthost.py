@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from bismuth_agent.agent import Agent
 from bismuth_agent.config import AgentConfig
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.oci import import_oci_archive
-from bismuth_agent.http import AgentMetrics, HttpDeps, create_app
+from bismuth_agent.http import AgentMetrics, HttpDeps, InvokeLimits, create_app
 from bismuth_agent.logstore import LogStore
 from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall, NetworkAdapter
@@ -88,7 +91,15 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
     metrics = AgentMetrics.create()
     agent = Agent(config, ctrd, runtime, presence, logs, metrics, wake)
     runner = web.AppRunner(
-        create_app(HttpDeps(agent, logs, metrics, refresh_metrics=agent.refresh_metrics)),
+        create_app(
+            HttpDeps(
+                agent,
+                logs,
+                metrics,
+                InvokeLimits.from_config(config),
+                refresh_metrics=agent.refresh_metrics,
+            )
+        ),
         access_log=None,
     )
     await runner.setup()
@@ -163,6 +174,62 @@ async def agent(node) -> AsyncIterator[RunningAgent]:
     running = await start_agent(node)
     yield running
     await running.stop()
+
+
+def config_toml(config: AgentConfig) -> str:
+    """``config`` as the TOML file ``bismuthd --config`` reads."""
+    lines = []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, tuple):
+            text = json.dumps(list(value))
+        else:
+            text = json.dumps(value)
+        lines.append(f"{item.name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+class AgentProcess:
+    """``bismuthd`` as its own process (``python -m bismuth_agent.main``), signalled by PID."""
+
+    def __init__(self, config: AgentConfig, directory: Path) -> None:
+        self.config = config
+        self.file = directory / "agent.toml"
+        self.file.write_text(config_toml(config))
+        self.log = directory / "bismuthd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.node_ip}:{self.config.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, zk) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bismuth_agent.main", "--config", str(self.file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        alive = layout.alive_path(self.config.node_ip)
+        await eventually(lambda: zk.exists(alive), timeout=30, what="the agent process alive")
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
 
 
 async def statuses(zk, fid) -> list[ContainerStatus | None]:

@@ -1,18 +1,28 @@
-"""bismuthd's HTTP server on loopback, with a loopback HTTP server playing a container."""
+"""bismuthd's HTTP server on loopback, with loopback HTTP servers playing containers."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from bismuth_agent.http import AgentMetrics, ExecResult, ExecTimeout, HttpDeps, create_app
+from bismuth_agent.http import (
+    AgentMetrics,
+    ExecOutputTooLarge,
+    ExecResult,
+    ExecTimeout,
+    HttpDeps,
+    InvokeLimits,
+    create_app,
+)
 from bismuth_agent.logstore import LogStore
+from bismuth_agent.proxy import ProxyLimits
+from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
 
 
@@ -23,6 +33,8 @@ class FakeContainer:
     running: bool = True
     exit_code: int = 0
     slow: bool = False
+    hold: asyncio.Event | None = None  # runs wait for it
+    runs: list[str] = field(default_factory=list)  # "started", "done", "cancelled"
 
     def serving(self) -> bool:
         return self.running
@@ -30,10 +42,28 @@ class FakeContainer:
     def server_address(self) -> tuple[str, int] | None:
         return self.address
 
-    async def execute(self, stdin: bytes, timeout: float) -> ExecResult:
+    async def execute(self, stdin, timeout: float, max_output: int) -> ExecResult:
+        """As the runtime does: the body is read as the program runs, within ``timeout``."""
+        self.runs.append("started")
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            data = await asyncio.wait_for(_consume(stdin), timeout)
+        except asyncio.CancelledError:
+            self.runs.append("cancelled")
+            raise
+        except TimeoutError:
+            raise ExecTimeout() from None
+        self.runs.append("done")
         if self.slow:
             raise ExecTimeout()
-        return ExecResult(self.exit_code, stdin.upper(), b"oops" if self.exit_code else b"")
+        if len(data) > max_output:
+            raise ExecOutputTooLarge()
+        return ExecResult(self.exit_code, data.upper(), b"oops" if self.exit_code else b"")
+
+
+async def _consume(chunks) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
 
 
 class Directory:
@@ -79,15 +109,20 @@ async def container_server() -> AsyncIterator[tuple[str, int]]:
     await runner.cleanup()
 
 
+LIMITS = InvokeLimits(
+    exec_timeout=1.0,
+    exec_concurrency=1,
+    exec_max_body=1024,
+    exec_max_output=512,
+    proxy=ProxyLimits(connect_timeout=0.3, idle_timeout=2.0, max_connections=2),
+)
+
+
 @pytest.fixture
 async def agent(tmp_path) -> AsyncIterator[tuple[str, Directory, LogStore]]:
     directory = Directory()
     store = LogStore(tmp_path / "logs", max_bytes=1 << 20)
-    runner, url = await serve(
-        create_app(
-            HttpDeps(directory, store, AgentMetrics.create(), exec_timeout=1.0, max_exec_body=1024)
-        )
-    )
+    runner, url = await serve(create_app(HttpDeps(directory, store, AgentMetrics.create(), LIMITS)))
     yield url, directory, store
     await runner.cleanup()
 
@@ -123,12 +158,14 @@ async def test_unknown_or_not_running_is_503_not_forwarded(agent, container_serv
                 assert "error" in await r.json()
 
 
-async def test_server_that_does_not_answer_is_502(agent):
+async def test_server_that_refuses_connections_is_503_not_forwarded(agent):
     url, directory, _ = agent
     cid = uuid.uuid4()
     directory.containers[cid] = FakeContainer(cid, ("127.0.0.1", free_port()))
     async with aiohttp.ClientSession() as http, http.get(f"{url}/invoke/{cid}") as r:
-        assert r.status == 502 and str(cid) in (await r.json())["error"]
+        body = await r.json()
+        assert r.status == 503 and r.headers["X-Bismuth-Not-Forwarded"] == "1"
+        assert f"container {cid} does not accept connections" in body["error"]
 
 
 async def test_executable_mode(agent):
@@ -147,7 +184,21 @@ async def test_executable_mode(agent):
         async with http.post(f"{url}/invoke/{slow}", data=b"x") as r:
             assert r.status == 504
         async with http.post(f"{url}/invoke/{ok}", data=b"x" * 2048) as r:
-            assert r.status == 413
+            assert r.status == 413  # declared too large: refused before any slot
+
+        async def streamed():  # no length declared: found too large as it is read
+            for _ in range(4):
+                yield b"x" * 512
+
+        async with http.post(f"{url}/invoke/{ok}", data=streamed()) as r:
+            assert r.status == 413 and "over 1024 bytes" in (await r.json())["error"]
+        async with http.post(f"{url}/invoke/{ok}", data=b"x" * 600) as r:
+            body = await r.json()
+            assert r.status == 502
+            assert (
+                body["error"]
+                == "program wrote more than 512 bytes (exec_max_output); it was stopped"
+            )
 
 
 async def test_logs_plain_and_follow_until_the_container_goes(agent):
@@ -195,3 +246,115 @@ def test_log_cap_keeps_the_newest_half(tmp_path):
     assert store.read(cid) == b"a" * 600 + b"b" * 10
     store.remove(cid)
     assert store.read(cid) == b""
+
+
+@pytest.fixture
+async def hung_server() -> AsyncIterator[tuple[tuple[str, int], list[object]]]:
+    """A container that accepts connections and reads requests but never answers."""
+    held: list[object] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(1 << 16)
+        await asyncio.Event().wait()  # until the server is closed
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[:2], held
+    server.close()
+    for writer in held:
+        writer.close()  # type: ignore[attr-defined]
+
+
+async def test_a_hung_container_is_cut_off_and_holds_at_most_its_connections(
+    agent, hung_server, container_server
+):
+    url, directory, _ = agent
+    address, held = hung_server
+    hung, fine = uuid.uuid4(), uuid.uuid4()
+    directory.containers[hung] = FakeContainer(hung, address)
+    directory.containers[fine] = FakeContainer(fine, container_server)
+    async with aiohttp.ClientSession() as http:
+
+        async def call(cid: uuid.UUID) -> tuple[int, dict[str, str], dict[str, object]]:
+            async with http.get(f"{url}/invoke/{cid}/x") as r:
+                return r.status, dict(r.headers), await r.json()
+
+        answers = await asyncio.gather(*(call(hung) for _ in range(5)), call(fine))
+    *stuck, (fine_status, _, _) = answers
+    assert fine_status == 200  # another function is served meanwhile
+    statuses = sorted(status for status, _, _ in stuck)
+    # 2 connections at once (cut off after 2 s of silence); the other 3 get none within 0.3 s
+    assert statuses == [503, 503, 503, 504, 504]
+    for status, headers, body in stuck:
+        if status == 504:
+            assert "sent nothing for 2s (proxy_idle_timeout)" in str(body["error"])
+        else:
+            assert headers["X-Bismuth-Not-Forwarded"] == "1"
+            assert "at most 2 at once" in str(body["error"])
+    assert len(held) == 2
+
+
+async def test_bismuth_headers_from_a_container_are_dropped(agent):
+    url, directory, _ = agent
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(
+            text="hi",
+            headers={"X-Bismuth-Not-Forwarded": "1", "X-Bismuth-Container-ID": "forged"},
+        )
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner, container_url = await serve(app)
+    cid = uuid.uuid4()
+    directory.containers[cid] = FakeContainer(cid, ("127.0.0.1", int(container_url.split(":")[-1])))
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/invoke/{cid}/") as r:
+            assert r.status == 200 and await r.text() == "hi"
+            assert "X-Bismuth-Not-Forwarded" not in r.headers
+            assert r.headers["X-Bismuth-Container-ID"] == str(cid)
+    finally:
+        await runner.cleanup()
+
+
+async def raw_request(url: str, cid: uuid.UUID, declared: int, body: bytes):
+    """A POST that declares ``declared`` body bytes but sends only ``body``."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = f"POST /invoke/{cid} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_run_slot_is_taken_before_the_body_is_read(agent):
+    url, directory, _ = agent
+    cid = uuid.uuid4()
+    busy = FakeContainer(cid, None, hold=asyncio.Event())
+    directory.containers[cid] = busy
+    async with aiohttp.ClientSession() as http:
+        first = asyncio.ensure_future(http.post(f"{url}/invoke/{cid}", data=b"a"))
+        await eventually(lambda: busy.runs == ["started"], what="the first run started")
+        # the only slot is busy: a request whose body never comes is refused, not read
+        reader, writer = await raw_request(url, cid, 1000, b"")
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert b" 503 " in status_line
+        writer.close()
+        busy.hold.set()  # type: ignore[union-attr]
+        async with await first as r:
+            assert r.status == 200
+    # with a free slot, a body that does not arrive in time is a 408
+    reader, writer = await raw_request(url, cid, 1000, b"partial")
+    assert b" 408 " in await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+
+
+async def test_a_client_that_leaves_cancels_its_run(agent):
+    url, directory, _ = agent
+    cid = uuid.uuid4()
+    running = FakeContainer(cid, None, hold=asyncio.Event())
+    directory.containers[cid] = running
+    _, writer = await raw_request(url, cid, 1, b"x")
+    await eventually(lambda: running.runs == ["started"], what="the run started")
+    writer.close()
+    await eventually(lambda: running.runs == ["started", "cancelled"], what="the run cancelled")
