@@ -69,6 +69,7 @@ up: packages venv
 	fi
 	@echo "  curl -s -H \"Authorization: Bearer \$$(cat $(ADMIN_TOKEN_FILE))\" http://$(call setting,api_bind)/function"
 	@echo "  $(VENV)/bin/bismuthctl nodes"
+	@echo "  $(VENV)/bin/bismuthctl function list   # as root here: with the admin token"
 	@echo "The operator's admin token (every tenant) is $(ADMIN_TOKEN_FILE) (root only);"
 	@echo "the deploy keeps it in $(ADMIN_TOKEN_SOURCE) with the cluster key: back both up."
 	@echo "Tenants and their tokens: $(VENV)/bin/bismuthctl tenant create NAME"

@@ -15,8 +15,9 @@ import ipaddress
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bismuth_core import cluster, consistency, layout, operations, tenancy
 from bismuth_core.cluster import FunctionView, NodeView
@@ -28,6 +29,9 @@ from bismuth_core.zk import TransactionFailed, ZooKeeper
 
 from .tables import format_bytes, format_cpus, render_table
 
+if TYPE_CHECKING:
+    from .apiclient import ApiClient
+
 # Exit codes (documented in bismuth_ctl.main and in --help).
 OK = 0
 FAILED = 1
@@ -35,6 +39,7 @@ USAGE = 2
 NOT_FOUND = 3
 CONFLICT = 4
 UNAVAILABLE = 5
+UNAUTHORIZED = 6
 
 POLL_INTERVAL = 1.0  # drain --wait re-reads at least this often; a watch wakes it sooner
 
@@ -50,10 +55,12 @@ class Outcome:
     text: str
     code: int = OK
     error: str | None = None
+    streamed: bool = False  # the command printed its output as it came: nothing more to print
 
 
 Statuses = dict[Backend, ContainerStatus | None]
 Handler = Callable[[ZooKeeper, argparse.Namespace], Awaitable[Outcome]]
+ApiHandler = Callable[["ApiClient", argparse.Namespace], Awaitable[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,22 @@ class Command:
 
 
 @dataclass(frozen=True)
+class ApiCommand:
+    """A subcommand that talks to ``bismuth-api`` over HTTP instead of ZooKeeper."""
+
+    name: str
+    help: str
+    handler: ApiHandler
+    arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda _p: None)
+
+
+@dataclass(frozen=True)
 class CommandGroup:
     """A subcommand with subcommands of its own (``bismuthctl secret set ...``)."""
 
     name: str
     help: str
-    commands: tuple[Command, ...]
+    commands: Sequence[Command | ApiCommand]
 
 
 # --- cluster set-up and nodes ----------------------------------------------------------
@@ -304,12 +321,19 @@ def _findings_table(findings: tuple[Finding, ...] | list[Finding]) -> str:
 
 
 async def secret_set(zk: ZooKeeper, args: argparse.Namespace) -> Outcome:
+    """Sealed here with the cluster key and written to ZooKeeper (no API involved)."""
+    fid = layout.parse_uuid(args.function)
+    if fid is None:
+        raise InvalidRequest(
+            f"{args.function!r} is not a function id (a UUID): with a cluster key, "
+            "name the function by its id"
+        )
     value = read_secret_value(args)
-    sealed = args.secret_box.seal(args.function, args.name, value)
-    created = await operations.set_secret(zk, args.function, args.name, sealed)
-    doc = {"function": str(args.function), "secret": args.name, "created": created}
+    sealed = args.secret_box.seal(fid, args.name, value)
+    created = await operations.set_secret(zk, fid, args.name, sealed)
+    doc = {"function": str(fid), "secret": args.name, "created": created}
     what = "created" if created else "replaced"
-    return Outcome(doc, f"secret {args.name!r} of function {args.function} {what}")
+    return Outcome(doc, f"secret {args.name!r} of function {fid} {what}")
 
 
 def read_secret_value(args: argparse.Namespace) -> bytes:
@@ -367,8 +391,14 @@ def _secret_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", type=secret_name, help="the secret's name")
 
 
-def _secret_set_arguments(parser: argparse.ArgumentParser) -> None:
-    _secret_arguments(parser)
+def secret_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """``secret set``: through the API a function's id or hostname; with a key, its id."""
+    parser.add_argument(
+        "function",
+        metavar="ID|HOST",
+        help="the function's id (through the API also a hostname it answers)",
+    )
+    parser.add_argument("name", metavar="NAME", type=secret_name, help="the secret's name")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--value", metavar="V", help="the value (visible to other local users in ps: prefer a file)"
@@ -458,10 +488,10 @@ COMMANDS = (
         (
             Command(
                 "set",
-                "set a secret from --value, --from-file or stdin (at most 64 KiB), "
-                "sealed with the cluster key",
+                "set a secret from --value, --from-file or stdin (at most 64 KiB): through "
+                "the API, or with --cluster-key-file sealed here and written to ZooKeeper",
                 secret_set,
-                arguments=_secret_set_arguments,
+                arguments=secret_set_arguments,
                 needs_cluster_key=True,
             ),
             Command(

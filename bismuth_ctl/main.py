@@ -3,9 +3,13 @@
 Usage: ``bismuthctl [global flags] COMMAND [args]``; global flags may also follow COMMAND.
 Global flags: ``--config FILE``, ``--zookeeper HOST:PORT[,...]``, ``--zookeeper-env NAME``,
 ``--log-level LEVEL``, ``--json`` (one JSON document on stdout), ``--timeout SECONDS``
-(ZooKeeper connect timeout, default 10) and ``--cluster-key-file FILE`` (the fleet's cluster
-key, which ``secret set`` seals values with). Settings come from :class:`CtlConfig`:
-defaults, the TOML file, ``BISMUTH_*`` environment variables, then flags.
+(ZooKeeper connect timeout and API request timeout, default 10), ``--cluster-key-file FILE``
+(the fleet's cluster key, with which ``secret set`` seals values itself), ``--api URL`` and
+``--token TOKEN``. Settings come from :class:`CtlConfig`: defaults, the TOML file (see
+:mod:`bismuth_ctl.access`), ``BISMUTH_*`` environment variables, then flags.
+
+Most commands talk to ZooKeeper directly; ``function ...`` and ``secret set`` without a
+cluster key talk to ``bismuth-api`` with a token (:mod:`bismuth_ctl.functions`).
 
 Exit codes:
 
@@ -16,7 +20,10 @@ Exit codes:
 3. not found (node not provisioned, environment not bootstrapped, no such tenant or token)
 4. conflict (deprovision refused while the node has containers or a live agent, a tenant
    name taken, a tenant deleted while it owns functions)
-5. ZooKeeper unavailable
+5. ZooKeeper or the API unavailable (unreachable, or answering 503: e.g. no room left in
+   the fleet, no cluster key)
+6. not authorized: no token, a token the API does not accept (401), or one whose scope
+   does not allow the request (403)
 
 Errors go to stderr as one line ``bismuthctl: error: ...``; with ``--json`` stdout also
 carries a JSON object with an ``"error"`` key. Expected failures print no traceback.
@@ -40,24 +47,30 @@ from bismuth_core.config import ConfigError, add_common_arguments, flag_override
 from bismuth_core.errors import (
     BismuthError,
     Conflict,
+    Forbidden,
     InsufficientCapacity,
     InvalidRequest,
     NotFound,
     TooLarge,
+    Unauthorized,
     Unavailable,
 )
 from bismuth_core.logs import setup_logging
 from bismuth_core.secrets import SecretBox, load_cluster_key
 from bismuth_core.zk import ZooKeeper
 
-from . import commands, tenants
+from . import commands, functions, tenants
+from .access import AccessError, config_file, resolve_token
+from .apiclient import ApiClient
 from .commands import (
     CONFLICT,
     FAILED,
     NOT_FOUND,
     OK,
+    UNAUTHORIZED,
     UNAVAILABLE,
     USAGE,
+    ApiCommand,
     Command,
     CommandGroup,
     Outcome,
@@ -76,7 +89,15 @@ exit codes:
      or token)
   4  conflict (e.g. deprovision refused while the node has containers or a live
      agent, a tenant name taken, a tenant that owns functions)
-  5  ZooKeeper unavailable
+  5  ZooKeeper or the API unavailable (unreachable, or API answer 503: e.g. no
+     room left in the fleet)
+  6  not authorized: no API token, or the API refused it (401/403)
+
+API commands (function ..., secret set without --cluster-key-file) take the API's URL
+from --api, BISMUTH_API or 'api' in the config file (default http://127.0.0.1:8002)
+and a token from --token, BISMUTH_TOKEN or 'token' in the config file (default file:
+$XDG_CONFIG_HOME/bismuth/config.toml or ~/.config/bismuth/config.toml, mode 0600);
+without one, /etc/bismuth/admin.token (token_file) if it can be read (root on API hosts).
 """
 
 
@@ -89,6 +110,11 @@ class CtlConfig:
     # The fleet's cluster key (base64), inline or in a file: only 'secret set' needs it.
     cluster_key: str = field(default="", repr=False)
     cluster_key_file: str = ""
+    # The API the 'function' commands (and 'secret set' without a key) talk to, and the
+    # token they send; without a token, the one in token_file if it can be read.
+    api: str = "http://127.0.0.1:8002"
+    token: str = field(default="", repr=False)
+    token_file: str = "/etc/bismuth/admin.token"
 
 
 class UsageError(Exception):
@@ -113,13 +139,23 @@ def _global_flags() -> _Parser:
         "--timeout",
         metavar="SECONDS",
         type=commands.seconds,
-        help="ZooKeeper connect timeout (default 10)",
+        help="ZooKeeper connect timeout and API request timeout (default 10)",
     )
     group.add_argument(
         "--cluster-key-file",
         metavar="FILE",
-        help="file holding the fleet's cluster key, for 'secret set' "
-        "(or cluster_key / BISMUTH_CLUSTER_KEY)",
+        help="file holding the fleet's cluster key: 'secret set' then seals the value "
+        "itself and writes ZooKeeper (or cluster_key / BISMUTH_CLUSTER_KEY)",
+    )
+    group.add_argument(
+        "--api",
+        metavar="URL",
+        help="the API, for 'function' commands (default http://127.0.0.1:8002)",
+    )
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="API token (visible in ps: prefer BISMUTH_TOKEN or the config file)",
     )
     for action in parser._actions:
         action.default = argparse.SUPPRESS
@@ -135,13 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    _add_commands(parser, (*commands.COMMANDS, *tenants.COMMANDS), common, "command")
+    entries = (
+        *commands.COMMANDS,
+        *tenants.COMMANDS,
+        CommandGroup(
+            "function",
+            "create, list, show, update, redeploy and delete functions; their logs (API)",
+            functions.COMMANDS,
+        ),
+    )
+    _add_commands(parser, entries, common, "command")
     return parser
 
 
 def _add_commands(
     parser: argparse.ArgumentParser,
-    entries: Sequence[Command | CommandGroup],
+    entries: Sequence[Command | ApiCommand | CommandGroup],
     common: argparse.ArgumentParser,
     dest: str,
 ) -> None:
@@ -170,6 +215,8 @@ def exit_code(error: BismuthError) -> int:
         return NOT_FOUND
     if isinstance(error, Conflict):
         return CONFLICT
+    if isinstance(error, (Unauthorized, Forbidden)):
+        return UNAUTHORIZED
     if isinstance(error, InsufficientCapacity):
         return FAILED
     if isinstance(error, Unavailable):
@@ -181,8 +228,12 @@ def exit_code(error: BismuthError) -> int:
 
 
 async def execute(
-    command: commands.Command, args: argparse.Namespace, config: CtlConfig
+    command: Command | ApiCommand, args: argparse.Namespace, config: CtlConfig
 ) -> Outcome:
+    if isinstance(command, ApiCommand):
+        token = resolve_token(config.token, config.token_file)
+        async with ApiClient(config.api, token, config.timeout) as api:
+            return await command.handler(api, args)
     connect_timeout = getattr(args, "wait", None) if command.name == "bootstrap" else None
     zk = ZooKeeper(config.zookeeper, config.zookeeper_env, op_timeout=config.timeout)
     with warnings.catch_warnings():
@@ -212,16 +263,18 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, CtlConfig]:
         if not hasattr(args, key):
             setattr(args, key, default)
     try:
-        config = load_config(
-            CtlConfig, file=getattr(args, "config", None), overrides=flag_overrides(args)
-        )
+        file = config_file(getattr(args, "config", None))
+        config = load_config(CtlConfig, file=file, overrides=flag_overrides(args))
         layout.chroot(config.zookeeper_env)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, AccessError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     if not config.timeout > 0:
         raise UsageError(f"timeout must be a positive number of seconds, not {config.timeout}")
-    if args.run.needs_cluster_key:
-        args.secret_box = _secret_box(config)
+    if isinstance(args.run, Command) and args.run.needs_cluster_key:
+        if config.cluster_key or config.cluster_key_file:
+            args.secret_box = _secret_box(config)
+        else:
+            args.run = functions.SECRET_SET  # no key here: the API seals it
     return args, config
 
 
@@ -236,7 +289,9 @@ def _secret_box(config: CtlConfig) -> SecretBox:
 
 def emit(outcome: Outcome, as_json: bool) -> int:
     """Print ``outcome`` (JSON or text on stdout, its error on stderr); its exit code."""
-    if as_json:
+    if outcome.streamed:
+        pass
+    elif as_json:
         document = dict(outcome.document)
         if outcome.error:
             document["error"] = outcome.error

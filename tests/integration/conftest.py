@@ -65,9 +65,17 @@ class Run:
 
 
 @pytest.fixture
-def ctl(zk_server, zk_env, capsys) -> Callable[..., Awaitable[Run]]:
+def ctl(zk_server, zk_env, capsys, monkeypatch, tmp_path) -> Callable[..., Awaitable[Run]]:
     """Run ``bismuthctl`` in-process on the test's environment (in a thread: stand-ins
-    need this loop free)."""
+    need this loop free).
+
+    It sees none of this machine's API settings: no user config file, no token, and not
+    the operator's token file (a local cluster's); API commands name ``--api`` themselves.
+    """
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("BISMUTH_TOKEN_FILE", "")
+    for name in ("BISMUTH_TOKEN", "BISMUTH_API", "BISMUTH_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
 
     async def run(*args: str) -> Run:
         capsys.readouterr()

@@ -279,10 +279,8 @@ async def test_ctl_errors_and_exit_codes(keyed, standins, http, ctl, key_text, t
     key_file.write_text(key_text)
     unknown = str(uuid.uuid4())
 
-    run = await ctl("secret", "set", fid, "a", "--value", "v")
-    assert (
-        run.code == 2 and "no cluster key configured" in run.err and "--cluster-key-file" in run.err
-    )
+    run = await ctl("secret", "set", fid, "a", "--value", "v")  # no key: through the API
+    assert run.code == 6 and "no API token" in run.err
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("c2hvcnQ=")
     run = await ctl("secret", "set", fid, "a", "--value", "v", "--cluster-key-file", str(bad_key))

@@ -10,9 +10,11 @@ import pytest
 from bismuth_core.errors import (
     BismuthError,
     Conflict,
+    Forbidden,
     InsufficientCapacity,
     InvalidDefinition,
     NotFound,
+    Unauthorized,
     Unavailable,
 )
 from bismuth_ctl.commands import ipv4, seconds
@@ -21,9 +23,10 @@ from bismuth_ctl.tables import format_bytes, format_cpus, render_table
 
 
 @pytest.fixture(autouse=True)
-def no_bismuth_environment(monkeypatch):
-    for name in ("CONFIG", "ZOOKEEPER", "ZOOKEEPER_ENV", "LOG_LEVEL", "TIMEOUT"):
+def no_bismuth_environment(monkeypatch, tmp_path):
+    for name in ("CONFIG", "ZOOKEEPER", "ZOOKEEPER_ENV", "LOG_LEVEL", "TIMEOUT", "API", "TOKEN"):
         monkeypatch.delenv("BISMUTH_" + name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
 
 
 @pytest.mark.parametrize(
@@ -92,9 +95,10 @@ def test_help_lists_commands_and_exit_codes(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for command in ("bootstrap", "provision", "deprovision", "drain", "undrain", "nodes",
-                    "functions", "consistency"):  # fmt: skip
+                    "functions", "consistency", "function"):  # fmt: skip
         assert command in out
-    assert "exit codes:" in out and "5  ZooKeeper unavailable" in out
+    assert "exit codes:" in out and "5  ZooKeeper or the API unavailable" in out
+    assert "6  not authorized" in out
 
 
 def test_ipv4_is_canonical():
@@ -120,6 +124,8 @@ def test_seconds_must_be_positive_and_finite():
         (Unavailable("x"), 5),
         (InsufficientCapacity("x"), 1),
         (BismuthError("x"), 1),
+        (Unauthorized("x"), 6),
+        (Forbidden("x"), 6),
     ],
 )
 def test_exit_codes(error, code):
