@@ -1,9 +1,10 @@
 """The ``bismuth-api`` aiohttp application: thin handlers over its services.
 
 :class:`FunctionService` handles functions, :class:`SecretService` their secrets,
-:class:`GroupService` tenants' service groups. Every route but ``/healthz`` and
-``/openapi.json`` needs a token (:mod:`bismuth_api.auth`); the caller it names is passed to
-the services, which show each tenant only its own things.
+:class:`GroupService` tenants' service groups, :class:`StatusService` the status page's
+``GET /status`` (the page itself: :mod:`bismuth_api.webui`). Every route but ``/healthz``,
+``/openapi.json`` and the page's static files needs a token (:mod:`bismuth_api.auth`); the
+caller it names is passed to the services, which show each tenant only its own things.
 
 One middleware maps every :class:`BismuthError` (and aiohttp's own HTTP errors) to a JSON
 body ``{"error": ...}`` with its status; nothing a client sends produces a 500.
@@ -27,7 +28,7 @@ from bismuth_core.secrets import MAX_SECRET_SIZE, validate_secret_name, validate
 from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
 
-from . import logs
+from . import logs, webui
 from .auth import CALLER, TokenCache, auth_middleware, require_admin
 from .config import ApiConfig
 from .leader import Leader
@@ -39,6 +40,7 @@ from .service import (
     parse_uuid_segment,
     secret_box,
 )
+from .status import StatusService
 from .tenants import GroupService
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class ApiDeps:
     secrets: SecretService
     tokens: TokenCache
     groups: GroupService
+    status: StatusService
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -212,6 +215,10 @@ async def delete_group(request: web.Request) -> web.Response:
     return web.json_response({"id": str(gid), "deleted": True})
 
 
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[DEPS].status.snapshot(request[CALLER]))
+
+
 async def healthz(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     return web.json_response(
@@ -291,6 +298,8 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/status", status)
+    webui.add_routes(app.router)
     return app
 
 
@@ -313,5 +322,14 @@ def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> Ap
     service = FunctionService(zk, config, fleet, lock)
     groups = GroupService(zk, service.scope)
     return ApiDeps(
-        config, zk, service, fleet, leader, ApiMetrics.create(), secrets, TokenCache(zk), groups
+        config,
+        zk,
+        service,
+        fleet,
+        leader,
+        ApiMetrics.create(),
+        secrets,
+        TokenCache(zk),
+        groups,
+        StatusService(zk, service),
     )

@@ -1,7 +1,8 @@
 """Who is calling the API: bearer tokens checked against their hashes in ZooKeeper.
 
-Every route but :data:`PUBLIC` needs ``Authorization: Bearer <token>``; anything else is a
-401 with ``WWW-Authenticate: Bearer``. A token whose shape is wrong is refused before any
+Every route but :data:`PUBLIC` (health, the OpenAPI document, the status page's static
+files, which hold nothing of the cluster) needs ``Authorization: Bearer <token>``; anything
+else is a 401 with ``WWW-Authenticate: Bearer``. A token whose shape is wrong is refused before any
 lookup. :class:`TokenCache` keeps every token record in memory with kazoo's ``TreeCache``
 over ``/token``: a revoked token is gone from it as soon as the watch fires (milliseconds
 while the API is connected to ZooKeeper); an id the cache does not hold yet (a token issued
@@ -24,9 +25,11 @@ from bismuth_core.layout import TokenRecord
 from bismuth_core.tenancy import Caller, authenticate
 from bismuth_core.zk import ZooKeeper
 
+from . import webui
+
 log = logging.getLogger(__name__)
 
-PUBLIC = frozenset({"/healthz", "/openapi.json"})
+PUBLIC = frozenset({"/healthz", "/openapi.json", *webui.PATHS})
 CALLER = web.RequestKey("caller", Caller)
 INITIAL_SYNC_TIMEOUT = 30.0
 

@@ -360,6 +360,15 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/status": {
+                "get": {
+                    "summary": "What the status page at /ui/ shows: the caller's functions with "
+                    "their replicas, status and node, failed replicas (newest first, with the "
+                    "time their status was written) and, for admin tokens, the nodes with "
+                    "capacity and liveness ('nodes' is null for tenant tokens)",
+                    "responses": {"200": _json({"type": "object"}), **_errors(503)},
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document (no token needed)",

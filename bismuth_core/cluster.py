@@ -195,6 +195,15 @@ async def read_statuses(
     }
 
 
+async def read_status_times(zk: ZooKeeper, backends: Iterable[Backend]) -> dict[Backend, float]:
+    """When each backend's status was last written (seconds since the epoch); absent if none."""
+    items = list(backends)
+    raws = await asyncio.gather(
+        *(zk.get_or_none(layout.status_path(b.ip, b.container_id)) for b in items)
+    )
+    return {b: r[1].mtime / 1000 for b, r in zip(items, raws, strict=True) if r is not None}
+
+
 def status_label(status: ContainerStatus | None) -> str:
     return status.label if status is not None else PENDING
 

@@ -288,6 +288,7 @@ async def test_health_metrics_openapi(api, standins, http):
         "/healthz",
         "/metrics",
         "/openapi.json",
+        "/status",
     }
     assert set(doc["paths"]["/function/{id}"]) >= {"get", "put", "delete"}
 

@@ -150,6 +150,8 @@ MATRIX: list[tuple[str, Prepare, dict[str, int]]] = [
     ("metrics", fixed("GET", "/metrics"), expect(403, 403, 200)),
     ("health", fixed("GET", "/healthz"), dict.fromkeys(CALLERS, 200)),
     ("openapi", fixed("GET", "/openapi.json"), dict.fromkeys(CALLERS, 200)),
+    ("status", fixed("GET", "/status"), expect(200, 200)),
+    ("status page", fixed("GET", "/ui/"), dict.fromkeys(CALLERS, 200)),
     ("unknown path", fixed("GET", "/nothing"), expect(404, 404)),
 ]
 
