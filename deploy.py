@@ -3,7 +3,8 @@
 On every host: Debian packages, kernel settings and directories, the service manager and the
 toolkit (a versioned install, or a checkout's virtualenv). Then by inventory group: the
 ZooKeeper ensemble (``zookeeper``), the environment (bootstrapped once) and every agent host
-provisioned as a node, the cluster key (which seals function secrets), the operator's admin
+provisioned as a node, the cluster key (which seals function secrets and from which the
+daemons' credentials derive; frontends get only a key derived from it), the operator's admin
 token (on ``api`` hosts, its hash registered in ZooKeeper), the API (``api``) and
 the frontend (``frontends``), containerd, the base image and the agent (``agents``), and
 finally a sample function served through the frontends. An inventory without these groups
@@ -15,7 +16,7 @@ from tasks.admin_token import admin_token
 from tasks.agent import agent
 from tasks.base import base
 from tasks.cluster import cluster
-from tasks.cluster_key import cluster_key
+from tasks.cluster_key import cluster_key, frontend_key
 from tasks.containerd import containerd
 from tasks.daemons import api, frontend
 from tasks.images import base_image
@@ -32,7 +33,7 @@ cluster()
 key = cluster_key()
 admin_token()
 api(restart_on=[key])
-frontend()
+frontend(restart_on=[frontend_key()])
 containerd()
 base_image()
 agent(restart_on=[key])

@@ -45,6 +45,7 @@ from bismuth_core import cluster, layout, operations  # noqa: E402
 from bismuth_core.definition import parse_definition  # noqa: E402
 from bismuth_core.layout import ContainerStatus  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
+from tests.support.clusterkey import write_key_files  # noqa: E402
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
@@ -159,13 +160,14 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         await ctrd.ensure_namespace()
         await import_oci_archive(ctrd, ARCHIVE)
         agent_port, fe_port, admin_port = free_port(), free_port(), free_port()
+        cluster_key, frontend_key = write_key_files(work / "keys")
         config = work / "agent.toml"
         config.write_text(
             f'zookeeper = "{zk_server.hosts}"\nzookeeper_env = "{ENV}"\nbind = "{NODE}"\n'
             f'port = {agent_port}\ncontainerd_address = "{ctrd_server.address}"\n'
             f'state_dir = "{work}/state"\nlog_dir = "{work}/logs"\n'
             f'cgroup_parent = "{ctrd_server.cgroup_parent}/bench"\nnetwork_pool = "{POOL}"\n'
-            'log_level = "info"\n'
+            f'log_level = "info"\ncluster_key_file = "{cluster_key}"\n'
         )
         procs.append(spawn([sys.executable, "-m", "bismuth_agent.main", "--config", str(config)]))
         procs.append(
@@ -185,7 +187,10 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
                     "--log-level",
                     "warning",
                 ],
-                env={"BISMUTH_AGENT_PORT": str(agent_port)},
+                env={
+                    "BISMUTH_AGENT_PORT": str(agent_port),
+                    "BISMUTH_FRONTEND_KEY_FILE": str(frontend_key),
+                },
             )
         )
         deadline = time.monotonic() + 30

@@ -27,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -39,9 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bismuth_core import cluster, layout, operations  # noqa: E402
+from bismuth_core.credentials import AGENT_HEADER, frontend_credentials  # noqa: E402
 from bismuth_core.definition import parse_definition  # noqa: E402
 from bismuth_core.layout import ContainerStatus  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
+from tests.support.clusterkey import write_key_files  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
 HOST = "bench.test"
@@ -60,11 +63,11 @@ class Cell:
 # --- processes under test -------------------------------------------------------------
 
 
-async def run_standin(zookeeper: str, env: str, ip: str, port: int) -> None:
-    """Child process: one stand-in agent until SIGTERM."""
+async def run_standin(zookeeper: str, env: str, ip: str, port: int, key_file: str) -> None:
+    """Child process: one stand-in agent until SIGTERM, checking the cluster's credential."""
     from tests.support.standin import StandInAgent
 
-    agent = StandInAgent(zookeeper, env, ip, port)
+    agent = StandInAgent(zookeeper, env, ip, port, credentials=frontend_credentials(key_file))
     await agent.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -141,16 +144,19 @@ async def deploy(zk: ZooKeeper) -> uuid.UUID:
 # --- load generation ------------------------------------------------------------------
 
 
-def measure(url: str, host: str | None, concurrency: int, seconds: float) -> Cell:
+Headers = dict[str, str]
+
+
+def measure(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
     if shutil.which("wrk"):
-        return measure_wrk(url, host, concurrency, seconds)
-    return measure_python(url, host, concurrency, seconds)
+        return measure_wrk(url, headers, concurrency, seconds)
+    return measure_python(url, headers, concurrency, seconds)
 
 
-def measure_wrk(url: str, host: str | None, concurrency: int, seconds: float) -> Cell:
+def measure_wrk(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
     args = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
-    if host:
-        args += ["-H", f"Host: {host}"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
     out = subprocess.run(
         [*args, url], capture_output=True, text=True, check=True, timeout=seconds + 30
     ).stdout
@@ -173,22 +179,20 @@ def _wrk_percentile(out: str, label: str) -> float:
     return float(match.group(1)) * scale
 
 
-def measure_python(url: str, host: str | None, concurrency: int, seconds: float) -> Cell:
+def measure_python(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
     """The fallback generator: this script again, in another process (its own event loop)."""
     args = [sys.executable, __file__, "--load", url, "--concurrency", str(concurrency)]
-    args += ["--seconds", str(seconds)] + (["--host", host] if host else [])
+    args += ["--seconds", str(seconds), "--headers", json.dumps(headers)]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 60)
     return Cell(**json.loads(out.stdout))
 
 
-async def python_load(url: str, host: str | None, concurrency: int, seconds: float) -> Cell:
+async def python_load(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector, headers={"Host": host} if host else None
-    ) as http:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
 
         async def worker() -> None:
             nonlocal errors
@@ -233,6 +237,7 @@ def table(rows: list[tuple[int, Cell, Cell]]) -> str:
 async def bench(seconds: float, levels: list[int]) -> None:
     server = ZooKeeperServer()
     server.start()
+    keys = tempfile.mkdtemp(prefix="bismuth-bench-keys-")
     procs: list[subprocess.Popen[bytes]] = []
     zk = ZooKeeper(server.hosts, ENV)
     try:
@@ -240,6 +245,8 @@ async def bench(seconds: float, levels: list[int]) -> None:
         await operations.bootstrap(zk)
         await operations.provision(zk, AGENT_IP)
         agent_port, fe_port, admin_port = free_port(), free_port(), free_port()
+        fe_key = write_key_files(Path(keys))[1]
+        agent_auth = {AGENT_HEADER: frontend_credentials(str(fe_key)).agent}
         procs.append(
             spawn(
                 [
@@ -249,6 +256,8 @@ async def bench(seconds: float, levels: list[int]) -> None:
                     server.hosts,
                     "--agent-port",
                     str(agent_port),
+                    "--frontend-key-file",
+                    str(fe_key),
                 ]
             )
         )
@@ -269,21 +278,24 @@ async def bench(seconds: float, levels: list[int]) -> None:
                     "--log-level",
                     "warning",
                 ],
-                env={"BISMUTH_AGENT_PORT": str(agent_port)},
+                env={
+                    "BISMUTH_AGENT_PORT": str(agent_port),
+                    "BISMUTH_FRONTEND_KEY_FILE": str(fe_key),
+                },
             )
         )
         direct = f"http://{AGENT_IP}:{agent_port}/invoke/{cid}/hello"
         through = f"http://127.0.0.1:{fe_port}/hello"
-        await wait_for(direct, {}, "stand-in agent")
+        await wait_for(direct, agent_auth, "stand-in agent")
         await wait_for(through, {"Host": HOST}, "bismuthfe")
         generator = "wrk (1 thread)" if shutil.which("wrk") else "aiohttp client subprocess"
         print(f"load generator: {generator}; {seconds:g}s per cell; cores: {os.cpu_count()}")
         rows = []
         for conc in levels:
-            measure(direct, None, conc, 1)  # warm-up
-            d = measure(direct, None, conc, seconds)
-            measure(through, HOST, conc, 1)
-            f = measure(through, HOST, conc, seconds)
+            measure(direct, agent_auth, conc, 1)  # warm-up; as the frontend calls it
+            d = measure(direct, agent_auth, conc, seconds)
+            measure(through, {"Host": HOST}, conc, 1)
+            f = measure(through, {"Host": HOST}, conc, seconds)
             rows.append((conc, d, f))
         print(table(rows))
         print("ratio = frontend / direct (req/s: below 1 is slower; latency: above 1 is slower)")
@@ -292,6 +304,7 @@ async def bench(seconds: float, levels: list[int]) -> None:
             stop(proc)
         await zk.stop()
         server.cleanup()
+        shutil.rmtree(keys, ignore_errors=True)
 
 
 def main() -> None:
@@ -302,13 +315,17 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--standin", metavar="ZOOKEEPER", help=argparse.SUPPRESS)
     parser.add_argument("--agent-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--frontend-key-file", help=argparse.SUPPRESS)
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--headers", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.standin:
-        asyncio.run(run_standin(args.standin, ENV, AGENT_IP, args.agent_port))
+        asyncio.run(
+            run_standin(args.standin, ENV, AGENT_IP, args.agent_port, args.frontend_key_file)
+        )
     elif args.load:
-        cell = asyncio.run(python_load(args.load, args.host, int(args.concurrency), args.seconds))
+        headers = json.loads(args.headers)
+        cell = asyncio.run(python_load(args.load, headers, int(args.concurrency), args.seconds))
         print(json.dumps(cell.__dict__))
     else:
         asyncio.run(bench(args.seconds, [int(c) for c in args.concurrency.split(",")]))

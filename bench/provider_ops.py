@@ -64,6 +64,7 @@ from bismuth_core.definition import FunctionDefinition, parse_definition  # noqa
 from bismuth_core.zk import ZooKeeper  # noqa: E402
 from bismuth_provider.storage.local import SCHEMA  # noqa: E402
 from tests.support.agenthost import end_providers  # noqa: E402
+from tests.support.clusterkey import AGENT_AUTH, write_key_files  # noqa: E402
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
@@ -219,7 +220,9 @@ async def from_container(
         }
         url = f"{agent_url}/invoke/{backend.container_id}"
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout), headers=AGENT_AUTH
+            ) as http,
             http.post(url, data=json.dumps(params)) as resp,
         ):
             body = await resp.read()
@@ -343,7 +346,7 @@ def agent_config(
         f'log_dir = "{work}/logs"\ncgroup_parent = "{ctrd.cgroup_parent}/bench"\n'
         f'network_pool = "{pool}"\nexec_timeout = {exec_timeout}\n'
         f'provider_storage = "local://{work}/data"\nlog_level = "warning"\n'
-        'provider_log_level = "warning"\n'
+        f'provider_log_level = "warning"\ncluster_key_file = "{write_key_files(work)[0]}"\n'
     )
     return path
 

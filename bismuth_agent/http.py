@@ -16,6 +16,12 @@ while the body was still coming); a program whose stdout passes ``exec_max_outpu
 killed and answered ``502``; the Server-mode proxy
 is bounded by :mod:`bismuth_agent.proxy`. A client that goes away cancels its handler (and
 with it the run or the upstream request).
+
+Only the cluster's own daemons may invoke containers, read their logs or the metrics (which
+name containers): those routes need the cluster's agent credential in
+``X-Bismuth-Agent-Credential`` (for ``/metrics`` also as ``Authorization: Bearer``, as
+Prometheus sends it); anything else is a ``401``. The header never reaches a container.
+``/healthz`` stays open: it names no container.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from aiohttp import ClientSession, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from bismuth_core import tokens
+from bismuth_core.credentials import AGENT_HEADER, FrontendCredentials
+from bismuth_core.errors import Unauthorized
 from bismuth_core.httpheaders import CONTAINER_ID, NOT_FORWARDED
 from bismuth_core.weberrors import error_middleware
 
@@ -163,6 +172,7 @@ class HttpDeps:
     directory: ContainerDirectory
     logs: LogStore
     metrics: AgentMetrics
+    credentials: FrontendCredentials  # the cluster's agent credential, to check callers
     limits: InvokeLimits = field(default_factory=InvokeLimits)
     refresh_metrics: Callable[[], Awaitable[None]] | None = None
 
@@ -323,9 +333,35 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].close()
 
 
+PROTECTED = ("/invoke/", "/logs/", "/metrics")
+
+
+def presented_credential(request: web.Request) -> str | None:
+    """The agent credential a caller sent (``Authorization: Bearer`` counts on /metrics)."""
+    found = request.headers.get(AGENT_HEADER)
+    if found is None and request.path == "/metrics":
+        found = tokens.bearer(request.headers.get("Authorization"))
+    return found
+
+
+@web.middleware
+async def require_credential(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 on the protected routes unless the cluster's agent credential came along."""
+    credentials = request.app[DEPS].credentials
+    if request.path.startswith(PROTECTED) and not credentials.is_agent_credential(
+        presented_credential(request)
+    ):
+        raise Unauthorized(
+            f"{AGENT_HEADER} missing or wrong: only the cluster's frontends and API may "
+            "call this agent",
+            realm="bismuth-agent",
+        )
+    return await handler(request)
+
+
 def create_app(deps: HttpDeps) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware()],
+        middlewares=[error_middleware(), require_credential],
         client_max_size=deps.limits.exec_max_body,
         handler_args={
             "handler_cancellation": True,  # a client that leaves cancels its run

@@ -11,6 +11,7 @@ from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.network import Firewall, NetworkAdapter, NetworkSettings
 from bismuth_core import __version__, eventloop
 from bismuth_core.config import ConfigError, add_common_arguments, flag_overrides, load_config
+from bismuth_core.credentials import FrontendCredentials, cluster_credentials
 from bismuth_core.daemon import run_daemon, serving
 from bismuth_core.layout import NodeAlive, parse_ipv4
 from bismuth_core.zk import ZooKeeper
@@ -55,6 +56,7 @@ def network_settings(config: AgentConfig) -> NetworkSettings:
 
 
 async def serve(config: AgentConfig) -> None:
+    credentials = agent_credentials(config)  # a missing or bad key stops it before anything
     zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
     await zk.start()
     ctrd = ContainerdClient(config.containerd_address, config.containerd_namespace)
@@ -72,6 +74,7 @@ async def serve(config: AgentConfig) -> None:
             agent,
             logs,
             metrics,
+            credentials,
             InvokeLimits.from_config(config),
             refresh_metrics=agent.refresh_metrics,
         )
@@ -86,6 +89,16 @@ async def serve(config: AgentConfig) -> None:
     finally:
         await zk.stop()
         await ctrd.close()
+
+
+def agent_credentials(config: AgentConfig) -> FrontendCredentials:
+    """The credential callers must present; the agent cannot run without the cluster key."""
+    if not config.cluster_key_file:
+        raise ConfigError(
+            "config cluster_key_file: required (callers of /invoke and /logs are checked "
+            "with a credential derived from the cluster key)"
+        )
+    return cluster_credentials(file=config.cluster_key_file).frontend
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from aiohttp import (
 from multidict import CIMultiDict
 from yarl import URL
 
+from bismuth_core.credentials import AGENT_HEADER
 from bismuth_core.httpheaders import CONTAINER_ID, NOT_FORWARDED, end_to_end
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ async def proxy(
         upstream = await session.request(
             request.method,
             url,
-            headers=end_to_end(request.headers),
+            headers=end_to_end(request.headers, {AGENT_HEADER}),  # the caller's, not theirs
             data=request.content if request.body_exists else None,
             allow_redirects=False,
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),

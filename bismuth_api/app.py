@@ -22,9 +22,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bismuth_core import jsondoc
+from bismuth_core.credentials import ClusterCredentials
 from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
 from bismuth_core.fleet import FleetCache
-from bismuth_core.secrets import MAX_SECRET_SIZE, validate_secret_name, validate_secret_value
+from bismuth_core.secrets import (
+    MAX_SECRET_SIZE,
+    SecretBox,
+    validate_secret_name,
+    validate_secret_value,
+)
 from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
 
@@ -36,9 +42,9 @@ from .openapi import openapi_document
 from .service import (
     FunctionService,
     SecretService,
+    cluster_key,
     parse_function_id,
     parse_uuid_segment,
-    secret_box,
 )
 from .status import StatusService
 from .tenants import GroupService
@@ -94,6 +100,7 @@ class ApiDeps:
     tokens: TokenCache
     groups: GroupService
     status: StatusService
+    credentials: ClusterCredentials  # presented to the agents (logs)
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -166,7 +173,8 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     fid = parse_function_id(request.match_info["id"])
     backends = await deps.service.backends(request[CALLER], fid)
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
-    return await logs.respond(request, request.app[HTTP], backends, deps.config.agent_port, follow)
+    agent = logs.Agents(request.app[HTTP], deps.config.agent_port, deps.credentials.agent)
+    return await logs.respond(request, agent, backends, follow)
 
 
 async def _secret_value(request: web.Request) -> bytes:
@@ -181,7 +189,6 @@ async def put_secret(request: web.Request) -> web.Response:
     secrets = request.app[DEPS].secrets
     fid = parse_function_id(request.match_info["id"])
     name = validate_secret_name(request.match_info["name"])
-    secrets.require_key()
     await secrets.set(request[CALLER], fid, name, await _secret_value(request))
     return web.Response(status=204)
 
@@ -304,8 +311,9 @@ def create_app(deps: ApiDeps) -> web.Application:
 
 
 def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> ApiDeps:
-    """The API's parts; :class:`ConfigError` if the configured cluster key is unusable."""
-    secrets = SecretService(zk, secret_box(config))
+    """The API's parts; :class:`ConfigError` if the cluster key is missing or unusable."""
+    key = cluster_key(config)
+    secrets = SecretService(zk, SecretBox(key))
     lock = asyncio.Lock()
     fleet = FleetCache(zk)
     leader = (
@@ -332,4 +340,5 @@ def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> Ap
         TokenCache(zk),
         groups,
         StatusService(zk, service),
+        ClusterCredentials.from_cluster_key(key),
     )

@@ -4,7 +4,8 @@ Without ``follow`` the answer is plain text, each container's log under a ``==> 
 header (as ``tail`` prints several files). With ``follow=true`` it is a Server-Sent Events
 stream merging every container's live log: ``event: log`` with JSON data
 ``{"container_id": ..., "line": ...}``; it ends when every container's stream has ended.
-An agent that cannot be reached is reported in the output, not as a failed request.
+An agent that cannot be reached is reported in the output, not as a failed request. The API
+presents the cluster's agent credential to every agent.
 """
 
 from __future__ import annotations
@@ -12,32 +13,40 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
-from aiohttp import ClientError, ClientSession, web
+from aiohttp import ClientError, ClientResponse, ClientSession, web
 
+from bismuth_core.credentials import AGENT_HEADER
 from bismuth_core.layout import Backend
 
 
-def _agent_url(backend: Backend, port: int, follow: bool) -> str:
-    suffix = "?follow=true" if follow else ""
-    return f"http://{backend.ip}:{port}/logs/{backend.container_id}{suffix}"
+@dataclass(frozen=True)
+class Agents:
+    """How the API reaches agents' ``/logs``: its client, their port, the credential."""
+
+    http: ClientSession
+    port: int
+    credential: str
+
+    def logs(self, backend: Backend, follow: bool) -> AbstractAsyncContextManager[ClientResponse]:
+        suffix = "?follow=true" if follow else ""
+        url = f"http://{backend.ip}:{self.port}/logs/{backend.container_id}{suffix}"
+        return self.http.get(url, headers={AGENT_HEADER: self.credential})
 
 
 async def respond(
-    request: web.Request,
-    http: ClientSession,
-    backends: Sequence[Backend],
-    agent_port: int,
-    follow: bool,
+    request: web.Request, agents: Agents, backends: Sequence[Backend], follow: bool
 ) -> web.StreamResponse:
     if follow:
-        return await _follow(request, http, backends, agent_port)
+        return await _follow(request, agents, backends)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
     for backend in backends:
         await response.write(f"==> {backend.container_id} ({backend.ip}) <==\n".encode())
         try:
-            async with http.get(_agent_url(backend, agent_port, False)) as upstream:
+            async with agents.logs(backend, False) as upstream:
                 if upstream.status != 200:
                     await response.write(f"(agent answered {upstream.status})\n".encode())
                     continue
@@ -50,7 +59,7 @@ async def respond(
 
 
 async def _follow(
-    request: web.Request, http: ClientSession, backends: Sequence[Backend], agent_port: int
+    request: web.Request, agents: Agents, backends: Sequence[Backend]
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -66,7 +75,7 @@ async def _follow(
     async def pump(backend: Backend) -> None:
         cid = str(backend.container_id)
         try:
-            async with http.get(_agent_url(backend, agent_port, True)) as upstream:
+            async with agents.logs(backend, True) as upstream:
                 if upstream.status != 200:
                     await emit(cid, f"(agent answered {upstream.status})")
                     return

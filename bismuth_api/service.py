@@ -18,13 +18,13 @@ from typing import Any
 
 from bismuth_core import cluster, groups, layout, operations, tenancy
 from bismuth_core.cluster import FunctionView
+from bismuth_core.config import ConfigError
 from bismuth_core.definition import DefinitionLimits, FunctionDefinition, parse_definition
 from bismuth_core.errors import (
     InsufficientCapacity,
     InvalidDefinition,
     InvalidRequest,
     NotFound,
-    Unavailable,
 )
 from bismuth_core.fleet import NodeSource
 from bismuth_core.layout import Backend
@@ -174,23 +174,15 @@ class SecretService:
     Each call first checks that the caller may act on the function (404 if not).
     """
 
-    def __init__(self, zk: ZooKeeper, box: SecretBox | None) -> None:
+    def __init__(self, zk: ZooKeeper, box: SecretBox) -> None:
         self.zk = zk
         self.box = box
         self.scope = TenantScope(zk)
 
-    def require_key(self) -> SecretBox:
-        if self.box is None:
-            raise Unavailable(
-                "no cluster key configured: set cluster_key or cluster_key_file in the "
-                "API's configuration to store secrets"
-            )
-        return self.box
-
     async def set(self, caller: Caller, fid: uuid.UUID, name: str, value: bytes) -> bool:
         """Store ``value`` sealed; True if the secret is new, False if it was replaced."""
         await self.scope.check_function(caller, fid)
-        sealed = self.require_key().seal(fid, name, value)
+        sealed = self.box.seal(fid, name, value)
         return await operations.set_secret(self.zk, fid, name, sealed)
 
     async def names(self, caller: Caller, fid: uuid.UUID) -> list[str]:
@@ -202,8 +194,14 @@ class SecretService:
         await operations.delete_secret(self.zk, fid, name)
 
 
-def secret_box(config: ApiConfig) -> SecretBox | None:
-    """The cluster key's box if one is configured; :class:`ConfigError` if it is unusable."""
+def cluster_key(config: ApiConfig) -> bytes:
+    """The cluster key: it seals secrets, and the API's credentials derive from it.
+
+    :class:`ConfigError` if it is missing or unusable: the API cannot run without it.
+    """
     if not config.cluster_key and not config.cluster_key_file:
-        return None
-    return SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))
+        raise ConfigError(
+            "config cluster_key_file: required (or cluster_key): it seals function secrets "
+            "and the API's credentials for the agents derive from it"
+        )
+    return load_cluster_key(config.cluster_key, config.cluster_key_file)

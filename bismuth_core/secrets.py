@@ -148,13 +148,14 @@ def load_cluster_key(value: str = "", file: str = "") -> bytes:
             raise ConfigError(f"cluster key file {file}: {exc.strerror or exc}") from exc
         except UnicodeDecodeError:
             raise ConfigError(f"cluster key file {file}: not base64 text") from None
-        return _decode_key(text, f"cluster key file {file}")
+        return decode_key(text, f"cluster key file {file}")
     if value:
-        return _decode_key(value, "config cluster_key")
+        return decode_key(value, "config cluster_key")
     raise ConfigError("no cluster key configured (cluster_key or cluster_key_file)")
 
 
-def _decode_key(text: str, where: str) -> bytes:
+def decode_key(text: str, where: str) -> bytes:
+    """32 bytes from base64 ``text``; :class:`ConfigError` naming ``where`` if not."""
     stripped = text.strip()
     padded = stripped + "=" * (-len(stripped) % 4)
     try:

@@ -18,6 +18,7 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, 
 from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
+from bismuth_core.credentials import FrontendCredentials, frontend_credentials
 from bismuth_core.errors import BismuthError, InvalidRequest
 from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
@@ -42,9 +43,12 @@ class FrontendDeps:
     load: OutstandingRequests
     metrics: FrontendMetrics
     rng: random.Random
+    credentials: FrontendCredentials  # presented to the agents
 
 
 def build_deps(config: FrontendConfig) -> FrontendDeps:
+    """The frontend's parts; :class:`ConfigError` if its key file is missing or unusable."""
+    credentials = frontend_credentials(config.frontend_key_file)
     zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
     cache = RouteCache(zk)
     load = OutstandingRequests()
@@ -54,7 +58,7 @@ def build_deps(config: FrontendConfig) -> FrontendDeps:
         zookeeper_connected=lambda: zk.connected,
         routes=lambda: len(cache.table.routes),
     )
-    return FrontendDeps(config, zk, cache, load, metrics, random.Random())
+    return FrontendDeps(config, zk, cache, load, metrics, random.Random(), credentials)
 
 
 DEPS = web.AppKey("deps", FrontendDeps)
@@ -129,6 +133,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         host=request.headers.get("Host", host),
         traceparent=trace.header,
         keep_tracestate=continued,
+        agent_credential=request.app[DEPS].credentials.agent,
     )
     return await request.app[FORWARDER].forward(request, host, target, headers, trace)
 

@@ -40,6 +40,9 @@ class FrontendConfig:
     retries: int = 2  # more backends tried after one could not be reached
     shutdown_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM
     log_level: str = "info"
+    # The frontend key (written by the deploy, derived from the cluster key): the agents'
+    # credential comes from it. Required.
+    frontend_key_file: str = ""
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "request_timeout", "shutdown_timeout"):

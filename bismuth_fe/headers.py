@@ -1,13 +1,15 @@
-"""Headers between client and agent: hop-by-hop removal and ``X-Forwarded-*``.
+"""Headers between client and agent: hop-by-hop removal, ``X-Forwarded-*``, the credential.
 
 Hop-by-hop headers are dropped in both directions (see :mod:`bismuth_core.httpheaders`).
-Everything else passes through, repeated headers included.
+Everything else passes through, repeated headers included, except the agent credential
+header: a client's is dropped, and the frontend's own goes to the agent.
 """
 
 from __future__ import annotations
 
 from multidict import CIMultiDict
 
+from bismuth_core.credentials import AGENT_HEADER
 from bismuth_core.httpheaders import (
     CONTAINER_ID,
     NOT_FORWARDED,
@@ -34,16 +36,19 @@ def upstream_headers(
     host: str,
     traceparent: str,
     keep_tracestate: bool,
+    agent_credential: str,
     proto: str = "http",
 ) -> CIMultiDict[str]:
     """Request headers for the agent.
 
     ``Host`` stays the original; ``X-Forwarded-For`` gets ``client`` appended;
     ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set; ``traceparent`` is replaced
-    (and ``tracestate`` kept only when the incoming trace was continued).
+    (and ``tracestate`` kept only when the incoming trace was continued); the agent
+    credential header is the frontend's own, never the client's.
     """
     # Expect: the frontend already answered 100-continue to the client itself.
     drop = {"expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", TRACEPARENT}
+    drop.add(AGENT_HEADER)
     if not keep_tracestate:
         drop.add(TRACESTATE)
     out = end_to_end(headers, drop)
@@ -52,6 +57,7 @@ def upstream_headers(
     out["X-Forwarded-Proto"] = proto
     out["X-Forwarded-Host"] = host
     out[TRACEPARENT] = traceparent
+    out[AGENT_HEADER] = agent_credential
     return out
 
 

@@ -21,6 +21,9 @@ bootstrap_wait = 60
 # without it the stored secrets are lost); "" = <this checkout>/var/secrets/<zookeeper_env>.key
 cluster_key_source = ""
 cluster_key_file = ""  # "" = <etc_dir>/cluster.key: where the API and the agent read it
+# Frontends get a key derived from the cluster key instead, which gives them the credential
+# agents ask of callers and nothing more; "" = <etc_dir>/frontend.key.
+frontend_key_file = ""
 # The operator's admin token for the API (every tenant), made on the machine running the
 # deploy like the cluster key and kept next to it (mode 0600; "" = var/secrets/<env>.admin-token
 # when the key is var/secrets/<env>.key), installed on API hosts (root, 0600; "" =

@@ -1,4 +1,5 @@
-"""The fleet's cluster key: seals function secrets in ZooKeeper; the same on every host.
+"""The fleet's cluster key (seals function secrets; the daemons' credentials derive from it),
+and the frontend key derived from it.
 
 It is kept on the machine that runs the deploy, in ``cluster_key_source`` (default
 ``<this checkout>/var/secrets/<zookeeper_env>.key``, mode 0600), generated there the first
@@ -7,12 +8,18 @@ time a deploy needs it, and uploaded to ``cluster_key_file`` (default
 API and agent read it (no other host gets it). A
 second deploy finds the same key on both sides and changes nothing. Losing the source
 file means losing every stored secret: back it up.
+
+Hosts of ``frontends`` get only the frontend key, derived here from the cluster key
+(:mod:`bismuth_core.credentials`), as ``frontend_key_file`` (default
+``<etc_dir>/frontend.key``, root, 0600): it gives the credential agents ask of callers, and
+nothing that opens secrets.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
@@ -20,8 +27,9 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
+from bismuth_core.credentials import cluster_credentials
 from bismuth_core.secrets import generate_cluster_key, load_cluster_key
-from tasks.roles import AGENTS, API, has_role
+from tasks.roles import AGENTS, API, FRONTENDS, has_role
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +78,31 @@ def cluster_key() -> OperationMeta | None:
         name="Cluster key",
         src=str(source),
         dest=cluster_key_file(),
+        mode="600",
+        user="root",
+        group="root",
+    )
+
+
+def frontend_key_file() -> str:
+    """Where a frontend reads its key: ``frontend_key_file`` or under ``etc_dir``."""
+    return str(host.data.frontend_key_file or f"{host.data.etc_dir}/frontend.key")
+
+
+@deploy("Frontend key")
+def frontend_key() -> OperationMeta | None:
+    """Upload the frontend key (derived from the cluster key) to frontends; the result.
+
+    ``None`` on hosts without a frontend.
+    """
+    if not has_role(FRONTENDS):
+        return None
+    source = ensure_key_source(cluster_key_source())
+    text = cluster_credentials(file=str(source)).frontend_key_text()
+    return files.put(
+        name="Frontend key",
+        src=StringIO(text + "\n"),
+        dest=frontend_key_file(),
         mode="600",
         user="root",
         group="root",

@@ -4,7 +4,8 @@
 ``frontends``. Each gets a TOML config rendered from group data in ``<etc_dir>`` and a
 program under the service manager, run from the daemon's version link
 (:func:`tasks.toolkit.daemon_bin`); a changed config or a moved link restarts it (the API's
-also when the cluster key it reads, ``tasks/cluster_key.py``, changed). The agent, which
+also when the cluster key it reads, ``tasks/cluster_key.py``, changed; the frontend's when
+its frontend key did). The agent, which
 needs containerd, has its own task (``tasks/agent.py``).
 """
 
@@ -16,7 +17,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
-from tasks.cluster_key import cluster_key_file
+from tasks.cluster_key import cluster_key_file, frontend_key_file
 from tasks.rendering import template_file
 from tasks.roles import API, FRONTENDS, has_role
 from tasks.services import Program, program
@@ -71,8 +72,11 @@ def api(restart_on: Sequence[OperationMeta | None] = ()) -> None:
 
 
 @deploy("Bismuth frontend")
-def frontend() -> None:
-    """``bismuthfe``: routes requests by Host header on ``fe_bind``; health on ``fe_admin_bind``."""
+def frontend(restart_on: Sequence[OperationMeta | None] = ()) -> None:
+    """``bismuthfe``: routes requests by Host header on ``fe_bind``; health on ``fe_admin_bind``.
+
+    ``restart_on``: other files it reads (its key); a change restarts it.
+    """
     if not has_role(FRONTENDS):
         return
     path = f"{host.data.etc_dir}/fe.toml"
@@ -87,7 +91,8 @@ def frontend() -> None:
         admin_bind=host.data.fe_admin_bind,
         agent_port=host.data.agent_port,
         log_level=host.data.log_level,
+        frontend_key_file=frontend_key_file(),
     )
     link = switch_daemon(FE_PROGRAM)
     spec = _daemon(FE_PROGRAM, "Bismuth frontend", "bismuthfe", path)
-    program(spec, _changes(config, link))
+    program(spec, _changes(config, link, *restart_on))

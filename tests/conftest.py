@@ -6,11 +6,13 @@ import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from bismuth_core import operations
 from bismuth_core.zk import ZooKeeper
+from tests.support.clusterkey import write_key_files
 from tests.support.standin import StandInAgent
 from tests.support.zkfaults import InterleavedSession
 from tests.support.zkserver import ZooKeeperServer, free_port
@@ -32,6 +34,22 @@ def zk_server() -> Iterator[ZooKeeperServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The session's cluster key file and frontend key file, as the deploy writes them."""
+    return write_key_files(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def cluster_key_file(key_files: tuple[Path, Path]) -> str:
+    return str(key_files[0])
+
+
+@pytest.fixture(scope="session")
+def frontend_key_file(key_files: tuple[Path, Path]) -> str:
+    return str(key_files[1])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ snapshot of this checkout (dependencies from earlier wheelhouses or the package 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import uuid
@@ -156,6 +157,24 @@ async def test_a_function_runs_one_replica_per_host_and_answers_through_the_fron
         await eventually(lambda: loop.report.sent >= 60, 60, what="60 requests")
     assert loop.report.failed == 0, loop.report
     assert set(loop.report.containers) <= set(placed.values())
+    fleet.notes["placed"] = json.dumps(placed)
+
+
+def test_an_agent_answers_only_the_clusters_daemons(fleet: Fleet) -> None:
+    """From another host of the fleet, without the agent credential: 401; the frontend's
+    requests (above) carry it. The frontend holds only the key it derives from."""
+    target, caller = fleet.hosts[0], fleet.hosts[1]
+    cid = json.loads(fleet.notes["placed"])[target.address]
+    for path in (f"/invoke/{cid}/", f"/logs/{cid}", "/metrics"):
+        probe = f"curl -s -o /dev/null -w '%{{http_code}}' http://{target.address}:8001{path}"
+        assert fleet.ssh(caller, probe) == "401", path
+    health = f"curl -s -o /dev/null -w '%{{http_code}}' http://{target.address}:8001/healthz"
+    assert fleet.ssh(caller, health) == "200"
+    fe_key = fleet.ssh(
+        target, "stat -c %a /etc/bismuth/frontend.key; cat /etc/bismuth/frontend.key"
+    )
+    mode, text = fe_key.split("\n", 1)
+    assert mode == "600" and text.strip() != (fleet.control / "cluster.key").read_text().strip()
 
 
 def test_second_deploy_reports_no_changes(fleet: Fleet) -> None:

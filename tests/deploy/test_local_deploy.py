@@ -40,6 +40,7 @@ from bismuth_agent.config import AgentConfig
 from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall
 from bismuth_agent.providers import recorded_pid
+from bismuth_core.credentials import cluster_credentials
 from bismuth_lab import procs
 from tests.deploy.pyinfra_runs import (
     REPO,
@@ -359,7 +360,11 @@ async def test_cluster_key_is_installed_and_the_api_stores_secrets(
 ) -> None:
     installed = cluster.root / "etc" / "cluster.key"
     assert installed.read_bytes() == cluster.cluster_key_source.read_bytes()
-    for path in (installed, cluster.cluster_key_source):
+    frontend_key = cluster.root / "etc" / "frontend.key"  # derived, never the cluster key
+    assert frontend_key.read_text().strip() == (
+        cluster_credentials(file=str(installed)).frontend_key_text()
+    )
+    for path in (installed, cluster.cluster_key_source, frontend_key):
         info = path.stat()
         assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0), path
     (function,) = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]

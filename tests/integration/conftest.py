@@ -33,11 +33,12 @@ async def http(admin_token: str) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def api_config(zk_server, zk_env, standins) -> ApiConfig:
+def api_config(zk_server, zk_env, standins, cluster_key_file) -> ApiConfig:
     """Short grace and leader interval so node loss and rollouts finish quickly in tests."""
     return ApiConfig(
         zookeeper=zk_server.hosts,
         zookeeper_env=zk_env,
+        cluster_key_file=cluster_key_file,
         node_loss_grace=1.5,
         leader_interval=0.2,
         agent_port=standins.port,

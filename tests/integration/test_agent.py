@@ -24,6 +24,7 @@ from bismuth_agent.network import Firewall, NetworkAdapter
 from bismuth_core import cluster, layout, operations
 from bismuth_core.layout import ContainerStatus, NodeAlive
 from tests.support.agenthost import get, httpd, running_backend, start_agent, statuses
+from tests.support.clusterkey import AGENT_AUTH
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ async def test_executable_function_runs_per_request(zk, agent):
     )
     backend = await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=AGENT_AUTH) as http,
         http.post(f"{agent.url}/invoke/{backend.container_id}", data=b"shout") as resp,
     ):
         assert resp.status == 200 and await resp.read() == b"SHOUT"

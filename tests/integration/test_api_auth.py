@@ -11,7 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bismuth_core import cluster, tenancy, tokens
-from bismuth_core.secrets import generate_cluster_key
 from tests.support.apiserver import Api, bearer, definition
 from tests.support.waiting import eventually
 
@@ -72,7 +71,7 @@ class World:
 @pytest.fixture
 async def world(api_config, standins) -> AsyncIterator[World]:
     await standins.add(cpus=64.0, memory=1 << 40)
-    api = Api(replace(api_config, cluster_key=generate_cluster_key()))
+    api = Api(api_config)
     await api.start()
     alpha, own = await api.tenant("alpha")
     beta, other = await api.tenant("beta")

@@ -44,8 +44,8 @@ def box(key_text: str) -> SecretBox:
 
 @pytest.fixture
 async def keyed(api_config: ApiConfig, key_text: str) -> AsyncIterator[Api]:
-    """An API holding the cluster key (the ``api`` fixture has none)."""
-    server = Api(replace(api_config, cluster_key=key_text))
+    """An API holding a cluster key of the test's own (``key_text``, opened by ``box``)."""
+    server = Api(replace(api_config, cluster_key=key_text, cluster_key_file=""))
     await server.start()
     yield server
     await server.stop()
@@ -88,9 +88,7 @@ async def test_set_list_replace_delete(keyed, standins, http, caplog):
     assert await call(http, "PUT", f"{base}/db.password", b"rotated") == (204, None)
     assert (await call(http, "GET", base))[1] == {"secrets": ["API_TOKEN", "db.password"]}
     sealed = await operations.read_sealed_secret(standins.zk, uuid.UUID(fid), "db.password")
-    assert keyed.deps.secrets.require_key().open(uuid.UUID(fid), "db.password", sealed) == (
-        b"rotated"
-    )
+    assert keyed.deps.secrets.box.open(uuid.UUID(fid), "db.password", sealed) == (b"rotated")
 
     assert await call(http, "DELETE", f"{base}/db.password") == (204, None)
     assert (await call(http, "GET", base))[1] == {"secrets": ["API_TOKEN"]}
@@ -143,18 +141,11 @@ async def test_bad_requests_are_json_errors(keyed, standins, http):
     assert await call(http, "PUT", f"{base}/max", exactly) == (204, None)
 
 
-async def test_without_a_cluster_key_set_is_503(api, standins, http):
-    await standins.add()
-    fid = await new_function(http, api)
-    status, body = await call(http, "PUT", f"{api.url}/function/{fid}/secrets/a", b"v")
-    assert status == 503 and "no cluster key configured" in body["error"]
-    assert await call(http, "GET", f"{api.url}/function/{fid}/secrets") == (200, {"secrets": []})
-    assert await standins.zk.exists(layout.secrets_path(uuid.UUID(fid))) is None
-
-
-def test_an_unusable_cluster_key_stops_the_api(api_config, tmp_path):
+def test_an_unusable_or_missing_cluster_key_stops_the_api(api_config, tmp_path):
+    with pytest.raises(ConfigError, match="config cluster_key_file: required"):
+        Api(replace(api_config, cluster_key_file=""))
     with pytest.raises(ConfigError, match="config cluster_key: decodes to 3 bytes"):
-        Api(replace(api_config, cluster_key="YWJj"))
+        Api(replace(api_config, cluster_key="YWJj", cluster_key_file=""))
     with pytest.raises(ConfigError, match=r"cluster key file .*missing\.key: No such file"):
         Api(replace(api_config, cluster_key_file=str(tmp_path / "missing.key")))
     assert "YWJj" not in repr(replace(api_config, cluster_key="YWJj"))

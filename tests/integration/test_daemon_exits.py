@@ -32,10 +32,25 @@ def test_a_bad_config_value_exits_2_naming_the_key(daemon: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_an_unreachable_zookeeper_at_start_exits_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("daemon", "setting"),
+    [
+        ("bismuth-api", "cluster_key_file"),
+        ("bismuthd", "cluster_key_file"),
+        ("bismuthfe", "frontend_key_file"),
+    ],
+)
+def test_a_daemon_without_its_key_exits_2_naming_the_setting(daemon: str, setting: str) -> None:
+    """The credentials daemons check each other with derive from the cluster key."""
+    result = run(str(BIN / daemon), "--zookeeper", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2, result.stderr
+    assert setting in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_zookeeper_at_start_exits_1(tmp_path: Path, cluster_key_file: str) -> None:
     """Every daemon starts through the same runner; the API's connect timeout is short."""
     config = tmp_path / "api.toml"
-    config.write_text("connect_timeout = 1.0\n")
+    config.write_text(f"connect_timeout = 1.0\ncluster_key_file = {cluster_key_file!r}\n")
     result = run(
         str(BIN / "bismuth-api"), "--config", str(config), "--zookeeper", f"127.0.0.1:{free_port()}"
     )

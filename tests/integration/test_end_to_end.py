@@ -18,9 +18,9 @@ import pytest
 
 from bismuth_core import cluster, layout, operations, tenancy
 from bismuth_core.definition import parse_definition
-from bismuth_fe.config import FrontendConfig
 from bismuth_fe.server import Frontend
 from tests.support.apiserver import Api, definition
+from tests.support.fehost import frontend_config
 from tests.support.waiting import eventually
 from tests.support.zkfaults import TcpProxy
 
@@ -28,17 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def frontend(zk_server, zk_env, standins) -> AsyncIterator[Frontend]:
-    fe = Frontend(
-        FrontendConfig(
-            zookeeper=zk_server.hosts,
-            zookeeper_env=zk_env,
-            bind="127.0.0.1:0",
-            admin_bind="127.0.0.1:0",
-            agent_port=standins.port,
-            shutdown_timeout=2.0,
-        )
-    )
+async def frontend(zk_server, zk_env, standins, frontend_key_file) -> AsyncIterator[Frontend]:
+    fe = Frontend(frontend_config(zk_server.hosts, zk_env, standins.port, frontend_key_file))
     await fe.start()
     yield fe
     await fe.stop()
@@ -171,20 +162,12 @@ async def test_lost_node_moves_traffic_to_the_other_node(api, frontend, standins
 
 
 async def test_zookeeper_outage_frontend_serves_api_refuses(
-    zk_server, zk_env, api_config, standins, http
+    zk_server, zk_env, api_config, standins, http, frontend_key_file
 ):
     await standins.add()
     proxy = TcpProxy(zk_server.port)
     api = Api(replace(api_config, zookeeper=proxy.hosts))
-    fe = Frontend(
-        FrontendConfig(
-            zookeeper=proxy.hosts,
-            zookeeper_env=zk_env,
-            bind="127.0.0.1:0",
-            admin_bind="127.0.0.1:0",
-            agent_port=standins.port,
-        )
-    )
+    fe = Frontend(frontend_config(proxy.hosts, zk_env, standins.port, frontend_key_file))
     await api.start()
     await fe.start()
     try:

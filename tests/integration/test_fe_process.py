@@ -46,7 +46,9 @@ def test_bad_flag_value_exits_2_naming_the_key():
     assert "admin_bind" in result.stderr
 
 
-async def test_sigterm_lets_in_flight_requests_finish(zk_server, zk_env, zk, standins, tmp_path):
+async def test_sigterm_lets_in_flight_requests_finish(
+    zk_server, zk_env, zk, standins, tmp_path, frontend_key_file
+):
     agent = await standins.add()
     await operations.create_function(zk, definition())
     port, admin = free_port(), free_port()
@@ -63,7 +65,11 @@ async def test_sigterm_lets_in_flight_requests_finish(zk_server, zk_env, zk, sta
             "--admin-bind",
             f"127.0.0.1:{admin}",
         ],
-        env={**os.environ, "BISMUTH_AGENT_PORT": str(standins.port)},
+        env={
+            **os.environ,
+            "BISMUTH_AGENT_PORT": str(standins.port),
+            "BISMUTH_FRONTEND_KEY_FILE": frontend_key_file,
+        },
         stdout=subprocess.DEVNULL,
         stderr=log,
     )

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bismuth_core import cluster, layout, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus
-from bismuth_fe.config import FrontendConfig
 from bismuth_fe.server import Frontend
 from bismuth_fe.tracing import parse_traceparent
+from tests.support.fehost import frontend_config
 from tests.support.waiting import eventually
 from tests.support.zkfaults import TcpProxy, expire_session
 
@@ -47,20 +47,15 @@ def definition(hosts: tuple[str, ...] = ("app.test",), max_instances: int = 1):
 
 
 @pytest.fixture
-async def start_frontend(zk_server, zk_env, standins) -> AsyncIterator[StartFrontend]:
+async def start_frontend(
+    zk_server, zk_env, standins, frontend_key_file
+) -> AsyncIterator[StartFrontend]:
     started: list[Frontend] = []
 
     async def start(**overrides: object) -> Frontend:
-        settings: dict[str, object] = {
-            "zookeeper": zk_server.hosts,
-            "zookeeper_env": zk_env,
-            "bind": "127.0.0.1:0",
-            "admin_bind": "127.0.0.1:0",
-            "agent_port": standins.port,
-            "shutdown_timeout": 2.0,
-            **overrides,
-        }
-        frontend = Frontend(FrontendConfig(**settings))  # type: ignore[arg-type]
+        zookeeper = str(overrides.pop("zookeeper", zk_server.hosts))
+        config = frontend_config(zookeeper, zk_env, standins.port, frontend_key_file, **overrides)
+        frontend = Frontend(config)
         await frontend.start()
         started.append(frontend)
         return frontend

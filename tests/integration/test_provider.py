@@ -38,6 +38,7 @@ from tests.support.agenthost import (
     start_agent,
     statuses,
 )
+from tests.support.clusterkey import AGENT_AUTH
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -99,7 +100,8 @@ class Probe:
 
     async def run(self, ops: list[list[object]]) -> list[object]:
         url = f"{self.agent.url}/invoke/{self.cid}"
-        async with aiohttp.ClientSession() as http, http.post(url, data=json.dumps(ops)) as resp:
+        session = aiohttp.ClientSession(headers=AGENT_AUTH)
+        async with session as http, http.post(url, data=json.dumps(ops)) as resp:
             body = await resp.read()
             assert resp.status == 200, body
         return json.loads(body)
@@ -358,16 +360,17 @@ async def test_removing_the_function_stops_its_provider(zk, pyagent):
 # --- secrets -------------------------------------------------------------------------------
 
 
-async def test_secrets_set_through_the_api_are_read_inside(zk, pynode, zk_server, zk_env, tmp_path):
+async def test_secrets_set_through_the_api_are_read_inside(
+    zk, pynode, zk_server, zk_env, cluster_key_file
+):
     from bismuth_api.config import ApiConfig
     from tests.support.apiserver import Api
 
-    key = generate_cluster_key()
-    key_file = tmp_path / "cluster.key"
-    key_file.write_text(key)
-    config = dataclasses.replace(pynode, cluster_key_file=str(key_file))
-    running = await start_agent(config)
-    api = Api(ApiConfig(zookeeper=zk_server.hosts, zookeeper_env=zk_env, cluster_key=key))
+    running = await start_agent(pynode)
+    config = ApiConfig(
+        zookeeper=zk_server.hosts, zookeeper_env=zk_env, cluster_key_file=cluster_key_file
+    )
+    api = Api(config)
     await api.start()
     try:
         probe = await deploy_probe(zk, running)
@@ -392,14 +395,12 @@ async def test_secrets_set_through_the_api_are_read_inside(zk, pynode, zk_server
         await running.stop()
 
 
-async def test_a_wrong_cluster_key_is_an_error_not_garbage(zk, pynode, zk_server, zk_env, tmp_path):
+async def test_a_wrong_cluster_key_is_an_error_not_garbage(zk, pynode, zk_server, zk_env):
     from bismuth_api.config import ApiConfig
     from tests.support.apiserver import Api
 
-    key_file = tmp_path / "other.key"
-    key_file.write_text(generate_cluster_key())
-    running = await start_agent(dataclasses.replace(pynode, cluster_key_file=str(key_file)))
-    api_key = generate_cluster_key()
+    running = await start_agent(pynode)
+    api_key = generate_cluster_key()  # not the agent's: what it seals does not open there
     api = Api(ApiConfig(zookeeper=zk_server.hosts, zookeeper_env=zk_env, cluster_key=api_key))
     await api.start()
     try:

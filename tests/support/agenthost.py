@@ -31,7 +31,7 @@ from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.oci import import_oci_archive
 from bismuth_agent.http import AgentMetrics, HttpDeps, InvokeLimits, create_app
 from bismuth_agent.logstore import LogStore
-from bismuth_agent.main import network_settings
+from bismuth_agent.main import agent_credentials, network_settings
 from bismuth_agent.network import Firewall, NetworkAdapter
 from bismuth_agent.presence import NodePresence
 from bismuth_agent.providers import recorded_pid
@@ -40,6 +40,7 @@ from bismuth_core import cluster, layout, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus, NodeAlive
 from bismuth_core.zk import ZooKeeper
+from tests.support.clusterkey import AGENT_AUTH
 from tests.support.containerd import sweep
 from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
@@ -96,6 +97,7 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
                 agent,
                 logs,
                 metrics,
+                agent_credentials(config),
                 InvokeLimits.from_config(config),
                 refresh_metrics=agent.refresh_metrics,
             )
@@ -109,7 +111,7 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
 
 
 @pytest.fixture
-async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path):
+async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path, cluster_key_file):
     """Config of one node whose namespace already holds the busybox image."""
     n = next(_NODES)
     ip = f"127.0.{100 + n % 100}.{10 + os.getpid() % 200}"
@@ -129,6 +131,7 @@ async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path
         stop_grace=2.0,
         restart_backoff=0.2,
         restart_backoff_cap=1.0,
+        cluster_key_file=cluster_key_file,
     )
     await operations.provision(zk, ip)
     async with ContainerdClient(config.containerd_address, namespace) as client:
@@ -251,7 +254,7 @@ SHELL = {"Executable": ["/bin/sh"]}  # runs the request body as a script
 async def run_in(agent: RunningAgent, backend: layout.Backend, script: str) -> tuple[int, str]:
     """Run ``script`` in a ``SHELL`` container through the agent's /invoke."""
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=AGENT_AUTH) as http,
         http.post(f"{agent.url}/invoke/{backend.container_id}", data=script.encode()) as resp,
     ):
         return resp.status, (await resp.read()).decode(errors="replace")
@@ -264,5 +267,6 @@ async def shell_container(zk, agent: RunningAgent, **changes: object) -> layout.
 
 
 async def get(url: str) -> tuple[int, str, dict[str, str]]:
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+    """GET as the cluster's frontends and API do: with the agent credential."""
+    async with aiohttp.ClientSession(headers=AGENT_AUTH) as http, http.get(url) as resp:
         return resp.status, await resp.text(), dict(resp.headers)

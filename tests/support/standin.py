@@ -2,7 +2,8 @@
 
 It holds the node's ephemeral ``alive`` znode (recreated after a session expires), writes a
 status for each container scheduled onto its node, and serves ``/invoke/<cid>/<path>`` and
-``/logs/<cid>`` on a loopback address, as the real agent does on the node's address.
+``/logs/<cid>`` on a loopback address, as the real agent does on the node's address, to
+callers that present the cluster's agent credential (401 otherwise, as the agent answers).
 
 Invoke paths it understands: ``/stream?bytes=N`` (N bytes of body), ``/echo`` (the request
 body back), ``/slow?seconds=S``; anything else answers JSON describing the request.
@@ -23,8 +24,10 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
 from bismuth_core import layout
+from bismuth_core.credentials import AGENT_HEADER, FrontendCredentials
 from bismuth_core.layout import ContainerStatus, NodeAlive
 from bismuth_core.zk import ZooKeeper
+from tests.support.clusterkey import CREDENTIALS
 
 
 class StandInAgent:
@@ -40,12 +43,14 @@ class StandInAgent:
         version: str = "standin",
         status: ContainerStatus | None = ContainerStatus.RUNNING,
         start_delay: float = 0.0,
+        credentials: FrontendCredentials = CREDENTIALS.frontend,
     ) -> None:
         self.ip, self.port = ip, port
         self.zk = ZooKeeper(hosts, env, session_timeout=4.0)
         self.alive = NodeAlive(cpus, memory, version)
         self.status = status  # written for new containers; None writes nothing
         self.start_delay = start_delay
+        self.credentials = credentials
         self.known: set[uuid.UUID] = set()
         self.requests: Counter[uuid.UUID] = Counter()
         self._runner: web.AppRunner | None = None
@@ -67,7 +72,8 @@ class StandInAgent:
         self._task = asyncio.create_task(self._reconcile())
 
     async def start_http(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[_require_credential])
+        app[CHECKS] = self.credentials
         app.router.add_route("*", "/invoke/{cid}", self._invoke)
         app.router.add_route("*", "/invoke/{cid}/{path:.*}", self._invoke)
         app.router.add_get("/logs/{cid}", self._logs)
@@ -174,7 +180,10 @@ class StandInAgent:
                 "method": request.method,
                 "path": path,
                 "query": request.query_string,
-                "headers": dict(request.headers),
+                # what a container would see: the agent drops the credential
+                "headers": {
+                    k: v for k, v in request.headers.items() if k.lower() != AGENT_HEADER.lower()
+                },
                 "body_length": len(body),
             },
             headers=headers,
@@ -196,3 +205,20 @@ class StandInAgent:
             await asyncio.sleep(0.1)
         await response.write_eof()
         return response
+
+
+def _seen_by_container(request: web.Request) -> dict[str, str]:
+    """The request's headers as a container sees them: the agent drops its credential."""
+    return {k: v for k, v in request.headers.items() if k.lower() != AGENT_HEADER.lower()}
+
+
+CHECKS = web.AppKey("checks", FrontendCredentials)
+
+
+@web.middleware
+async def _require_credential(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path != "/healthz" and not request.app[CHECKS].is_agent_credential(
+        request.headers.get(AGENT_HEADER)
+    ):
+        return web.json_response({"error": "agent credential missing or wrong"}, status=401)
+    return await handler(request)

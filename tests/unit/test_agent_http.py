@@ -22,6 +22,7 @@ from bismuth_agent.http import (
 )
 from bismuth_agent.logstore import LogStore
 from bismuth_agent.proxy import ProxyLimits
+from bismuth_core.credentials import AGENT_HEADER, FrontendCredentials
 from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
 
@@ -88,6 +89,10 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+CREDENTIALS = FrontendCredentials("the-clusters-agent-credential")
+AUTH = {AGENT_HEADER: CREDENTIALS.agent}
+
+
 @pytest.fixture
 async def container_server() -> AsyncIterator[tuple[str, int]]:
     async def echo(request: web.Request) -> web.StreamResponse:
@@ -98,6 +103,7 @@ async def container_server() -> AsyncIterator[tuple[str, int]]:
                 "query": request.query_string,
                 "len": len(body),
                 "connection_header": request.headers.get("Keep-Alive"),
+                "credential": request.headers.get(AGENT_HEADER),
             },
             headers={"X-From": "container"},
         )
@@ -122,7 +128,8 @@ LIMITS = InvokeLimits(
 async def agent(tmp_path) -> AsyncIterator[tuple[str, Directory, LogStore]]:
     directory = Directory()
     store = LogStore(tmp_path / "logs", max_bytes=1 << 20)
-    runner, url = await serve(create_app(HttpDeps(directory, store, AgentMetrics.create(), LIMITS)))
+    deps = HttpDeps(directory, store, AgentMetrics.create(), CREDENTIALS, LIMITS)
+    runner, url = await serve(create_app(deps))
     yield url, directory, store
     await runner.cleanup()
 
@@ -132,7 +139,7 @@ async def test_server_mode_is_proxied_with_path_query_and_container_id(agent, co
     cid = uuid.uuid4()
     directory.containers[cid] = FakeContainer(cid, container_server)
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=AUTH) as http,
         http.post(
             f"{url}/invoke/{cid}/a/b?x=1",
             data=b"z" * 5000,
@@ -143,14 +150,20 @@ async def test_server_mode_is_proxied_with_path_query_and_container_id(agent, co
         assert r.status == 200
         assert r.headers["X-Bismuth-Container-ID"] == str(cid)
         assert r.headers["X-From"] == "container"
-    assert body == {"path": "/a/b", "query": "x=1", "len": 5000, "connection_header": None}
+    assert body == {
+        "path": "/a/b",
+        "query": "x=1",
+        "len": 5000,
+        "connection_header": None,
+        "credential": None,  # the agent's credential never reaches a container
+    }
 
 
 async def test_unknown_or_not_running_is_503_not_forwarded(agent, container_server):
     url, directory, _ = agent
     stopped = uuid.uuid4()
     directory.containers[stopped] = FakeContainer(stopped, container_server, running=False)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         for cid in (uuid.uuid4(), stopped, "not-a-uuid"):
             async with http.get(f"{url}/invoke/{cid}/") as r:
                 assert r.status == 503
@@ -162,7 +175,7 @@ async def test_server_that_refuses_connections_is_503_not_forwarded(agent):
     url, directory, _ = agent
     cid = uuid.uuid4()
     directory.containers[cid] = FakeContainer(cid, ("127.0.0.1", free_port()))
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/invoke/{cid}") as r:
+    async with aiohttp.ClientSession(headers=AUTH) as http, http.get(f"{url}/invoke/{cid}") as r:
         body = await r.json()
         assert r.status == 503 and r.headers["X-Bismuth-Not-Forwarded"] == "1"
         assert f"container {cid} does not accept connections" in body["error"]
@@ -174,7 +187,7 @@ async def test_executable_mode(agent):
     directory.containers[ok] = FakeContainer(ok, None)
     directory.containers[failing] = FakeContainer(failing, None, exit_code=3)
     directory.containers[slow] = FakeContainer(slow, None, slow=True)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         async with http.post(f"{url}/invoke/{ok}", data=b"hello") as r:
             assert r.status == 200 and await r.read() == b"HELLO"
             assert r.headers["X-Bismuth-Exit-Code"] == "0"
@@ -207,7 +220,7 @@ async def test_logs_plain_and_follow_until_the_container_goes(agent):
     directory.containers[cid] = FakeContainer(cid, None)
     store.prepare(cid)
     store.note(cid, "first")
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         async with http.get(f"{url}/logs/{cid}") as r:
             assert r.status == 200 and "bismuthd:" in await r.text()
         async with http.get(f"{url}/logs/{cid}?follow=true") as r:
@@ -226,11 +239,37 @@ async def test_logs_plain_and_follow_until_the_container_goes(agent):
 
 async def test_health_and_metrics(agent):
     url, _, _ = agent
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         async with http.get(f"{url}/healthz") as r:
             assert (await r.json()) == {"ok": True, "containers": 0}
         async with http.get(f"{url}/metrics") as r:
             assert "bismuth_agent_start_seconds" in await r.text()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {AGENT_HEADER: "wrong"},
+        {AGENT_HEADER: CREDENTIALS.agent + "x"},
+        {AGENT_HEADER: ""},
+        {"Authorization": f"Bearer {CREDENTIALS.agent}"},  # only /metrics takes it so
+    ],
+)
+async def test_without_the_credential_only_healthz_answers(agent, container_server, headers):
+    url, directory, _ = agent
+    cid = uuid.uuid4()
+    directory.containers[cid] = FakeContainer(cid, container_server)
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for path in (f"/invoke/{cid}/x", f"/invoke/{cid}", f"/logs/{cid}", "/logs/x"):
+            async with http.get(url + path) as r:
+                assert r.status == 401, path
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                assert "X-Bismuth-Agent-Credential" in (await r.json())["error"]
+        async with http.get(f"{url}/healthz") as r:
+            assert r.status == 200
+        async with http.get(f"{url}/metrics") as r:
+            assert r.status == (200 if "Authorization" in headers else 401)
 
 
 def test_log_cap_keeps_the_newest_half(tmp_path):
@@ -273,7 +312,7 @@ async def test_a_hung_container_is_cut_off_and_holds_at_most_its_connections(
     hung, fine = uuid.uuid4(), uuid.uuid4()
     directory.containers[hung] = FakeContainer(hung, address)
     directory.containers[fine] = FakeContainer(fine, container_server)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
 
         async def call(cid: uuid.UUID) -> tuple[int, dict[str, str], dict[str, object]]:
             async with http.get(f"{url}/invoke/{cid}/x") as r:
@@ -309,7 +348,10 @@ async def test_bismuth_headers_from_a_container_are_dropped(agent):
     cid = uuid.uuid4()
     directory.containers[cid] = FakeContainer(cid, ("127.0.0.1", int(container_url.split(":")[-1])))
     try:
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/invoke/{cid}/") as r:
+        async with (
+            aiohttp.ClientSession(headers=AUTH) as http,
+            http.get(f"{url}/invoke/{cid}/") as r,
+        ):
             assert r.status == 200 and await r.text() == "hi"
             assert "X-Bismuth-Not-Forwarded" not in r.headers
             assert r.headers["X-Bismuth-Container-ID"] == str(cid)
@@ -321,7 +363,10 @@ async def raw_request(url: str, cid: uuid.UUID, declared: int, body: bytes):
     """A POST that declares ``declared`` body bytes but sends only ``body``."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    head = f"POST /invoke/{cid} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n"
+    head = (
+        f"POST /invoke/{cid} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n"
+        f"{AGENT_HEADER}: {CREDENTIALS.agent}\r\n\r\n"
+    )
     writer.write(head.encode() + body)
     await writer.drain()
     return reader, writer
@@ -332,7 +377,7 @@ async def test_a_run_slot_is_taken_before_the_body_is_read(agent):
     cid = uuid.uuid4()
     busy = FakeContainer(cid, None, hold=asyncio.Event())
     directory.containers[cid] = busy
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         first = asyncio.ensure_future(http.post(f"{url}/invoke/{cid}", data=b"a"))
         await eventually(lambda: busy.runs == ["started"], what="the first run started")
         # the only slot is busy: a request whose body never comes is refused, not read

@@ -47,11 +47,18 @@ def test_upstream_headers_forwarding_and_trace():
             ("tracestate", "v=1"),
             ("Expect", "100-continue"),
             ("Accept", "text/plain"),
+            ("X-Bismuth-Agent-Credential", "a client's guess"),
         ]
     )
     out = upstream_headers(
-        incoming, client="192.0.2.4", host="App.Test:8000", traceparent="new", keep_tracestate=True
+        incoming,
+        client="192.0.2.4",
+        host="App.Test:8000",
+        traceparent="new",
+        keep_tracestate=True,
+        agent_credential="ours",
     )
+    assert out.getall("X-Bismuth-Agent-Credential") == ["ours"]
     assert out["Host"] == "App.Test:8000"
     assert out.getall("X-Forwarded-For") == ["203.0.113.9, 198.51.100.1, 192.0.2.4"]
     assert out["X-Forwarded-Proto"] == "http"
@@ -61,7 +68,12 @@ def test_upstream_headers_forwarding_and_trace():
     assert "Expect" not in out
     assert out["Accept"] == "text/plain"
     fresh = upstream_headers(
-        incoming, client=None, host="h", traceparent="new", keep_tracestate=False
+        incoming,
+        client=None,
+        host="h",
+        traceparent="new",
+        keep_tracestate=False,
+        agent_credential="c",
     )
     assert "tracestate" not in fresh
     assert fresh["X-Forwarded-For"].endswith(", unknown")
