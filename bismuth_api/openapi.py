@@ -159,7 +159,7 @@ _SECRETS: dict[str, Any] = {
                     reasons={
                         400: "invalid function id or secret name",
                         413: "secret value over 64 KiB",
-                        503: "no cluster key configured, or ZooKeeper unreachable",
+                        503: "ZooKeeper unreachable",
                     },
                 ),
             },

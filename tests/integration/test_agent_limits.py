@@ -20,6 +20,7 @@ import pytest
 from bismuth_core import operations
 from bismuth_core.definition import parse_definition
 from tests.support.agenthost import AgentProcess, httpd, running_backend, start_agent
+from tests.support.clusterkey import AGENT_AUTH
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -134,7 +135,7 @@ async def test_hostile_functions_leave_the_agent_bounded_and_others_served(zk, a
     flood_id = await deploy(zk, function(executable(FLOOD), memory=256 * MiB))
     sink_id = await deploy(zk, function(executable(SINK)))
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, headers=AGENT_AUTH) as http:
         calm = Calm(http, f"{agent.url}/invoke/{calm_id}/")
         await eventually(lambda: calm.ok > 0, what="the calm function answering")
         rss0, fds0 = usage(agent.pid)
