@@ -134,6 +134,7 @@ class Agent:
         stream = self.ctrd.events.subscribe()
         await stream.ready()
         await self.runtime.firewall.install(await self.runtime.network.host_view())
+        await self.runtime.start()
         await self.reap()
         await self.presence.start()
         self._tasks = [
@@ -162,7 +163,7 @@ class Agent:
             if stuck:
                 names = sorted(t.get_name() for t in stuck)
                 log.warning("tasks did not stop within %ss: %s", STOP_TIMEOUT, names)
-        self.runtime.providers.close()
+        await self.runtime.close()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)

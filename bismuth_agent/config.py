@@ -87,9 +87,13 @@ class AgentConfig:
     provider_s3_access_key: str = ""
     provider_s3_secret_key: str = ""
     provider_command: tuple[str, ...] = ()
-    # Run providers as this user ("" = the agent's own, root): it owns local storage's data
-    # and reads its container's token; the agent hands it the cluster key.
+    # Run providers as this user ("" = the agent's own, root): it owns local storage's data;
+    # the agent hands it its container's token, and answers its secret reads itself.
     provider_user: str = ""
+    # Each provider's cgroup (under the agent's parent): memory (bytes, the node's capacity
+    # announces it per container) and processes.
+    provider_memory: int = 96 << 20
+    provider_pids: int = 64
     provider_log_level: str = "info"
     # File with the cluster key that opens function secrets ("" = secrets unavailable).
     cluster_key_file: str = ""

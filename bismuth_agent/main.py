@@ -63,9 +63,14 @@ async def serve(config: AgentConfig) -> None:
     await ctrd.ensure_namespace()
     settings = network_settings(config)
     logs = LogStore(config.log_dir, config.log_max_bytes)
-    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs)
+    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs, zk)
     wake = asyncio.Event()
-    alive = NodeAlive(config.advertised_cpus, config.advertised_memory, __version__)
+    alive = NodeAlive(
+        config.advertised_cpus,
+        config.advertised_memory,
+        __version__,
+        container_overhead=config.provider_memory,
+    )
     presence = NodePresence(zk, config.node_ip, alive, wake.set)
     metrics = AgentMetrics.create()
     agent = Agent(config, ctrd, runtime, presence, logs, metrics, wake)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -58,9 +59,7 @@ class NodePresence:
     async def announce(self, containers: int | None = None) -> None:
         """Create (or refresh) the ephemeral ``alive`` znode with capacity and count."""
         if containers is not None:
-            self.alive = NodeAlive(
-                self.alive.cpus, self.alive.memory, self.alive.version, containers
-            )
+            self.alive = dataclasses.replace(self.alive, containers=containers)
         data = self.alive.encode()
         try:
             await self.zk.create(layout.alive_path(self.ip), data, ephemeral=True)

@@ -14,7 +14,10 @@ Contract:
 Exits are seen through a pidfd, which works for processes this agent did not start.
 The provider's settings go into its environment, never its command line; the token goes
 down its stdin, so a provider running as an unprivileged user needs no access to the agent's
-files.
+files. It starts in a cgroup of its own (memory and pids limits) as the given user, with no
+supplementary groups and no new privileges: a shell moves itself into the cgroup and execs
+``setpriv``, which execs the provider, so the PID the agent records is the provider's.
+:meth:`ProviderSupervisor.asker` tells which container's provider a PID is (secrets).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from pathlib import Path
 import aiohttp
 
 from bismuth_core.errors import BismuthError
+
+from .cgroups import Cgroup, Limits
+from .secretserver import Asker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,9 @@ class Launch:
     token: str
     env: dict[str, str]  # BISMUTH_* settings of the provider
     user: tuple[int, int] | None = None  # uid, gid to run as (None: the agent's own)
+    function_id: uuid.UUID | None = None
+    cgroup: Cgroup | None = None  # made (with ``limits``) before it starts
+    limits: Limits | None = None
 
     @property
     def url(self) -> str:
@@ -93,6 +102,14 @@ class ProviderSupervisor:
     def pid(self, cid: uuid.UUID) -> int | None:
         watched = self._watched.get(cid)
         return watched.pid if watched else None
+
+    def asker(self, pid: int) -> Asker | None:
+        """The container whose provider ``pid`` is (one this agent watches), if any."""
+        for cid, watched in self._watched.items():
+            launch = watched.launch
+            if watched.pid == pid and launch.function_id is not None:
+                return Asker(cid, launch.function_id, launch.token)
+        return None
 
     async def start(self, launch: Launch) -> None:
         """Launch the provider and wait until it answers; ``ProviderFailed`` if it does not."""
@@ -154,19 +171,15 @@ class ProviderSupervisor:
 
     def _spawn(self, launch: Launch) -> int:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **launch.env}
-        uid, gid = launch.user if launch.user is not None else (None, None)
         with open(launch.directory / LOG_FILE, "ab") as out:
             process = subprocess.Popen(
-                self.command,
+                self._argv(launch),
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                user=uid,
-                group=gid,
-                extra_groups=None if uid is None else [],
             )
         assert process.stdin is not None
         with contextlib.suppress(BrokenPipeError), process.stdin:
@@ -174,6 +187,18 @@ class ProviderSupervisor:
         _record_pid(launch.directory, process.pid)
         log.info("started provider %d", process.pid, extra={"container_id": launch.container_id})
         return process.pid
+
+    def _argv(self, launch: Launch) -> list[str]:
+        """The provider's command, as its user, in its cgroup (made here, if it is not)."""
+        argv = list(self.command)
+        if launch.user is not None:
+            uid, gid = launch.user
+            switch = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+            argv = [*switch, "--no-new-privs", "--", *argv]
+        if launch.cgroup is not None and launch.limits is not None:
+            launch.cgroup.create(launch.limits)
+            argv = launch.cgroup.join_command(argv)
+        return argv
 
     def _watch(self, launch: Launch, pid: int) -> _Watched:
         watched = _Watched(launch, pid, time.monotonic())

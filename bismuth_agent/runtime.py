@@ -35,8 +35,11 @@ from bismuth_agent.containerd.types import Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
 from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError, Conflict
+from bismuth_core.secrets import SecretBox, load_cluster_key
+from bismuth_core.zk import ZooKeeper
 
-from . import files, repos, seccomp
+from . import files, repos, seccomp, secretserver
+from .cgroups import Cgroup, Limits
 from .config import AgentConfig
 from .http import ExecOutputTooLarge, ExecResult, ExecTimeout
 from .idranges import IdRangeStore, mapping_of
@@ -44,12 +47,14 @@ from .logstore import LogStore
 from .presence import DesiredContainer
 from .providers import Launch, ProviderSupervisor
 from .repos import RepoSettings
+from .secretserver import SecretSource
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
 
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "token"
 ID_RANGES_FILE = "idranges.json"
+PROVIDERS_CGROUP = "providers"
 
 
 def provider_identity(name: str) -> tuple[int, int] | None:
@@ -85,6 +90,11 @@ def _chown_tree(top: Path, owner: tuple[int, int]) -> None:
             os.chown(os.path.join(directory, name), *owner, follow_symlinks=False)
 
 
+def cluster_box(key_file: str) -> SecretBox | None:
+    """The cluster key that opens function secrets (``None``: this node has none)."""
+    return SecretBox(load_cluster_key("", key_file)) if key_file else None
+
+
 class SetupFailed(BismuthError):
     """A container could not be made; the message says which step and why."""
 
@@ -108,6 +118,7 @@ class ContainerRuntime:
         network: NetworkAdapter,
         firewall: Firewall,
         logs: LogStore,
+        zk: ZooKeeper,
     ) -> None:
         self.config = config
         self.ctrd = ctrd
@@ -128,6 +139,9 @@ class ContainerRuntime:
             )
         self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
+        self.secrets = SecretSource(zk, cluster_box(config.cluster_key_file))
+        self.secrets_socket = Path(config.state_dir) / secretserver.SOCKET
+        self._serving = contextlib.AsyncExitStack()
         self._image_locks: dict[str, asyncio.Lock] = {}
         self.repo_settings = RepoSettings(
             config.repo_http_hosts, config.git_ca_file, config.repo_max_bytes, config.repo_timeout
@@ -135,6 +149,19 @@ class ContainerRuntime:
 
     def dir(self, cid: uuid.UUID) -> Path:
         return files.container_dir(self.config.state_dir, cid)
+
+    async def start(self) -> None:
+        """Answer the providers' questions (secrets) on their socket."""
+        self.secrets_socket.parent.mkdir(parents=True, exist_ok=True)
+        group = self.provider_user[1] if self.provider_user is not None else None
+        await self._serving.enter_async_context(
+            secretserver.serving(self.secrets_socket, self.secrets, self.providers.asker, group)
+        )
+
+    async def close(self) -> None:
+        """Stop watching providers and answering them; containers and providers run on."""
+        self.providers.close()
+        await self._serving.aclose()
 
     # --- setup ------------------------------------------------------------------------
 
@@ -198,10 +225,11 @@ class ContainerRuntime:
         return Made(cid, pid, allocation, token, ids)
 
     def _launch(self, desired: DesiredContainer, allocation: Allocation, token: str) -> Launch:
-        """How this container's provider runs: its address, scope, quotas and storage."""
+        """How this container's provider runs: its address, scope, quotas and storage; its
+        user and cgroup. It gets no cluster key and no ZooKeeper: it asks this agent for
+        its function's secrets over the providers' socket."""
         cid, definition, config = desired.container_id, desired.definition, self.config
         quotas = definition.svc_quotas
-        directory = self.dir(cid)
         port = self.network.settings.provider_port
         env = {
             "BISMUTH_BIND": f"{allocation.provider_address}:{port}",
@@ -211,23 +239,30 @@ class ContainerRuntime:
             "BISMUTH_STORAGE": config.provider_storage,
             "BISMUTH_KV_QUOTA": str(quotas.kv if quotas and quotas.kv is not None else -1),
             "BISMUTH_BLOB_QUOTA": str(quotas.blob if quotas and quotas.blob is not None else -1),
-            "BISMUTH_ZOOKEEPER": config.zookeeper,
-            "BISMUTH_ZOOKEEPER_ENV": config.zookeeper_env,
-            "BISMUTH_CLUSTER_KEY_FILE": config.cluster_key_file,
+            "BISMUTH_SECRETS_SOCKET": str(self.secrets_socket),
             "BISMUTH_S3_ENDPOINT": config.provider_s3_endpoint,
             "BISMUTH_S3_REGION": config.provider_s3_region,
             "BISMUTH_S3_ACCESS_KEY": config.provider_s3_access_key,
             "BISMUTH_S3_SECRET_KEY": config.provider_s3_secret_key,
             "BISMUTH_LOG_LEVEL": config.provider_log_level,
         }
-        user = self.provider_user
-        if user is not None:  # an unprivileged provider: hand it what only root may read
-            local_storage_root(config.provider_storage, env["BISMUTH_GROUP_ID"], user)
-            if config.cluster_key_file:
-                env["BISMUTH_CLUSTER_KEY"] = Path(config.cluster_key_file).read_text().strip()
-                env["BISMUTH_CLUSTER_KEY_FILE"] = ""
-        address = str(allocation.provider_address)
-        return Launch(cid, directory, address, port, token, env, user)
+        if self.provider_user is not None:  # it must own its group's local data
+            local_storage_root(config.provider_storage, env["BISMUTH_GROUP_ID"], self.provider_user)
+        return Launch(
+            cid,
+            self.dir(cid),
+            str(allocation.provider_address),
+            port,
+            token,
+            env,
+            self.provider_user,
+            function_id=desired.function_id,
+            cgroup=self.provider_cgroup(cid),
+            limits=Limits(config.provider_memory, config.provider_pids),
+        )
+
+    def provider_cgroup(self, cid: uuid.UUID) -> Cgroup:
+        return Cgroup(f"{self.config.cgroup_root}/{PROVIDERS_CGROUP}/{cid}")
 
     def _token(self, directory: Path) -> str:
         """The container's provider token, made once and kept across agent restarts."""
@@ -344,6 +379,7 @@ class ContainerRuntime:
         except ContainerdError as exc:
             log.warning("stopping the task failed: %s", exc.message, extra={"container_id": cid})
         await self.providers.stop(cid, self.dir(cid))
+        self.provider_cgroup(cid).remove()
         await self.ctrd.delete_container(str(cid))
         await self.firewall.detach(host_ifname(str(cid)))
         await self.network.teardown(str(cid))

@@ -313,7 +313,7 @@ def create_app(deps: ApiDeps) -> web.Application:
 def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> ApiDeps:
     """The API's parts; :class:`ConfigError` if the cluster key is missing or unusable."""
     key = cluster_key(config)
-    secrets = SecretService(zk, SecretBox(key))
+    secrets = SecretService(zk, SecretBox(key), config.max_secrets)
     lock = asyncio.Lock()
     fleet = FleetCache(zk)
     leader = (

@@ -32,3 +32,6 @@ class ApiConfig:
     # inline or in a file (set one). Without it, setting a secret answers 503.
     cluster_key: str = field(default="", repr=False)
     cluster_key_file: str = ""
+    # Most secrets one function may hold (each at most 64 KiB); past it, setting a new one
+    # is a 409.
+    max_secrets: int = 64

@@ -59,7 +59,7 @@ class FunctionService:
         return DefinitionLimits(
             cpu_max=max((a.cpus for a in alive), default=0.0) or self.config.default_cpu_max,
             max_instances=self.config.max_instances,
-            memory_max=max((a.memory for a in alive), default=0) or None,
+            memory_max=max((a.memory - a.container_overhead for a in alive), default=0) or None,
             repo_http_hosts=self.config.repo_http_hosts,
         )
 
@@ -174,16 +174,17 @@ class SecretService:
     Each call first checks that the caller may act on the function (404 if not).
     """
 
-    def __init__(self, zk: ZooKeeper, box: SecretBox) -> None:
+    def __init__(self, zk: ZooKeeper, box: SecretBox, max_secrets: int = 64) -> None:
         self.zk = zk
         self.box = box
+        self.max_secrets = max_secrets
         self.scope = TenantScope(zk)
 
     async def set(self, caller: Caller, fid: uuid.UUID, name: str, value: bytes) -> bool:
         """Store ``value`` sealed; True if the secret is new, False if it was replaced."""
         await self.scope.check_function(caller, fid)
         sealed = self.box.seal(fid, name, value)
-        return await operations.set_secret(self.zk, fid, name, sealed)
+        return await operations.set_secret(self.zk, fid, name, sealed, self.max_secrets)
 
     async def names(self, caller: Caller, fid: uuid.UUID) -> list[str]:
         await self.scope.check_function(caller, fid)

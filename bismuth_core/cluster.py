@@ -55,6 +55,8 @@ class NodeView:
             memory=alive.memory,
             reserved_cpu=self.reserved.cpu,
             reserved_memory=self.reserved.memory,
+            containers=self.reserved.containers,
+            overhead=alive.container_overhead,
             enabled=self.enabled,
             alive=self.alive is not None,
         )

@@ -295,6 +295,8 @@ class NodeAlive:
     memory: int
     version: str = ""
     containers: int = 0
+    # Memory each container costs the node beyond its own limit (its provider's cgroup).
+    container_overhead: int = 0
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -303,6 +305,7 @@ class NodeAlive:
                 "memory": self.memory,
                 "version": self.version,
                 "containers": self.containers,
+                "container_overhead": self.container_overhead,
             }
         ).encode()
 
@@ -315,6 +318,7 @@ class NodeAlive:
             memory=int(_number(raw.get("memory"))),
             version=str(raw.get("version", "")),
             containers=int(_number(raw.get("containers"))),
+            container_overhead=int(_number(raw.get("container_overhead"))),
         )
 
 

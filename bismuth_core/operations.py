@@ -572,11 +572,16 @@ async def _require_function(zk: ZooKeeper, fid: uuid.UUID) -> None:
         raise NotFound(f"function {fid} not found")
 
 
-async def set_secret(zk: ZooKeeper, fid: uuid.UUID, name: str, sealed: bytes) -> bool:
+async def set_secret(
+    zk: ZooKeeper, fid: uuid.UUID, name: str, sealed: bytes, max_count: int | None = None
+) -> bool:
     """Create or replace secret ``name`` of function ``fid``; True if it was new.
 
     The multi-op checks that the function exists, so a secret never outlives a concurrent
     delete of its function (which in turn fails on a secret added meanwhile, and retries).
+    A new secret past ``max_count`` is a :class:`Conflict`: creating one rewrites the
+    parent's data guarded by its version, so two creators racing past the count cannot both
+    succeed (the loser counts again).
     """
 
     async def attempt() -> bool:
@@ -586,11 +591,19 @@ async def set_secret(zk: ZooKeeper, fid: uuid.UUID, name: str, sealed: bytes) ->
             zk.exists(layout.secrets_path(fid)),
             zk.exists(layout.secret_path(fid, name)),
         )
+        held = parent.numChildren if parent is not None else 0
+        if existing is None and max_count is not None and held >= max_count:
+            raise Conflict(
+                f"function {fid} has {held} secrets, the most it may have (max_secrets): "
+                "delete one first"
+            )
         path = layout.secret_path(fid, name)
+        guard = [] if parent is None else [set_data(layout.secrets_path(fid), b"", parent.version)]
         ops = [
             check(layout.function_path(fid), -1),  # any version: it exists
             *([create(layout.SECRETS)] if root is None else []),
             *([create(layout.secrets_path(fid))] if parent is None else []),
+            *(guard if existing is None else []),
             create(path, sealed) if existing is None else set_data(path, sealed),
         ]
         await zk.commit(ops)

@@ -1,7 +1,8 @@
 """Placement of containers onto nodes: pure functions over a snapshot of the fleet.
 
 A node can take a container when it is enabled, its agent is alive and its free cpu and
-memory (advertised capacity minus what its containers reserve) cover the request. Among
+memory (advertised capacity minus what its containers reserve, each container also costing
+the node's per-container overhead: its provider's memory limit) cover the request. Among
 those, replicas of one function go to distinct nodes where possible (fewest replicas of the
 function first), then to the node with the most free capacity.
 """
@@ -26,6 +27,8 @@ class NodeCapacity:
     reserved_memory: int = 0
     enabled: bool = True
     alive: bool = True
+    containers: int = 0  # what it holds now
+    overhead: int = 0  # memory per container beyond the container's own (its provider)
 
     @property
     def free_cpu(self) -> float:
@@ -33,14 +36,14 @@ class NodeCapacity:
 
     @property
     def free_memory(self) -> int:
-        return self.memory - self.reserved_memory
+        return self.memory - self.reserved_memory - self.overhead * self.containers
 
     @property
     def schedulable(self) -> bool:
         return self.enabled and self.alive
 
     def fits(self, cpu: float, memory: int) -> bool:
-        return self.free_cpu + _EPSILON >= cpu and self.free_memory >= memory
+        return self.free_cpu + _EPSILON >= cpu and self.free_memory >= memory + self.overhead
 
     def headroom(self) -> float:
         """Smallest free share of cpu or memory, 0..1: the node's room for more work."""
@@ -53,6 +56,7 @@ class NodeCapacity:
             self,
             reserved_cpu=self.reserved_cpu + cpu,
             reserved_memory=self.reserved_memory + memory,
+            containers=self.containers + 1,
         )
 
 

@@ -9,7 +9,7 @@ container"):
   pass ``next`` as ``after`` for the following page;
 - ``GET|HEAD|POST|PUT|DELETE /blob/v1/<key>``: ``HEAD`` gives the size only; ``POST``
   creates (409 if it exists), ``PUT`` replaces (404 if missing); bodies are streamed;
-- ``GET /secrets/v1/<name>``: the function's secret, opened with the cluster key.
+- ``GET /secrets/v1/<name>``: the function's secret, asked of the agent (which opens it).
 
 Errors are JSON ``{"error": ...}``: 400 bad key, 401, 404, 409, 413 too large or over
 quota, 503 storage or ZooKeeper unavailable. Tokens and values never reach the log.

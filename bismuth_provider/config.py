@@ -31,11 +31,8 @@ class ProviderConfig:
     # Largest key/value value and blob accepted (413 beyond).
     max_value_bytes: int = 1 << 20
     max_blob_bytes: int = 256 << 20
-    # Secrets: where they are (ZooKeeper) and the cluster key that opens them.
-    zookeeper: str = "127.0.0.1:2181"
-    zookeeper_env: str = "default"
-    cluster_key: str = ""
-    cluster_key_file: str = ""
+    # Secrets: the agent's socket to ask them of ("" = no secrets).
+    secrets_socket: str = ""
     # S3 backend settings (storage = s3://bucket[/prefix]).
     s3_endpoint: str = ""
     s3_region: str = "us-east-1"

@@ -21,7 +21,6 @@ from bismuth_core.config import (
     split_hostport,
 )
 from bismuth_core.daemon import run_daemon, serving
-from bismuth_core.secrets import SecretBox, load_cluster_key
 
 from .app import Limits, ProviderDeps, create_app
 from .config import ProviderConfig
@@ -48,13 +47,10 @@ def build_deps(config: ProviderConfig) -> ProviderDeps:
         token = Path(config.token_file).read_text().strip()
     if len(token) < 32:
         raise ConfigError(f"config token_file: the token from {config.token_file} is too short")
-    key = None
-    if config.cluster_key or config.cluster_key_file:
-        key = SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))
     return ProviderDeps(
         token=token,
         storage=open_storage(config.storage, config.group, config.quotas, _s3_settings(config)),
-        secrets=SecretReader(config.zookeeper, config.zookeeper_env, key, config.function),
+        secrets=SecretReader(config.secrets_socket, token),
         limits=Limits(config.max_value_bytes, config.max_blob_bytes),
     )
 

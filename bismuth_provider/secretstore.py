@@ -1,58 +1,56 @@
-"""Secrets of one function, read from ZooKeeper and opened with the cluster key.
+"""Secrets of one function, asked of the agent that started this provider.
 
-The control plane stores each secret sealed (``bismuth_core.secrets``); the provider opens
-it on every read, so a secret changed through the API is seen at once. The ZooKeeper
-session is made on the first read, not at start: most containers never ask for a secret,
-and a provider must not need ZooKeeper to serve key/value pairs and blobs.
+The provider holds no cluster key and no ZooKeeper session: each read is one request to
+the agent over its providers' socket (``secrets_socket``), authenticated by the socket
+itself (the agent knows this process) and by the container's token. The agent opens the
+sealed value on every read, so a secret changed through the API is seen at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from typing import TYPE_CHECKING
+import aiohttp
 
-from bismuth_core import layout
 from bismuth_core.errors import NotFound, Unavailable
-from bismuth_core.secrets import SecretBox, validate_secret_name
+from bismuth_core.secrets import validate_secret_name
 
-if TYPE_CHECKING:
-    from bismuth_core.zk import ZooKeeper
-
-CONNECT_TIMEOUT = 5.0
+TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 class SecretReader:
-    def __init__(
-        self, zookeeper: str, env: str, box: SecretBox | None, function_id: uuid.UUID
-    ) -> None:
-        self._zookeeper, self._env = zookeeper, env
-        self._box = box
-        self._function_id = function_id
-        self._zk: ZooKeeper | None = None
-        self._connecting = asyncio.Lock()
+    def __init__(self, socket_path: str, token: str) -> None:
+        self._socket, self._token = socket_path, token
+        self._session: aiohttp.ClientSession | None = None
 
-    async def _session(self) -> ZooKeeper:
-        async with self._connecting:
-            if self._zk is None:
-                from bismuth_core.zk import ZooKeeper  # kazoo: only for providers that need it
-
-                zk = ZooKeeper(self._zookeeper, self._env)
-                await zk.start(timeout=CONNECT_TIMEOUT)
-                self._zk = zk
-            return self._zk
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.UnixConnector(path=self._socket)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=TIMEOUT)
+        return self._session
 
     async def read(self, name: str) -> bytes:
         """The secret's value; ``NotFound`` if the function has no secret of that name."""
         validate_secret_name(name)
-        if self._box is None:
-            raise Unavailable("secrets: this host has no cluster key configured")
-        zk = await self._session()
-        found = await zk.get_or_none(layout.secret_path(self._function_id, name))
-        if found is None:
+        if not self._socket:
+            raise Unavailable("secrets: this provider has no agent to ask (secrets_socket)")
+        headers = {"Authorization": f"Bearer {self._token}"}
+        try:
+            async with self._client().get(f"http://agent/secrets/{name}", headers=headers) as r:
+                if r.status == 200:
+                    return await r.read()
+                why = await _error(r)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"secrets: the agent does not answer: {exc!r}") from None
+        if r.status == 404:
             raise NotFound(f"no secret named {name!r}")
-        return self._box.open(self._function_id, name, found[0])
+        raise Unavailable(f"secrets: {why}")
 
     async def close(self) -> None:
-        if self._zk is not None:
-            await self._zk.stop()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _error(response: aiohttp.ClientResponse) -> str:
+    try:
+        return str((await response.json())["error"])
+    except (aiohttp.ContentTypeError, ValueError, KeyError, TypeError):
+        return f"the agent answered {response.status}"

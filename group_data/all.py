@@ -115,10 +115,14 @@ provider_s3_region = "us-east-1"
 provider_s3_access_key = ""
 provider_s3_secret_key = ""
 # The system user providers run as (the deploy creates it on agent hosts), so code that
-# breaks a provider gets no root on the host. None = "bismuth-provider" with wheel installs
-# and root with checkout installs (a checkout's virtualenv may sit where other users cannot
-# read it, e.g. under /root); "" = root.
+# breaks a provider gets no root on the host. None = "bismuth-provider" (checkout installs
+# too: their providers run from a versioned install of the checkout, which that user can
+# read wherever the checkout is); "" = root.
 provider_user: str | None = None
+# Each provider's cgroup: memory in bytes (every container costs its node this much beyond
+# its own limit: the agent announces it, the scheduler counts it) and processes.
+provider_memory = 96 << 20
+provider_pids = 64
 # Kernel settings of agent hosts, applied by every deploy: modules loaded unless loaded or
 # built in, and sysctls, e.g. {"fs.inotify.max_user_instances": 1024}. Not net.ipv4.ip_forward:
 # the agent turns forwarding on per interface itself, with a firewall rule that forwards

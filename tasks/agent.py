@@ -26,7 +26,7 @@ from tasks.facts import AliveNodes
 from tasks.rendering import template_file
 from tasks.roles import AGENTS, has_role
 from tasks.services import Program, program, program_log
-from tasks.toolkit import daemon_bin, switch_daemon, tool_bin, wheel_install
+from tasks.toolkit import daemon_bin, provider_command, switch_daemon, tool_bin
 from tasks.waiting import wait_until
 from tasks.zookeeper import connect_string
 
@@ -57,9 +57,7 @@ def provider_storage() -> str:
 def provider_user() -> str:
     """The user providers run as ("" = root): see ``provider_user`` in group data."""
     chosen = host.data.provider_user
-    if chosen is None:
-        return PROVIDER_USER if wheel_install() else ""
-    return str(chosen)
+    return PROVIDER_USER if chosen is None else str(chosen)
 
 
 def agent_program(config: str) -> Program:
@@ -104,6 +102,9 @@ def agent_config(path: str) -> OperationMeta:
         provider_s3_access_key=host.data.provider_s3_access_key,
         provider_s3_secret_key=host.data.provider_s3_secret_key,
         provider_user=provider_user(),
+        provider_command=provider_command(),
+        provider_memory=host.data.provider_memory,
+        provider_pids=host.data.provider_pids,
     )
 
 

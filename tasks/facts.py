@@ -255,6 +255,24 @@ class WheelhouseChecksum(FactBase[str | None]):
         return words[0] if words else None
 
 
+class StaleCheckoutInstalls(FactBase[list[str]]):
+    """Checkout installs (``<toolkit_dir>/*+checkout.*``) other than ``keep`` that no running
+    process has on its command line (providers of earlier edits still use theirs)."""
+
+    def command(self, toolkit_dir: str, keep: str) -> str:
+        top = toolkit_dir.rstrip("/")
+        kept = shlex.quote(f"{top}/{keep}")
+        return (
+            f'for d in {shlex.quote(top)}/*+checkout.*; do [ -d "$d" ] && [ "$d" != {kept} ] '
+            "|| continue; used=; for c in /proc/[0-9]*/cmdline; do "
+            'grep -qzF -- "$d/" "$c" 2>/dev/null && { used=1; break; }; done; '
+            '[ -n "$used" ] || echo "$d"; done; true'
+        )
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
 class MissingKernelModules(FactBase[list[str]]):
     """Which of ``modules`` are neither loaded nor built into the kernel.
 

@@ -12,8 +12,12 @@ its task points at the version it should run: a daemon restarts when its link mo
 ``upgrade.py`` moves the agents' links one host at a time. Old versions stay installed
 (providers started by an older agent keep running from it).
 
-``toolkit_install = "checkout"`` (``make up``): every program runs from ``bismuth_venv``, the
-checkout's own virtualenv, and nothing is installed.
+``toolkit_install = "checkout"`` (``make up``): every daemon runs from ``bismuth_venv``, the
+checkout's own virtualenv. The providers, which run as an unprivileged user that may not
+read the checkout (it may sit under /root), run from a versioned install of the checkout
+instead, made on agent hosts exactly as above but labelled after the checkout's content
+(``<version>+checkout.<12 hex>``): an edit of the code gets an install of its own, and older
+checkout installs that no process runs from any more are removed.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents, Link
 from pyinfra.operations import files, server
 
-from tasks.facts import WheelhouseChecksum
-from tasks.wheelhouse import Wheelhouse, WheelhouseError, archive, build
+from tasks.facts import StaleCheckoutInstalls, WheelhouseChecksum
+from tasks.roles import AGENTS, has_role
+from tasks.wheelhouse import Wheelhouse, WheelhouseError, archive, build, checkout_label
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 BUILD_MARKER = ".bismuth-build"  # in an installed version: the build_id it was installed from
@@ -71,7 +76,18 @@ def wheelhouse() -> Wheelhouse:
     source = Path(host.data.toolkit_source or CHECKOUT)
     root = Path(host.data.wheelhouse_dir or CHECKOUT / "var" / "wheelhouse")
     with BUILDING:
-        return _built(source, str(host.data.toolkit_version_label or ""), root)
+        label = str(host.data.toolkit_version_label or "")
+        if not wheel_install():
+            label = _checkout_label(source)
+        return _built(source, label, root)
+
+
+@functools.cache
+def _checkout_label(source: Path) -> str:
+    try:
+        return checkout_label(source)
+    except (WheelhouseError, OSError) as exc:
+        raise DeployError(f"cannot read the checkout {source}: {exc}") from None
 
 
 @functools.cache
@@ -92,9 +108,10 @@ def toolkit(make_current: bool = True) -> None:
     """Upload the wheelhouse and install its version; then point ``current`` at it.
 
     ``make_current=False`` (``upgrade.py``) installs the version next to the running one
-    without switching anything to it.
+    without switching anything to it. Checkout installs: only agent hosts get it, for their
+    providers, and nothing points at it but the agent's ``provider_command``.
     """
-    if not wheel_install():
+    if not wheel_install() and not has_role(AGENTS):
         return
     built = wheelhouse()
     files.directory(name="Toolkit directory", path=toolkit_dir(), mode="755")
@@ -116,12 +133,32 @@ def toolkit(make_current: bool = True) -> None:
         commands=[_install_script(built, remote)],
         _if=lambda: _installed_build(built.version) != built.build_id,
     )
-    if make_current:
+    if not wheel_install():
+        _remove_stale_checkout_installs(built.version)
+    elif make_current:
         files.link(
             name=f"Make bismuth {built.version} current",
             path=f"{toolkit_dir()}/current",
             target=built.version,
         )
+
+
+def _remove_stale_checkout_installs(keep: str) -> None:
+    """Checkout installs of earlier edits that no running process uses any more."""
+    stale = host.get_fact(StaleCheckoutInstalls, toolkit_dir=toolkit_dir(), keep=keep)
+    if stale:
+        server.shell(
+            name="Remove checkout installs no process runs from",
+            commands=[shlex.join(["rm", "-rf", "--", *stale])],
+        )
+
+
+def provider_command() -> list[str]:
+    """How the agent runs providers: ``[]`` (its own Python) for versioned installs; for
+    checkout installs, this run's versioned install of the checkout."""
+    if wheel_install():
+        return []
+    return [f"{toolkit_dir()}/{version()}/bin/python", "-m", "bismuth_provider"]
 
 
 def switch_daemon(daemon: str) -> OperationMeta | None:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 PROJECT = "bismuth"
 VERSION_FILE = Path("bismuth_core") / "__init__.py"
+CHECKOUT_LABEL = "checkout"
 TOP_FILES = ("pyproject.toml", "setup.py", "README.md")
 MANIFEST = "SHA256SUMS"
 BUILD = "BUILD"
@@ -129,6 +130,14 @@ def fingerprint(source: Path, files: list[Path], version: str, pinned: list[str]
         digest.update(f"\0{relative}\0".encode())
         digest.update((source / relative).read_bytes())
     return digest.hexdigest()
+
+
+def checkout_label(source: Path) -> str:
+    """A label naming the source's content: ``checkout.<12 hex>`` (checkout installs build
+    the providers' install from the checkout; an edit gets a version of its own)."""
+    source = source.resolve()
+    digest = fingerprint(source, source_files(source), full_version(source, ""), pins())
+    return f"{CHECKOUT_LABEL}.{digest[:12]}"
 
 
 def build(source: Path, label: str, root: Path) -> Wheelhouse:

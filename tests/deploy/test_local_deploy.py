@@ -40,6 +40,7 @@ from bismuth_agent.config import AgentConfig
 from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall
 from bismuth_agent.providers import recorded_pid
+from bismuth_core import __version__
 from bismuth_core.credentials import cluster_credentials
 from bismuth_lab import procs
 from tests.deploy.pyinfra_runs import (
@@ -163,6 +164,7 @@ class LocalCluster:
             "network_pool": NETWORK_POOL,
             "base_image_archive": str(ARCHIVE),
             "cluster_key_source": str(self.cluster_key_source),
+            "toolkit_dir": str(self.root / "opt"),
         }
 
     def deploy(self) -> subprocess.CompletedProcess[str]:
@@ -353,6 +355,23 @@ def test_providers_keep_their_data_under_the_deploys_own_var_dir(cluster: LocalC
     assert config["provider_storage"] == f"local://{data}"
     assert data.is_dir()  # made by the agent for the sample function's provider
     assert len(cluster.providers()) == 1
+
+
+def test_providers_run_unprivileged_from_an_install_of_the_checkout(cluster: LocalCluster) -> None:
+    """A checkout may sit where other users cannot read it: the provider runs as
+    bismuth-provider from a versioned install of this checkout, in a cgroup of its own."""
+    import pwd
+
+    (pid,) = cluster.providers().values()
+    user = pwd.getpwnam("bismuth-provider")
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert status.split("Uid:")[1].split()[:4] == [str(user.pw_uid)] * 4
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[0].decode().startswith(f"{cluster.root / 'opt'}/{__version__}+checkout.")
+    assert argv[1:3] == [b"-m", b"bismuth_provider"]
+    assert f"{cluster.cgroup_parent}/providers/" in Path(f"/proc/{pid}/cgroup").read_text()
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"CLUSTER_KEY" not in environ and b"ZOOKEEPER" not in environ
 
 
 async def test_cluster_key_is_installed_and_the_api_stores_secrets(

@@ -141,6 +141,28 @@ async def test_bad_requests_are_json_errors(keyed, standins, http):
     assert await call(http, "PUT", f"{base}/max", exactly) == (204, None)
 
 
+async def test_secrets_per_function_are_bounded_in_count(api_config, key_text, standins, http):
+    server = Api(replace(api_config, cluster_key=key_text, cluster_key_file="", max_secrets=3))
+    await server.start()
+    try:
+        await standins.add()
+        fid = await new_function(http, server)
+        base = f"{server.url}/function/{fid}/secrets"
+        results = await asyncio.gather(
+            *(call(http, "PUT", f"{base}/s{i}", b"v") for i in range(6))
+        )  # concurrent creators cannot race past the bound
+        assert sorted(status for status, _ in results) == [204] * 3 + [409] * 3
+        refused = next(body for status, body in results if status == 409)
+        assert "has 3 secrets, the most it may have (max_secrets)" in refused["error"]
+        (listed,) = [(await call(http, "GET", base))[1]["secrets"]]
+        assert len(listed) == 3
+        assert await call(http, "PUT", f"{base}/{listed[0]}", b"new") == (204, None)  # replace
+        assert await call(http, "DELETE", f"{base}/{listed[0]}") == (204, None)
+        assert await call(http, "PUT", f"{base}/again", b"v") == (204, None)
+    finally:
+        await server.stop()
+
+
 def test_an_unusable_or_missing_cluster_key_stops_the_api(api_config, tmp_path):
     with pytest.raises(ConfigError, match="config cluster_key_file: required"):
         Api(replace(api_config, cluster_key_file=""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -355,6 +356,88 @@ async def test_removing_the_function_stops_its_provider(zk, pyagent):
         return not procs.running(pid) and not probe.directory.exists()
 
     await eventually(gone, timeout=30, what="provider stopped and its files removed")
+
+
+def _tcp_peers(pid: int) -> set[int]:
+    """Remote ports of the TCP connections process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            ports.add(int(fields[2].split(":")[1], 16))
+    return ports
+
+
+async def test_a_provider_runs_unprivileged_in_its_cgroup_and_holds_no_cluster_key(
+    zk, pynode, zk_server
+):
+    import pwd
+    import shutil
+    import tempfile
+
+    from bismuth_agent.cgroups import Cgroup
+    from bismuth_core.secrets import SecretBox, load_cluster_key
+
+    nobody = pwd.getpwnam("nobody")
+    work = Path(tempfile.mkdtemp(prefix="bismuth-provider-"))
+    work.chmod(0o711)  # as /etc and /var/lib: paths any user may walk
+    key = generate_cluster_key()
+    key_file = work / "cluster.key"
+    key_file.write_text(key)
+    key_file.chmod(0o600)  # root's, as the deploy installs it
+    config = dataclasses.replace(
+        pynode,
+        provider_user="nobody",
+        provider_storage=f"local://{work}/data",
+        cluster_key_file=str(key_file),
+    )
+    running = await start_agent(config)
+    try:
+        probe = await deploy_probe(zk, running)
+        box = SecretBox(load_cluster_key(key))
+        await operations.set_secret(zk, probe.fid, "db", box.seal(probe.fid, "db", b"hunter2"))
+        reply = await probe.call("GET", "/secrets/v1/db")
+        assert (reply.status, reply.body) == (200, b"hunter2")  # the agent opened it
+        pid = probe.provider_pid
+        assert pid is not None
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert status.split("Uid:")[1].split()[:4] == [str(nobody.pw_uid)] * 4
+        assert status.split("Groups:")[1].split("\n")[0].split() == []
+        assert "NoNewPrivs:\t1" in status
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert key.encode() not in environ
+        assert b"CLUSTER_KEY" not in environ and b"ZOOKEEPER" not in environ
+        as_provider = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
+        read = subprocess.run(
+            [*as_provider, "--clear-groups", "cat", str(key_file)], capture_output=True, text=True
+        )
+        assert read.returncode != 0 and "Permission denied" in read.stderr
+        zk_port = int(zk_server.hosts.rsplit(":", 1)[1])
+        assert zk_port not in _tcp_peers(pid)  # no ZooKeeper session of its own
+        cgroup = Cgroup(f"{config.cgroup_root}/providers/{probe.cid}")
+        assert pid in cgroup.pids()
+        assert cgroup.memory_limit() == config.provider_memory
+        # only that very process may ask the agent: the token alone is not enough
+        socket_path = Path(config.state_dir) / "providers.sock"
+        connector = aiohttp.UnixConnector(path=str(socket_path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.get(
+                "http://agent/secrets/db", headers={"Authorization": f"Bearer {probe.token}"}
+            ) as r,
+        ):
+            assert r.status == 403
+            assert b"hunter2" not in await r.read()
+    finally:
+        await running.stop()
+        end_providers(Path(config.state_dir))
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- secrets -------------------------------------------------------------------------------

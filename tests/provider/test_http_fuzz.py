@@ -8,7 +8,9 @@ requests are raw HTTP through aiohttp's client, so odd paths reach the server un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -21,7 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from bismuth_agent import secretserver
+from bismuth_agent.secretserver import Asker, SecretSource
 from bismuth_core.secrets import SecretBox, generate_cluster_key, load_cluster_key
+from bismuth_core.zk import ZooKeeper
 from bismuth_provider.app import Limits, ProviderDeps, create_app
 from bismuth_provider.secretstore import SecretReader
 from bismuth_provider.storage.base import Quotas
@@ -51,15 +56,13 @@ class Server:
         self.loop = asyncio.new_event_loop()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.socket = root / "providers.sock"
+        self.zk = ZooKeeper(zookeeper, "t" + uuid.uuid4().hex[:16])
+        self.agent = contextlib.AsyncExitStack()
         deps = ProviderDeps(
             token=TOKEN,
             storage=LocalStorage(root, str(uuid.uuid4()), Quotas(kv=2000, blob=5000)),
-            secrets=SecretReader(
-                zookeeper,
-                "t" + uuid.uuid4().hex[:16],
-                SecretBox(load_cluster_key(generate_cluster_key())),
-                uuid.uuid4(),
-            ),
+            secrets=SecretReader(str(self.socket), TOKEN),
             limits=Limits(max_value_bytes=1000, max_blob_bytes=2500),
         )
         self.runner = web.AppRunner(create_app(deps), access_log=None)
@@ -67,6 +70,18 @@ class Server:
         self.session = self.loop.run_until_complete(self._session())
 
     async def _start(self) -> None:
+        """The provider, and an agent's socket that knows this process as its provider."""
+        await self.zk.start()
+        box = SecretBox(load_cluster_key(generate_cluster_key()))
+        asker = Asker(uuid.uuid4(), uuid.uuid4(), TOKEN)
+        await self.agent.enter_async_context(
+            secretserver.serving(
+                self.socket,
+                SecretSource(self.zk, box),
+                lambda pid: asker if pid == os.getpid() else None,
+                None,
+            )
+        )
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
@@ -91,6 +106,8 @@ class Server:
     def close(self) -> None:
         self.loop.run_until_complete(self.session.close())
         self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.run_until_complete(self.agent.aclose())
+        self.loop.run_until_complete(self.zk.stop())
         self.loop.close()
 
 

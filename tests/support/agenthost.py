@@ -86,7 +86,7 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
     ctrd = ContainerdClient(config.containerd_address, config.containerd_namespace)
     settings = network_settings(config)
     logs = LogStore(config.log_dir, config.log_max_bytes)
-    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs)
+    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs, zk)
     wake = asyncio.Event()
     presence = NodePresence(zk, config.node_ip, NodeAlive(4.0, 4 << 30, "test"), wake.set)
     metrics = AgentMetrics.create()

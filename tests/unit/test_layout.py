@@ -257,14 +257,19 @@ def test_any_container_znode_of_16_bytes_or_more_decodes(data: bytes) -> None:
 
 
 def test_node_alive_round_trip() -> None:
-    alive = NodeAlive(cpus=2.5, memory=8 << 30, version="0.1.0", containers=3)
+    alive = NodeAlive(
+        cpus=2.5, memory=8 << 30, version="0.1.0", containers=3, container_overhead=96 << 20
+    )
     assert NodeAlive.decode(alive.encode()) == alive
     assert json.loads(alive.encode()) == {
         "cpus": 2.5,
         "memory": 8 << 30,
         "version": "0.1.0",
         "containers": 3,
+        "container_overhead": 96 << 20,
     }
+    older = NodeAlive.decode(b'{"cpus": 2, "memory": 1024}')  # an agent from before overhead
+    assert older.container_overhead == 0
 
 
 @pytest.mark.parametrize(

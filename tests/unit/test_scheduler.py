@@ -243,3 +243,27 @@ def test_place_never_overcommits_and_fails_only_when_it_must(
     # Distinct nodes first: every node that could take one gets one before any gets two.
     distinct = min(count, sum(1 for c in capacity.values() if c > 0))
     assert len(set(got[:distinct])) == distinct
+
+
+@pytest.mark.parametrize(
+    ("containers", "memory", "fits"),
+    [
+        (0, 900, True),  # 1000 - 100 overhead = 900 left for the container
+        (0, 901, False),
+        (2, 700, True),  # two containers hold 200 of overhead (and 0 reserved here)
+        (2, 701, False),
+    ],
+)
+def test_each_container_also_costs_the_nodes_overhead(
+    containers: int, memory: int, fits: bool
+) -> None:
+    n = node("a", 4.0, 1000, containers=containers, overhead=100)
+    assert n.fits(0.1, memory) is fits
+
+
+def test_placing_counts_the_overhead_of_every_new_container() -> None:
+    nodes = [node("a", 8.0, 1000, overhead=100)]
+    assert place(nodes, 4, 0.1, 150) == ["a"] * 4  # 4 * (150 + 100) = 1000
+    assert place(nodes, 5, 0.1, 100) == ["a"] * 5  # 5 * (100 + 100) = 1000
+    with pytest.raises(InsufficientCapacity):
+        place(nodes, 5, 0.1, 101)
