@@ -39,7 +39,7 @@ from tests.support.agenthost import (
     start_agent,
     statuses,
 )
-from tests.support.clusterkey import AGENT_AUTH
+from tests.support.clusterkey import AGENT_AUTH, KEY_TEXT
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -387,7 +387,7 @@ async def test_a_provider_runs_unprivileged_in_its_cgroup_and_holds_no_cluster_k
     nobody = pwd.getpwnam("nobody")
     work = Path(tempfile.mkdtemp(prefix="bismuth-provider-"))
     work.chmod(0o711)  # as /etc and /var/lib: paths any user may walk
-    key = generate_cluster_key()
+    key = KEY_TEXT  # the session's cluster key: the agent's credential derives from it
     key_file = work / "cluster.key"
     key_file.write_text(key)
     key_file.chmod(0o600)  # root's, as the deploy installs it
