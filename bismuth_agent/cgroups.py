@@ -105,7 +105,23 @@ class Cgroup:
         return found
 
     def memory_limit(self) -> int | None:
-        name = "memory.max" if self.v2 else "memory.limit_in_bytes"
+        return self._memory_value("memory.max" if self.v2 else "memory.limit_in_bytes")
+
+    def memory_usage(self) -> int | None:
+        return self._memory_value("memory.current" if self.v2 else "memory.usage_in_bytes")
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed here for want of memory."""
+        name = "memory.events" if self.v2 else "memory.oom_control"
+        directory = self.root / self.path if self.v2 else self.directories()[0]
+        try:
+            lines = (directory / name).read_text().splitlines()
+        except OSError:
+            return 0
+        counts = dict(line.split() for line in lines if len(line.split()) == 2)
+        return int(counts.get("oom_kill", 0))
+
+    def _memory_value(self, name: str) -> int | None:
         directory = self.root / self.path if self.v2 else self.directories()[0]
         try:
             return int((directory / name).read_text())

@@ -6,10 +6,14 @@ Contract of :func:`fetch`:
   runs;
 - the clone goes into a tmpfs of ``max_bytes`` mounted at ``<container dir>/repo``, owned by
   the container's own host uid (nothing of the host is hard-linked or chowned into it);
-- git runs as that uid (unprivileged, no supplementary groups) with an empty ``HOME``, no
-  system or global config, no credential helper, no terminal prompt, ``protocol.allow=never``
-  except https (and http for hosts the operator lists), ``--no-local --depth 1
-  --single-branch --no-tags``; it is killed (its whole process group) past ``timeout``;
+- git runs as that uid (unprivileged, no supplementary groups, no new privileges) with an
+  empty ``HOME``, no system or global config, no credential helper, no terminal prompt,
+  ``protocol.allow=never`` except https (and http for hosts the operator lists),
+  ``--no-local --depth 1 --single-branch --no-tags``; it is killed (its whole process group)
+  past ``timeout``;
+- given the container's cgroup (made here with its memory and pids limits, before runc
+  takes it over), git runs in it: the tmpfs pages it writes are charged to the container's
+  memory, as what the container later writes to /tmp is;
 - on failure the tmpfs is unmounted and :class:`RepoFailed` says why in one line.
 :func:`remove` unmounts it; both are safe to repeat.
 """
@@ -26,6 +30,8 @@ from pathlib import Path
 
 from bismuth_core.definition import check_repo_url
 from bismuth_core.errors import BismuthError
+
+from .cgroups import Cgroup, Limits
 
 REPO_DIR = "repo"
 GIT_HOME = "git-home"
@@ -76,7 +82,12 @@ def git_environment(home: Path) -> dict[str, str]:
 
 
 async def fetch(
-    directory: Path, url: str, branch: str, owner: tuple[int, int], settings: RepoSettings
+    directory: Path,
+    url: str,
+    branch: str,
+    owner: tuple[int, int],
+    settings: RepoSettings,
+    cgroup: tuple[Cgroup, Limits] | None = None,
 ) -> str:
     """Clone ``branch`` of ``url`` into a fresh tmpfs at ``directory/repo``; its path."""
     check_repo_url(url, settings.http_hosts)
@@ -88,15 +99,19 @@ async def fetch(
     options = f"size={settings.max_bytes},mode=0700,uid={uid},gid={gid},nosuid,nodev"
     await _run("mount", "-t", "tmpfs", "-o", options, "bismuth-repo", str(target))
     ca_file = str(home / "ca.pem") if settings.ca_file else None
+    argv = unprivileged(git_command(url, branch, settings, ca_file), owner)
+    if cgroup is not None:
+        cgroup[0].create(cgroup[1])
+        argv = cgroup[0].join_command(argv)
     try:
-        why = await _clone(
-            target, git_command(url, branch, settings, ca_file), home, owner, settings
-        )
+        why = await _clone(target, argv, home, settings)
     except BaseException:
         await remove(directory)
         raise
     if why is not None:
         await remove(directory)
+        if cgroup is not None and cgroup[0].oom_kills():
+            why = f"it does not fit in the function's memory ({cgroup[1].memory} bytes)"
         raise RepoFailed(f"cannot fetch the repo {url} (branch {branch}): {why}")
     return str(target)
 
@@ -116,11 +131,14 @@ def _empty_home(directory: Path, ca_file: str) -> Path:
     return home
 
 
-async def _clone(
-    target: Path, argv: list[str], home: Path, owner: tuple[int, int], settings: RepoSettings
-) -> str | None:
-    """Run git as ``owner`` in ``target``; ``None`` if it succeeded, else why not."""
+def unprivileged(argv: list[str], owner: tuple[int, int]) -> list[str]:
     uid, gid = owner
+    switch = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs"]
+    return [*switch, "--", *argv]
+
+
+async def _clone(target: Path, argv: list[str], home: Path, settings: RepoSettings) -> str | None:
+    """Run ``argv`` (git) in ``target``; ``None`` if it succeeded, else why not."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(target),
@@ -128,9 +146,6 @@ async def _clone(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        user=uid,
-        group=gid,
-        extra_groups=[],
         start_new_session=True,
     )
     try:

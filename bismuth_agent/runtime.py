@@ -188,7 +188,10 @@ class ContainerRuntime:
         if definition.repo:
             url, branch = definition.repo
             owner = (ids.host_start + CONTAINER_UID, ids.host_start + CONTAINER_GID)
-            repo_dir = await repos.fetch(directory, url, branch, owner, self.repo_settings)
+            limits = Limits(definition.memory, self.config.pids_limit)
+            repo_dir = await repos.fetch(
+                directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
+            )
         parent = await self._image(definition.image, ids)
         plan = ContainerPlan(
             container_id=cid,
@@ -260,6 +263,10 @@ class ContainerRuntime:
             cgroup=self.provider_cgroup(cid),
             limits=Limits(config.provider_memory, config.provider_pids),
         )
+
+    def _cgroup(self, cid: uuid.UUID) -> Cgroup:
+        """The container's own cgroup (runc's ``cgroupsPath``)."""
+        return Cgroup(f"{self.config.cgroup_root}/{cid}")
 
     def provider_cgroup(self, cid: uuid.UUID) -> Cgroup:
         return Cgroup(f"{self.config.cgroup_root}/{PROVIDERS_CGROUP}/{cid}")
@@ -384,6 +391,7 @@ class ContainerRuntime:
         await self.firewall.detach(host_ifname(str(cid)))
         await self.network.teardown(str(cid))
         await repos.remove(self.dir(cid))
+        self._cgroup(cid).remove()  # made for its repo's fetch if runc never took it over
         if not keep_logs:
             files.remove(self.dir(cid))
             self.logs.remove(cid)

@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from bismuth_agent.cgroups import Cgroup
 from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus
@@ -50,14 +51,19 @@ def stored(**changes):
 
 async def failed_with(zk, agent, fid, words: str) -> str:
     (backend,) = (await cluster.read_function(zk, fid)).backends
+    seen = {"log": ""}
 
     async def noted():
+        _status, body, _ = await get(f"{agent.url}/logs/{backend.container_id}")
+        seen["log"] = body
         if await statuses(zk, fid) != [ContainerStatus.FAILED]:
             return None
-        _status, body, _ = await get(f"{agent.url}/logs/{backend.container_id}")
         return body if words in body else None
 
-    return await eventually(noted, timeout=30, what=f"Failed, noting {words!r}")
+    try:
+        return await eventually(noted, timeout=30, what=f"Failed, noting {words!r}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the container's log: {seen['log'][-2000:]!r}") from None
 
 
 async def test_https_repo_is_fetched_read_only_and_owned_by_the_container_user(
@@ -159,3 +165,25 @@ async def test_a_server_that_never_answers_fails_the_fetch_at_repo_timeout(zk, n
         listener.close()
         for conn in held:
             conn.close()
+
+
+async def test_the_repo_counts_against_the_functions_memory(zk, repo_agent, git_server):
+    """The clone's tmpfs pages (its pack and its checkout) are charged to the container's own
+    cgroup, as /tmp's are."""
+    big = git_server.repo("weighty", {"blob.bin": os.urandom(12 << 20)})
+    fid = await operations.create_function(
+        zk, httpd(invoke_mode=SHELL, memory=96 << 20, repo=[big, "main"])
+    )
+    backend = await eventually(lambda: running_backend(zk, fid), timeout=60, what="Running")
+    cgroup = Cgroup(f"{repo_agent.config.cgroup_root}/{backend.container_id}")
+    assert (cgroup.memory_usage() or 0) >= 24 << 20  # 12 MiB packed + 12 MiB checked out
+    status, out = await run_in(repo_agent, backend, "wc -c < /repo/blob.bin")
+    assert status == 200 and int(out) == 12 << 20
+
+
+async def test_a_repo_larger_than_the_functions_memory_fails_saying_so(zk, repo_agent, git_server):
+    huge = git_server.repo("huge", {"blob.bin": os.urandom(40 << 20)})
+    fid = await operations.create_function(
+        zk, httpd(invoke_mode=SHELL, memory=24 << 20, repo=[huge, "main"])
+    )
+    await failed_with(zk, repo_agent, fid, "does not fit in the function's memory")
