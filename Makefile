@@ -116,7 +116,7 @@ export STOP_PROVIDERS
 define REMOVE_FIREWALL
 import asyncio, sys
 from bismuth_agent.config import AgentConfig
-from bismuth_agent.main import network_settings
+from bismuth_agent.service import network_settings
 from bismuth_agent.network import Firewall
 from bismuth_core.config import load_config
 config = load_config(AgentConfig, file=sys.argv[1], env={})

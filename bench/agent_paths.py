@@ -39,8 +39,8 @@ from fe_overhead import measure, spawn, stop, table, wait_for  # noqa: E402
 from bismuth_agent.config import AgentConfig  # noqa: E402
 from bismuth_agent.containerd.client import ContainerdClient  # noqa: E402
 from bismuth_agent.containerd.oci import import_oci_archive  # noqa: E402
-from bismuth_agent.main import network_settings  # noqa: E402
 from bismuth_agent.network import AllocationStore, Firewall  # noqa: E402
+from bismuth_agent.service import network_settings  # noqa: E402
 from bismuth_core import cluster, layout, operations  # noqa: E402
 from bismuth_core.definition import parse_definition  # noqa: E402
 from bismuth_core.layout import ContainerStatus  # noqa: E402

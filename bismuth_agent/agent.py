@@ -1,7 +1,8 @@
 """The agent's reconcile loop and its supervision of containers.
 
-Each pass reads the node's desired containers from ZooKeeper and the actual ones from
-containerd, asks :func:`~bismuth_agent.plan.plan_node` what to do and applies it. Watches,
+Each pass reads the node's desired containers from ZooKeeper (its :class:`.model.Presence`)
+and the actual ones from its :class:`.model.Runtime`, asks
+:func:`~bismuth_agent.plan.plan_node` what to do and applies it. Watches,
 task events and timers only wake the loop. Statuses go back to ZooKeeper as they change:
 ``Starting`` when a container is being made, ``Running`` once its entrypoint accepts
 connections (an Executable one: once its task runs), ``Failed`` as soon as containerd reports
@@ -21,21 +22,28 @@ from collections.abc import AsyncIterable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from bismuth_agent.containerd.client import ContainerdClient
-from bismuth_agent.containerd.errors import ContainerdError
-from bismuth_agent.containerd.events import TaskExit, TaskOOM
 from bismuth_core.definition import ServerMode
 from bismuth_core.errors import BismuthError, Unavailable
+from bismuth_core.eventloop import reraise_if_cancelling
 from bismuth_core.layout import ContainerStatus
 
 from .config import AgentConfig
-from .http import AgentMetrics, ExecResult
+from .http import AgentMetrics
 from .logstore import LogStore
+from .model import (
+    DesiredContainer,
+    Event,
+    ExecResult,
+    Exited,
+    Made,
+    Missed,
+    OutOfMemory,
+    Presence,
+    Runtime,
+    SetupFailed,
+)
 from .plan import Adopt, Backoff, Create, Observed, Remove, Restart, TaskState, plan_node
 from .plan import next_wake as restart_due
-from .presence import DesiredContainer, NodePresence
-from .providers import cap_log
-from .runtime import ContainerRuntime, Made, SetupFailed
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +51,6 @@ PASS_INTERVAL = 2.0  # seconds between passes when nothing wakes the loop
 HEALTH_POLL = 0.1  # seconds between connection attempts to a starting entrypoint
 LOG_CAP_INTERVAL = 5.0
 STOP_TIMEOUT = 5.0  # seconds stop() waits for its cancelled tasks
-NODE_LABEL = "bismuth.node"
-
-_TASK_STATES = {
-    "CREATED": TaskState.CREATED,
-    "RUNNING": TaskState.RUNNING,
-    "PAUSED": TaskState.RUNNING,
-    "PAUSING": TaskState.RUNNING,
-    "STOPPED": TaskState.STOPPED,
-}
 
 
 @dataclass
@@ -104,15 +103,13 @@ class Agent:
     def __init__(
         self,
         config: AgentConfig,
-        ctrd: ContainerdClient,
-        runtime: ContainerRuntime,
-        presence: NodePresence,
+        runtime: Runtime,
+        presence: Presence,
         logs: LogStore,
         metrics: AgentMetrics,
         wake: asyncio.Event,
     ) -> None:
         self.config = config
-        self.ctrd = ctrd
         self.runtime = runtime
         self.presence = presence
         self.logs = logs
@@ -131,24 +128,14 @@ class Agent:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        stream = self.ctrd.events.subscribe()
-        await stream.ready()
-        await self.runtime.firewall.install(await self.runtime.network.host_view())
         await self.runtime.start()
-        await self.reap()
         await self.presence.start()
         self._tasks = [
-            asyncio.create_task(self._events(stream), name="task-events"),
+            asyncio.create_task(self._events(), name="task-events"),
             asyncio.create_task(self._loop(), name="reconcile"),
             asyncio.create_task(self._cap_logs(), name="log-cap"),
         ]
         self.wake.set()
-
-    async def reap(self) -> None:
-        """Remove veths, firewall elements and id ranges of containers containerd no longer
-        has: what an agent killed in the middle of a removal leaves behind."""
-        records = await self.ctrd.containers.list([f'labels."{NODE_LABEL}"=={self.config.node_ip}'])
-        await self.runtime.reap({r.id for r in records})
 
     async def stop(self) -> None:
         """Stop supervising; every container keeps running for the next agent to adopt."""
@@ -185,8 +172,8 @@ class Agent:
                 return
             try:
                 await self.reconcile()
-            except (BismuthError, ContainerdError) as exc:
-                _reraise_cancellation(exc)
+            except BismuthError as exc:
+                reraise_if_cancelling(exc)
                 log.warning("reconcile pass incomplete: %s", exc.message)
             except Exception:
                 log.exception("reconcile pass failed")
@@ -228,33 +215,22 @@ class Agent:
         return sup
 
     async def observe(self) -> dict[uuid.UUID, Observed]:
-        """containerd's containers of this node and their tasks, with what this process knows."""
-        records = await self.ctrd.containers.list([f'labels."{NODE_LABEL}"=={self.config.node_ip}'])
-        tasks = {t.container_id: t for t in await self.ctrd.tasks.list()}
+        """The runtime's containers of this node and their tasks, with what this process
+        knows; a supervised container whose task is gone or stopped without an event seen
+        counts as exited now."""
+        existing = await self.runtime.observe()
         observed = self._observed_local()
-        for record in records:
-            cid = _uuid(record.id)
-            if (
-                cid is None
-                or cid in self._removing
-                or (cid in observed and observed[cid].supervised)
-            ):
+        for cid, there in existing.items():
+            if cid in self._removing or (cid in observed and observed[cid].supervised):
                 continue
-            task = tasks.get(record.id)
-            state = _TASK_STATES.get(task.status, TaskState.ABSENT) if task else TaskState.ABSENT
-            observed[cid] = Observed(cid, state, supervised=False)
+            observed[cid] = Observed(cid, there.state, supervised=False)
         for cid, seen in list(observed.items()):
-            task = tasks.get(str(cid))
             sup = self.containers.get(cid)
-            if (
-                seen.supervised
-                and sup
-                and sup.made
-                and not sup.busy
-                and (task is None or task.status == "STOPPED")
-                and sup.exited_at is None
-            ):
-                self._exited(sup, task.exit_status if task else None)  # missed its event
+            if not (seen.supervised and sup and sup.made and not sup.busy):
+                continue
+            found = existing.get(cid)
+            if sup.exited_at is None and (found is None or found.state == TaskState.STOPPED):
+                self._exited(sup, found.exit_status if found else None)  # missed its event
                 observed[cid] = self._observed(sup)
         return observed
 
@@ -295,9 +271,8 @@ class Agent:
     async def _adopt(self, sup: Supervised) -> None:
         cid = sup.desired.container_id
         try:
-            task = await self.ctrd.tasks.get(str(cid))
-            sup.made = await self.runtime.adopt(sup.desired, task.pid)
-        except (BismuthError, ContainerdError) as exc:
+            sup.made = await self.runtime.adopt(sup.desired)
+        except BismuthError as exc:
             log.warning(
                 "cannot adopt container, making it again: %s",
                 exc.message,
@@ -361,33 +336,21 @@ class Agent:
 
     # --- events, statuses, logs -------------------------------------------------------
 
-    async def _events(self, stream: object) -> None:
-        while not self._stopping:
-            try:
-                async with stream:  # type: ignore[attr-defined]
-                    async for envelope in stream:  # type: ignore[attr-defined]
-                        self._on_event(envelope.event)
-            except (ContainerdError, OSError) as exc:
-                _reraise_cancellation(exc)
-                if self._stopping:
-                    return
-                log.warning("task event stream broke, resubscribing: %r", exc)
-            await asyncio.sleep(0.5)
-            if self._stopping:
-                return
-            stream = self.ctrd.events.subscribe()
-            self.wake.set()  # a pass catches exits missed meanwhile
+    async def _events(self) -> None:
+        async for event in self.runtime.events():
+            self._on_event(event)
 
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, TaskOOM):
-            cid = _uuid(event.container_id)
-            if cid in self.containers:
-                self.logs.note(cid, "the container ran out of memory (OOM kill)")
-        elif isinstance(event, TaskExit) and event.id == event.container_id:
-            cid = _uuid(event.container_id)
-            sup = self.containers.get(cid) if cid else None
-            if sup is not None and not sup.busy and sup.made and sup.made.pid == event.pid:
-                self._exited(sup, event.exit_status)
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Missed):
+            self.wake.set()  # a pass catches exits missed meanwhile
+            return
+        sup = self.containers.get(event.container_id)
+        if sup is None:
+            return
+        if isinstance(event, OutOfMemory):
+            self.logs.note(event.container_id, "the container ran out of memory (OOM kill)")
+        elif isinstance(event, Exited) and not sup.busy and sup.made and sup.made.pid == event.pid:
+            self._exited(sup, event.exit_status)
 
     async def _set_status(self, sup: Supervised, status: ContainerStatus) -> None:
         sup.status = status
@@ -418,8 +381,7 @@ class Agent:
             await asyncio.sleep(LOG_CAP_INTERVAL)
             for cid in list(self.containers):
                 with contextlib.suppress(OSError):
-                    self.logs.enforce_cap(cid)
-                    cap_log(self.runtime.dir(cid))
+                    self.runtime.cap_logs(cid)
 
     # --- what the HTTP server asks ------------------------------------------------------
 
@@ -437,7 +399,7 @@ class Agent:
         return {
             "node": self.config.node_ip,
             "containers": counts,
-            "zookeeper": self.presence.zk.connected,
+            "zookeeper": self.presence.connected,
         }
 
     async def refresh_metrics(self) -> None:
@@ -445,25 +407,8 @@ class Agent:
             self.metrics.containers.labels(status.label).set(
                 sum(1 for s in self.containers.values() if s.status == status)
             )
-        ids = [str(cid) for cid, s in self.containers.items() if s.made]
-        if not ids:
-            return
-        with contextlib.suppress(ContainerdError):
-            for m in await self.ctrd.tasks.metrics(ids):
-                self.metrics.cpu_seconds.labels(m.container_id).set(m.cpu_usage_ns / 1e9)
-                self.metrics.memory_bytes.labels(m.container_id).set(m.memory_usage_bytes)
-
-
-def _reraise_cancellation(exc: BaseException) -> None:
-    """A gRPC call cut short by cancelling this task surfaces as a CANCELLED error, not as
-    CancelledError: turn it back, so that a cancelled loop really stops."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError() from exc
-
-
-def _uuid(text: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        return None
+        made = [cid for cid, s in self.containers.items() if s.made]
+        with contextlib.suppress(BismuthError):
+            for used in await self.runtime.usage(made):
+                self.metrics.cpu_seconds.labels(str(used.container_id)).set(used.cpu_seconds)
+                self.metrics.memory_bytes.labels(str(used.container_id)).set(used.memory_bytes)

@@ -45,26 +45,12 @@ from bismuth_core.weberrors import error_middleware
 
 from .config import AgentConfig
 from .logstore import LogStore
+from .model import ExecOutputTooLarge, ExecResult, ExecTimeout
 from .proxy import ProxyLimits, Refused, proxy, proxy_session
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-
-
-class ExecTimeout(Exception):
-    """The program did not finish within the timeout (it has been killed)."""
-
-
-class ExecOutputTooLarge(Exception):
-    """The program wrote more than the output limit to stdout (it has been killed)."""
 
 
 class Invocable(Protocol):

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from kazoo.client import KazooState
 
@@ -25,18 +24,14 @@ from bismuth_core.errors import BismuthError, Unavailable
 from bismuth_core.layout import ContainerRecord, ContainerStatus, NodeAlive
 from bismuth_core.zk import NodeExistsError, NoNodeError, ZooKeeper
 
+from .model import DesiredContainer
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DesiredContainer:
-    container_id: uuid.UUID
-    function_id: uuid.UUID
-    definition: FunctionDefinition
-
-
 class NodePresence:
-    """Announces this node as alive and follows what ZooKeeper wants it to run."""
+    """Announces this node as alive and follows what ZooKeeper wants it to run
+    (implements :class:`.model.Presence`)."""
 
     def __init__(self, zk: ZooKeeper, ip: str, alive: NodeAlive, wake: Callable[[], None]):
         self.zk = zk
@@ -55,6 +50,10 @@ class NodePresence:
 
     def stop(self) -> None:
         self._unwatch()
+
+    @property
+    def connected(self) -> bool:
+        return self.zk.connected
 
     async def announce(self, containers: int | None = None) -> None:
         """Create (or refresh) the ephemeral ``alive`` znode with capacity and count."""

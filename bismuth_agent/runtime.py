@@ -21,13 +21,13 @@ import pwd
 import secrets
 import signal
 import uuid
-from collections.abc import AsyncIterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
+from bismuth_agent.containerd.events import EventStream, TaskExit, TaskOOM
 from bismuth_agent.containerd.process import OutputTooLarge, exec_process
 from bismuth_agent.containerd.registry import pull
 from bismuth_agent.containerd.remap import remapped_snapshot, with_metacopy
@@ -35,24 +35,47 @@ from bismuth_agent.containerd.types import Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
 from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError, Conflict
+from bismuth_core.eventloop import reraise_if_cancelling
 from bismuth_core.secrets import SecretBox, load_cluster_key
 from bismuth_core.zk import ZooKeeper
 
 from . import files, repos, seccomp, secretserver
 from .cgroups import Cgroup, Limits
 from .config import AgentConfig
-from .http import ExecOutputTooLarge, ExecResult, ExecTimeout
 from .idranges import IdRangeStore, mapping_of
 from .logstore import LogStore
-from .presence import DesiredContainer
-from .providers import Launch, ProviderSupervisor
+from .model import (
+    DesiredContainer,
+    Event,
+    ExecOutputTooLarge,
+    ExecResult,
+    ExecTimeout,
+    Existing,
+    Exited,
+    Made,
+    Missed,
+    OutOfMemory,
+    SetupFailed,
+    Usage,
+)
+from .plan import TaskState
+from .providers import Launch, ProviderSupervisor, cap_log
 from .repos import RepoSettings
 from .secretserver import SecretSource
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
 
 log = logging.getLogger(__name__)
 
+NODE_LABEL = "bismuth.node"  # containerd label: the node a container belongs to
 TOKEN_FILE = "token"
+EVENTS_RETRY = 0.5  # seconds before subscribing again after the event stream broke
+_TASK_STATES = {  # containerd's task status -> what the planner knows
+    "CREATED": TaskState.CREATED,
+    "RUNNING": TaskState.RUNNING,
+    "PAUSED": TaskState.RUNNING,
+    "PAUSING": TaskState.RUNNING,
+    "STOPPED": TaskState.STOPPED,
+}
 ID_RANGES_FILE = "idranges.json"
 PROVIDERS_CGROUP = "providers"
 
@@ -95,22 +118,10 @@ def cluster_box(key_file: str) -> SecretBox | None:
     return SecretBox(load_cluster_key("", key_file)) if key_file else None
 
 
-class SetupFailed(BismuthError):
-    """A container could not be made; the message says which step and why."""
-
-
-@dataclass(frozen=True)
-class Made:
-    """A container whose task exists: what serving it needs."""
-
-    container_id: uuid.UUID
-    pid: int
-    allocation: Allocation
-    token: str
-    ids: IdMapping  # its own host id range
-
-
 class ContainerRuntime:
+    """The agent's containers through containerd, the network adapter, the firewall and
+    the providers: implements :class:`.model.Runtime`."""
+
     def __init__(
         self,
         config: AgentConfig,
@@ -142,6 +153,7 @@ class ContainerRuntime:
         self.secrets = SecretSource(zk, cluster_box(config.cluster_key_file))
         self.secrets_socket = Path(config.state_dir) / secretserver.SOCKET
         self._serving = contextlib.AsyncExitStack()
+        self._stream: EventStream | None = None
         self._image_locks: dict[str, asyncio.Lock] = {}
         self.repo_settings = RepoSettings(
             config.repo_http_hosts, config.git_ca_file, config.repo_max_bytes, config.repo_timeout
@@ -151,17 +163,73 @@ class ContainerRuntime:
         return files.container_dir(self.config.state_dir, cid)
 
     async def start(self) -> None:
-        """Answer the providers' questions (secrets) on their socket."""
+        """Subscribe to task events (live before anything is observed), install the firewall,
+        answer the providers' questions (secrets) on their socket, and reap what containers
+        containerd no longer has left behind."""
+        self._stream = self.ctrd.events.subscribe()
+        await self._stream.ready()
+        await self.firewall.install(await self.network.host_view())
         self.secrets_socket.parent.mkdir(parents=True, exist_ok=True)
         group = self.provider_user[1] if self.provider_user is not None else None
         await self._serving.enter_async_context(
             secretserver.serving(self.secrets_socket, self.secrets, self.providers.asker, group)
         )
+        await self.reap({str(cid) for cid in await self._containers()})
 
     async def close(self) -> None:
         """Stop watching providers and answering them; containers and providers run on."""
         self.providers.close()
         await self._serving.aclose()
+
+    # --- observing --------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Task exits and OOMs of this namespace; ``Missed`` after the stream broke and was
+        opened again (exits meanwhile are only seen by looking)."""
+        stream = self._stream or self.ctrd.events.subscribe()
+        while True:
+            try:
+                async with stream:
+                    async for envelope in stream:
+                        event = _event(envelope.event)
+                        if event is not None:
+                            yield event
+            except (ContainerdError, OSError) as exc:
+                reraise_if_cancelling(exc)
+                log.warning("task event stream broke, resubscribing: %r", exc)
+            await asyncio.sleep(EVENTS_RETRY)
+            stream = self.ctrd.events.subscribe()
+            yield Missed()
+
+    async def observe(self) -> dict[uuid.UUID, Existing]:
+        containers = await self._containers()
+        tasks = {t.container_id: t for t in await self.ctrd.tasks.list()}
+        found = {}
+        for cid in containers:
+            task = tasks.get(str(cid))
+            state = _TASK_STATES.get(task.status, TaskState.ABSENT) if task else TaskState.ABSENT
+            exit_status = task.exit_status if task and state == TaskState.STOPPED else None
+            found[cid] = Existing(cid, state, exit_status)
+        return found
+
+    async def _containers(self) -> list[uuid.UUID]:
+        """containerd's containers of this node (by their label)."""
+        records = await self.ctrd.containers.list([f'labels."{NODE_LABEL}"=={self.config.node_ip}'])
+        return [cid for cid in map(_uuid, (r.id for r in records)) if cid is not None]
+
+    def cap_logs(self, cid: uuid.UUID) -> None:
+        self.logs.enforce_cap(cid)
+        cap_log(self.dir(cid))
+
+    async def usage(self, cids: list[uuid.UUID]) -> list[Usage]:
+        if not cids:
+            return []
+        found = await self.ctrd.tasks.metrics([str(c) for c in cids])
+        return [
+            Usage(cid, m.cpu_usage_ns / 1e9, m.memory_usage_bytes)
+            for m in found
+            if (cid := _uuid(m.container_id)) is not None
+        ]
 
     # --- setup ------------------------------------------------------------------------
 
@@ -213,7 +281,7 @@ class ContainerRuntime:
             image=definition.image,
             labels={
                 "bismuth.function": str(desired.function_id),
-                "bismuth.node": self.config.node_ip,
+                NODE_LABEL: self.config.node_ip,
             },
         )
         uri = self.logs.uri(cid)
@@ -305,10 +373,11 @@ class ContainerRuntime:
 
     # --- running containers ---------------------------------------------------------------
 
-    async def adopt(self, desired: DesiredContainer, pid: int) -> Made:
+    async def adopt(self, desired: DesiredContainer) -> Made:
         """Take over a running task (and its provider) after an agent restart, restarting
         neither."""
         cid = desired.container_id
+        pid = (await self.ctrd.tasks.get(str(cid))).pid
         ids = self._adopted_ids(cid, pid)
         allocation = await self.network.adopt(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
@@ -408,12 +477,22 @@ class ContainerRuntime:
                 )
                 await self.firewall.detach(found.ifname)
                 await self.network.teardown(found.container_id)
-        self.id_ranges.keep_only(uuid.UUID(c) for c in known if _is_uuid(c))
+        self.id_ranges.keep_only(cid for cid in map(_uuid, known) if cid is not None)
 
 
-def _is_uuid(text: str) -> bool:
+def _uuid(text: str) -> uuid.UUID | None:
     try:
-        uuid.UUID(text)
+        return uuid.UUID(text)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _event(raw: object) -> Event | None:
+    """A containerd event as the agent knows it: its containers' init exits and OOMs."""
+    if isinstance(raw, TaskOOM):
+        cid = _uuid(raw.container_id)
+        return OutOfMemory(cid) if cid else None
+    if isinstance(raw, TaskExit) and raw.id == raw.container_id:  # not an exec's
+        cid = _uuid(raw.container_id)
+        return Exited(cid, raw.pid, raw.exit_status) if cid else None
+    return None

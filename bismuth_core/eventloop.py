@@ -24,3 +24,15 @@ async def until_signalled() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def reraise_if_cancelling(exc: BaseException) -> None:
+    """Raise ``CancelledError`` if the current task is being cancelled.
+
+    A gRPC call cut short by cancelling its task surfaces as a CANCELLED error, not as
+    ``CancelledError``: code that catches the call's errors passes each through this, so
+    that a cancelled loop really stops.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc

@@ -37,9 +37,9 @@ import aiohttp
 import pytest
 
 from bismuth_agent.config import AgentConfig
-from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall
 from bismuth_agent.providers import recorded_pid
+from bismuth_agent.service import network_settings
 from bismuth_core import __version__
 from bismuth_core.credentials import cluster_credentials
 from bismuth_lab import procs

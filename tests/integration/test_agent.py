@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bismuth_agent.main import network_settings
 from bismuth_agent.network import Firewall, NetworkAdapter
+from bismuth_agent.service import network_settings
 from bismuth_core import cluster, layout, operations
 from bismuth_core.layout import ContainerStatus, NodeAlive
 from tests.support.agenthost import get, httpd, running_backend, start_agent, statuses
@@ -94,7 +94,7 @@ async def test_agent_restart_adopts_running_containers(zk, node):
         await eventually(serving, timeout=20, what="served by the new agent")
         after = (await second.ctrd.tasks.get(str(backend.container_id))).pid
         assert after == before
-        links = await second.agent.runtime.network.list()
+        links = await second.runtime.network.list()
         assert len([i for i in links if i.container_id == str(backend.container_id)]) == 1
     finally:
         await second.stop()
@@ -109,8 +109,8 @@ async def test_delete_leaves_nothing_behind(zk, agent):
     async def gone():
         containers = await agent.ctrd.containers.list()
         tasks = await agent.ctrd.tasks.list()
-        links = await agent.agent.runtime.network.list()
-        attached = await agent.agent.runtime.firewall.attached()
+        links = await agent.runtime.network.list()
+        attached = await agent.runtime.firewall.attached()
         return not containers and not tasks and not links and not attached
 
     await eventually(gone, timeout=20, what="container, task, veth and rules removed")
@@ -189,8 +189,8 @@ async def test_start_reaps_the_network_of_containers_that_are_gone(zk, node):
         assert [i.container_id for i in await adapter.list()] == [leftover]
         running = await start_agent(node)
         try:
-            assert await running.agent.runtime.network.list() == []
-            assert await running.agent.runtime.firewall.attached() == {}
+            assert await running.runtime.network.list() == []
+            assert await running.runtime.firewall.attached() == {}
         finally:
             await running.stop()
     finally:
@@ -215,7 +215,7 @@ async def test_agent_stopped_in_the_middle_of_a_create_converges_after_restart(z
         )
         status, body, _ = await get(f"{second.url}/invoke/{backend.container_id}/hello")
         assert status == 200 and body == "hello from layer 2\n"
-        links = await second.agent.runtime.network.list()
+        links = await second.runtime.network.list()
         assert [i.container_id for i in links] == [str(backend.container_id)]
         assert len(await second.ctrd.tasks.list()) == 1
         assert len(await second.ctrd.containers.list()) == 1

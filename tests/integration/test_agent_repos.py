@@ -87,7 +87,7 @@ async def test_https_repo_is_fetched_read_only_and_owned_by_the_container_user(
     # on the host: a tmpfs owned by the container's own host uid, nothing else in it
     task = await repo_agent.ctrd.tasks.get(str(backend.container_id))
     host_uid = os.stat(f"/proc/{task.pid}").st_uid
-    repo_dir = repo_agent.agent.runtime.dir(backend.container_id) / "repo"
+    repo_dir = repo_agent.runtime.dir(backend.container_id) / "repo"
     assert os.path.ismount(repo_dir)
     assert os.stat(repo_dir / "app.txt").st_uid == host_uid
     await operations.delete_function(zk, fid)
@@ -146,7 +146,7 @@ async def test_a_repo_over_repo_max_bytes_fails_and_leaves_no_mount(zk, node, gi
         log = await failed_with(zk, running, fid, "larger than repo_max_bytes")
         assert f"({1 << 20} bytes)" in log
         (backend,) = (await cluster.read_function(zk, fid)).backends
-        assert not os.path.ismount(running.agent.runtime.dir(backend.container_id) / "repo")
+        assert not os.path.ismount(running.runtime.dir(backend.container_id) / "repo")
     finally:
         await running.stop()
 

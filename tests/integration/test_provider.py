@@ -31,7 +31,7 @@ from bismuth_lab import procs
 from bismuth_provider.storage.base import Quotas
 from bismuth_provider.storage.local import LocalStorage
 from tests.support.agenthost import (
-    RunningAgent,
+    AgentService,
     end_providers,
     get,
     httpd,
@@ -96,7 +96,7 @@ class Reply:
 class Probe:
     """One running probe container: ``call`` makes provider requests from inside it."""
 
-    def __init__(self, agent: RunningAgent, fid: uuid.UUID, cid: uuid.UUID) -> None:
+    def __init__(self, agent: AgentService, fid: uuid.UUID, cid: uuid.UUID) -> None:
         self.agent, self.fid, self.cid = agent, fid, cid
 
     async def run(self, ops: list[list[object]]) -> list[object]:
@@ -141,7 +141,7 @@ class Probe:
         return str(made.allocation.provider_address)
 
 
-async def deploy_probe(zk, agent: RunningAgent, **changes: object) -> Probe:
+async def deploy_probe(zk, agent: AgentService, **changes: object) -> Probe:
     fid = await operations.create_function(zk, probe_function(**changes))
     backend = await eventually(lambda: running_backend(zk, fid), timeout=60, what="probe Running")
     return Probe(agent, fid, backend.container_id)
@@ -580,8 +580,8 @@ async def test_a_provider_that_cannot_start_fails_the_container_and_leaves_nothi
 
         async def clean() -> bool:  # between two attempts of the restart backoff
             containers = await running.ctrd.containers.list()
-            links = await running.agent.runtime.network.list()
-            attached = await running.agent.runtime.firewall.attached()
+            links = await running.runtime.network.list()
+            attached = await running.runtime.firewall.attached()
             return not containers and not links and not attached
 
         await eventually(clean, timeout=30, what="no container, veth or firewall element")

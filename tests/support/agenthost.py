@@ -18,28 +18,20 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from bismuth_agent.agent import Agent
 from bismuth_agent.config import AgentConfig
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.oci import import_oci_archive
-from bismuth_agent.http import AgentMetrics, HttpDeps, InvokeLimits, create_app
-from bismuth_agent.logstore import LogStore
-from bismuth_agent.main import agent_credentials, network_settings
-from bismuth_agent.network import Firewall, NetworkAdapter
-from bismuth_agent.presence import NodePresence
+from bismuth_agent.network import Firewall
 from bismuth_agent.providers import recorded_pid
-from bismuth_agent.runtime import ContainerRuntime
+from bismuth_agent.service import AgentService, network_settings
 from bismuth_core import cluster, layout, operations
 from bismuth_core.definition import parse_definition
-from bismuth_core.layout import ContainerStatus, NodeAlive
-from bismuth_core.zk import ZooKeeper
+from bismuth_core.layout import ContainerStatus
 from tests.support.clusterkey import AGENT_AUTH
 from tests.support.containerd import sweep
 from tests.support.waiting import eventually
@@ -61,53 +53,12 @@ def httpd(**changes: object):
     return parse_definition(raw)
 
 
-@dataclass
-class RunningAgent:
-    config: AgentConfig
-    agent: Agent
-    runner: web.AppRunner
-    zk: ZooKeeper
-    ctrd: ContainerdClient
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.node_ip}:{self.config.port}"
-
-    async def stop(self) -> None:
-        await self.agent.stop()
-        await self.runner.cleanup()
-        await self.zk.stop()
-        await self.ctrd.close()
-
-
-async def start_agent(config: AgentConfig) -> RunningAgent:
-    zk = ZooKeeper(config.zookeeper, config.zookeeper_env, session_timeout=4.0)
-    await zk.start()
-    ctrd = ContainerdClient(config.containerd_address, config.containerd_namespace)
-    settings = network_settings(config)
-    logs = LogStore(config.log_dir, config.log_max_bytes)
-    runtime = ContainerRuntime(config, ctrd, NetworkAdapter(settings), Firewall(settings), logs, zk)
-    wake = asyncio.Event()
-    presence = NodePresence(zk, config.node_ip, NodeAlive(4.0, 4 << 30, "test"), wake.set)
-    metrics = AgentMetrics.create()
-    agent = Agent(config, ctrd, runtime, presence, logs, metrics, wake)
-    runner = web.AppRunner(
-        create_app(
-            HttpDeps(
-                agent,
-                logs,
-                metrics,
-                agent_credentials(config),
-                InvokeLimits.from_config(config),
-                refresh_metrics=agent.refresh_metrics,
-            )
-        ),
-        access_log=None,
-    )
-    await runner.setup()
-    await web.TCPSite(runner, config.node_ip, config.port).start()
-    await agent.start()
-    return RunningAgent(config, agent, runner, zk, ctrd)
+async def start_agent(config: AgentConfig) -> AgentService:
+    """The agent of ``config``'s node, in-process; a short ZooKeeper session, so a stopped
+    agent's node is seen gone soon."""
+    service = AgentService(config, session_timeout=4.0)
+    await service.start()
+    return service
 
 
 @pytest.fixture
@@ -126,6 +77,8 @@ async def node(zk_server, zk_env, zk, containerd_server, busybox_image, tmp_path
         state_dir=str(containerd_server.shared / namespace),
         log_dir=str(tmp_path / "logs"),
         cgroup_parent=f"{containerd_server.cgroup_parent}/{namespace}",
+        cpus=4.0,  # what the node offers the scheduler, whatever this machine has
+        memory=4 << 30,
         network_pool=f"10.{200 + n % 50}.{os.getpid() % 250}.0/24",
         start_timeout=10.0,
         stop_grace=2.0,
@@ -173,7 +126,7 @@ def end_providers(state_dir: Path) -> None:
 
 
 @pytest.fixture
-async def agent(node) -> AsyncIterator[RunningAgent]:
+async def agent(node) -> AsyncIterator[AgentService]:
     running = await start_agent(node)
     yield running
     await running.stop()
@@ -251,7 +204,7 @@ async def running_backend(zk, fid) -> layout.Backend | None:
 SHELL = {"Executable": ["/bin/sh"]}  # runs the request body as a script
 
 
-async def run_in(agent: RunningAgent, backend: layout.Backend, script: str) -> tuple[int, str]:
+async def run_in(agent: AgentService, backend: layout.Backend, script: str) -> tuple[int, str]:
     """Run ``script`` in a ``SHELL`` container through the agent's /invoke."""
     async with (
         aiohttp.ClientSession(headers=AGENT_AUTH) as http,
@@ -260,7 +213,7 @@ async def run_in(agent: RunningAgent, backend: layout.Backend, script: str) -> t
         return resp.status, (await resp.read()).decode(errors="replace")
 
 
-async def shell_container(zk, agent: RunningAgent, **changes: object) -> layout.Backend:
+async def shell_container(zk, agent: AgentService, **changes: object) -> layout.Backend:
     """A Running ``SHELL`` container of a new function (``changes`` to its definition)."""
     fid = await operations.create_function(zk, httpd(invoke_mode=SHELL, **changes))
     return await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")

@@ -1,0 +1,282 @@
+"""The agent's reconcile loop against a fake runtime and a fake ZooKeeper side (no root).
+
+Each case states what ZooKeeper wants (``desired``) and what the runtime has (``existing``:
+a task state per container, and whether this agent process already supervises it); one
+pass later, the runtime has been asked to do exactly ``calls`` and the node reports
+``statuses``. The fakes implement :class:`bismuth_agent.model.Runtime` and
+:class:`~bismuth_agent.model.Presence`; the real adapters are tested as root elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from bismuth_agent.agent import Agent
+from bismuth_agent.config import AgentConfig
+from bismuth_agent.http import AgentMetrics
+from bismuth_agent.logstore import LogStore
+from bismuth_agent.model import (
+    DesiredContainer,
+    Event,
+    ExecResult,
+    Existing,
+    Exited,
+    Made,
+    Missed,
+    SetupFailed,
+    Usage,
+)
+from bismuth_agent.network import Allocation
+from bismuth_agent.plan import TaskState
+from bismuth_agent.spec import IdMapping
+from bismuth_core.definition import parse_definition
+from bismuth_core.layout import ContainerStatus
+
+A, B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+FUNCTION = uuid.UUID(int=0xF)
+EXECUTABLE = parse_definition(
+    {"image": "i", "cpu": 0.1, "memory": 1 << 26, "invoke_mode": {"Executable": ["/bin/true"]}}
+)
+RUNNING, STOPPED, CREATED = TaskState.RUNNING, TaskState.STOPPED, TaskState.CREATED
+
+
+@dataclass
+class FakeRuntime:
+    """Containers in a dict; every call recorded as ``(verb, container)``."""
+
+    tasks: dict[uuid.UUID, TaskState] = field(default_factory=dict)
+    failing: set[uuid.UUID] = field(default_factory=set)  # create raises SetupFailed
+    address: str = "10.99.0.2"  # container address of everything made (Server health)
+    calls: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    pids: dict[uuid.UUID, int] = field(default_factory=dict)
+
+    def _made(self, cid: uuid.UUID) -> Made:
+        pid = self.pids.setdefault(cid, 1000 + len(self.pids))
+        subnet = IPv4Network(f"{self.address}/30", strict=False)
+        return Made(cid, pid, Allocation(str(cid), subnet), "token", IdMapping(1_000_000))
+
+    async def start(self) -> None:
+        self.calls.append(("start", uuid.UUID(int=0)))
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.queue.get()
+
+    async def observe(self) -> dict[uuid.UUID, Existing]:
+        return {cid: Existing(cid, state, 1) for cid, state in self.tasks.items()}
+
+    async def create(self, desired: DesiredContainer) -> Made:
+        cid = desired.container_id
+        self.calls.append(("create", cid))
+        if cid in self.failing:
+            raise SetupFailed("the image is not available")
+        self.tasks[cid] = RUNNING
+        return self._made(cid)
+
+    async def adopt(self, desired: DesiredContainer) -> Made:
+        self.calls.append(("adopt", desired.container_id))
+        return self._made(desired.container_id)
+
+    async def remove(self, cid: uuid.UUID, *, keep_logs: bool = False, grace: float = 0.0) -> None:
+        self.calls.append(("remove-leftovers" if keep_logs else "remove", cid))
+        self.tasks.pop(cid, None)
+        self.pids.pop(cid, None)
+
+    async def execute(
+        self,
+        desired: DesiredContainer,
+        made: Made,
+        argv: tuple[str, ...],
+        stdin: AsyncIterable[bytes],
+        timeout: float,
+        max_output: int,
+    ) -> ExecResult:
+        return ExecResult(0, b"", b"")
+
+    async def usage(self, cids: list[uuid.UUID]) -> list[Usage]:
+        return []
+
+    def cap_logs(self, cid: uuid.UUID) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakePresence:
+    wanted: dict[uuid.UUID, DesiredContainer] = field(default_factory=dict)
+    statuses: dict[uuid.UUID, ContainerStatus] = field(default_factory=dict)
+    announced: list[int] = field(default_factory=list)
+    connected: bool = True
+
+    async def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    async def desired(self) -> dict[uuid.UUID, DesiredContainer]:
+        return dict(self.wanted)
+
+    async def set_status(self, cid: uuid.UUID, status: ContainerStatus) -> None:
+        self.statuses[cid] = status
+
+    async def announce(self, containers: int | None = None) -> None:
+        self.announced.append(containers or 0)
+
+
+@dataclass
+class Node:
+    agent: Agent
+    runtime: FakeRuntime
+    presence: FakePresence
+
+    async def settle(self) -> None:
+        """Let every action the last pass started finish."""
+        while self.agent._work:
+            await asyncio.gather(*list(self.agent._work))
+
+    async def pass_(self) -> None:
+        await self.agent.reconcile()
+        await self.settle()
+
+
+def make_node(tmp_path: Path, runtime: FakeRuntime, wanted: set[uuid.UUID], **config) -> Node:
+    presence = FakePresence({c: DesiredContainer(c, FUNCTION, EXECUTABLE) for c in wanted})
+    settings = AgentConfig(
+        state_dir=str(tmp_path / "state"),
+        log_dir=str(tmp_path / "logs"),
+        restart_backoff=0.05,
+        restart_backoff_cap=0.05,
+        **config,
+    )
+    logs = LogStore(settings.log_dir, settings.log_max_bytes)
+    agent = Agent(settings, runtime, presence, logs, AgentMetrics.create(), asyncio.Event())
+    return Node(agent, runtime, presence)
+
+
+@pytest.mark.parametrize(
+    ("desired", "existing", "supervised", "calls", "statuses"),
+    [
+        pytest.param({A}, {}, set(), [("create", A)], {A: "Running"}, id="new container"),
+        pytest.param(set(), {A: RUNNING}, set(), [("remove", A)], {}, id="not wanted"),
+        pytest.param(
+            {A}, {A: RUNNING}, set(), [("adopt", A)], {A: "Running"}, id="agent restarted"
+        ),
+        pytest.param(
+            {A},
+            {A: STOPPED},
+            set(),
+            [("remove-leftovers", A), ("create", A)],
+            {A: "Running"},
+            id="exited while no agent ran",
+        ),
+        pytest.param(
+            {A},
+            {A: CREATED},
+            set(),
+            [("remove-leftovers", A), ("create", A)],
+            {A: "Running"},
+            id="made but never started",
+        ),
+        pytest.param({A}, {A: RUNNING}, {A}, [], {A: "Running"}, id="supervised: nothing"),
+        pytest.param(
+            {A, B},
+            {B: RUNNING},
+            set(),
+            [("create", A), ("adopt", B)],
+            {A: "Running", B: "Running"},
+            id="one new, one adopted",
+        ),
+    ],
+)
+async def test_one_pass(tmp_path, desired, existing, supervised, calls, statuses):
+    runtime = FakeRuntime(tasks=dict(existing))
+    node = make_node(tmp_path, runtime, desired)
+    for cid in supervised:  # this process made it before
+        await node.runtime.create(DesiredContainer(cid, FUNCTION, EXECUTABLE))
+        await node.pass_()
+    runtime.calls.clear()
+
+    await node.pass_()
+
+    assert sorted(runtime.calls) == sorted(calls)
+    assert {c: s.label for c, s in node.presence.statuses.items()} == statuses
+    assert node.presence.announced[-1] == len(desired)
+
+
+async def test_a_container_that_cannot_be_made_is_failed_then_tried_again(tmp_path):
+    runtime = FakeRuntime(failing={A})
+    node = make_node(tmp_path, runtime, {A})
+    await node.pass_()
+    assert node.presence.statuses[A] == ContainerStatus.FAILED
+    runtime.failing.clear()
+
+    async def retried() -> bool:
+        await node.pass_()
+        return node.presence.statuses[A] == ContainerStatus.RUNNING
+
+    for _ in range(100):  # the backoff is 0.05 s: a few passes at most
+        if await retried():
+            break
+        await asyncio.sleep(0.02)
+    assert runtime.calls.count(("create", A)) == 2
+
+
+async def test_an_exit_event_fails_the_container_and_a_later_pass_restarts_it(tmp_path):
+    runtime = FakeRuntime()
+    node = make_node(tmp_path, runtime, {A})
+    await node.pass_()
+    made = node.agent.containers[A].made
+    assert made is not None
+
+    node.agent._on_event(Exited(A, made.pid + 1, 0))  # another process of it: ignored
+    assert node.agent.containers[A].exited_at is None
+    node.agent._on_event(Exited(A, made.pid, 3))
+    await node.settle()
+    assert node.presence.statuses[A] == ContainerStatus.FAILED
+    assert "status 3" in LogStore(tmp_path / "logs", 1 << 20).path(A).read_text()
+
+    await asyncio.sleep(0.06)  # past the backoff
+    await node.pass_()
+    assert runtime.calls[-2:] == [("remove-leftovers", A), ("create", A)]
+    assert node.presence.statuses[A] == ContainerStatus.RUNNING
+
+
+async def test_a_missed_exit_is_found_by_looking(tmp_path):
+    runtime = FakeRuntime()
+    node = make_node(tmp_path, runtime, {A})
+    await node.pass_()
+    runtime.tasks[A] = STOPPED  # exited while the event stream was broken
+    node.agent._on_event(Missed())
+    assert node.agent.wake.is_set()
+    await node.pass_()
+    assert node.presence.statuses[A] == ContainerStatus.FAILED
+
+
+async def test_a_server_is_running_once_its_port_accepts_connections(tmp_path):
+    with socket.create_server(("127.77.0.2", 0)) as listener:
+        port = listener.getsockname()[1]
+        server = parse_definition(
+            {
+                "image": "i",
+                "cpu": 0.1,
+                "memory": 1 << 26,
+                "invoke_mode": {"Server": [["/srv"], port]},
+            }
+        )
+        runtime = FakeRuntime(address="127.77.0.2")  # its .2 is the container address
+        node = make_node(tmp_path, runtime, set())
+        node.presence.wanted = {A: DesiredContainer(A, FUNCTION, server)}
+        await node.pass_()
+        assert node.presence.statuses[A] == ContainerStatus.RUNNING
