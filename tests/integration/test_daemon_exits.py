@@ -24,11 +24,17 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.mark.parametrize("daemon", [*DAEMONS, "bismuth-provider"])
-def test_a_bad_config_value_exits_2_naming_the_key(daemon: str) -> None:
-    result = run(str(BIN / daemon), "--zookeeper-env", "Not An Env")
+@pytest.mark.parametrize(
+    ("daemon", "args", "key"),
+    [
+        *((d, ["--zookeeper-env", "Not An Env"], "zookeeper_env") for d in DAEMONS),
+        ("bismuth-provider", [], "function_id"),  # its settings come from the agent
+    ],
+)
+def test_a_bad_config_value_exits_2_naming_the_key(daemon: str, args: list[str], key: str) -> None:
+    result = run(str(BIN / daemon), *args)
     assert result.returncode == 2, result.stderr
-    assert "zookeeper_env" in result.stderr
+    assert key in result.stderr
     assert "Traceback" not in result.stderr
 
 
