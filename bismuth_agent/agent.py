@@ -44,6 +44,7 @@ from .model import (
 )
 from .plan import Adopt, Backoff, Create, Observed, Remove, Restart, TaskState, plan_node
 from .plan import next_wake as restart_due
+from .timeline import LISTENING, RUNNING, Timelines, durations
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,10 @@ class Agent:
         logs: LogStore,
         metrics: AgentMetrics,
         wake: asyncio.Event,
+        timelines: Timelines | None = None,
     ) -> None:
         self.config = config
+        self.timelines = timelines or Timelines()
         self.runtime = runtime
         self.presence = presence
         self.logs = logs
@@ -254,6 +257,7 @@ class Agent:
 
     async def _create(self, sup: Supervised, leftovers: bool) -> None:
         cid = sup.desired.container_id
+        self.timelines.begin(cid, sup.desired.committed_at if sup.failures == 0 else None)
         try:
             await self._set_status(sup, ContainerStatus.STARTING)
             if leftovers:
@@ -319,9 +323,22 @@ class Agent:
                     self._failed(sup)
                     return
                 await asyncio.sleep(HEALTH_POLL)
-        if sup.status != ContainerStatus.RUNNING:
+        cid = sup.desired.container_id
+        self.timelines.stamp(cid, LISTENING)
+        starting = sup.status != ContainerStatus.RUNNING
+        if starting:
             self.metrics.start_latency.observe(time.monotonic() - sup.seen_at)
         await self._set_status(sup, ContainerStatus.RUNNING)
+        if starting and sup.reported == ContainerStatus.RUNNING:
+            self._log_timeline(cid)
+
+    def _log_timeline(self, cid: uuid.UUID) -> None:
+        """One line per start: milliseconds spent reaching each stage."""
+        self.timelines.stamp(cid, RUNNING)
+        line = self.timelines.get(cid)
+        if line is not None:
+            steps = " ".join(f"{k}={v}" for k, v in durations(line).items())
+            log.info("container running: %s", steps, extra={"container_id": cid})
 
     def _failed(self, sup: Supervised) -> None:
         sup.failures += 1

@@ -6,7 +6,8 @@ on stdin, stdout as the answer. A container this agent does not run, or that is 
 ``Running``, gets ``503`` with ``X-Bismuth-Not-Forwarded: 1``: nothing reached it, so the
 frontend may safely try another backend. ``/logs/<cid>[?follow=true]`` serves the
 container's output (Server-Sent Events when following, ending when the container goes
-away). ``/healthz`` and ``/metrics`` describe the agent.
+away). ``/healthz`` and ``/metrics`` describe the agent; ``/timeline`` gives the stage stamps
+of its recent container starts (:mod:`bismuth_agent.timeline`).
 
 One tenant cannot exhaust the agent (:class:`InvokeLimits`): an Executable request waits for
 one of its container's ``exec_concurrency`` slots *before* its body is read; the body then
@@ -17,8 +18,8 @@ killed and answered ``502``; the Server-mode proxy
 is bounded by :mod:`bismuth_agent.proxy`. A client that goes away cancels its handler (and
 with it the run or the upstream request).
 
-Only the cluster's own daemons may invoke containers, read their logs or the metrics (which
-name containers): those routes need the cluster's agent credential in
+Only the cluster's own daemons may invoke containers, read their logs, the metrics or the
+timelines (which name containers): those routes need the cluster's agent credential in
 ``X-Bismuth-Agent-Credential`` (for ``/metrics`` also as ``Authorization: Bearer``, as
 Prometheus sends it); anything else is a ``401``. The header never reaches a container.
 ``/healthz`` stays open: it names no container.
@@ -47,6 +48,7 @@ from .config import AgentConfig
 from .logstore import LogStore
 from .model import ExecOutputTooLarge, ExecResult, ExecTimeout
 from .proxy import ProxyLimits, Refused, proxy, proxy_session
+from .timeline import Timelines
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ class HttpDeps:
     credentials: FrontendCredentials  # the cluster's agent credential, to check callers
     limits: InvokeLimits = field(default_factory=InvokeLimits)
     refresh_metrics: Callable[[], Awaitable[None]] | None = None
+    timelines: Timelines = field(default_factory=Timelines)
 
 
 READ_BUFSIZE = 16 << 10
@@ -312,6 +315,22 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def timeline(request: web.Request) -> web.Response:
+    """Stage stamps of recent container starts (:mod:`.timeline`); ``?container=<cid>``
+    narrows to one (404 if it has none)."""
+    timelines = request.app[DEPS].timelines
+    wanted = request.query.get("container")
+    if wanted is None:
+        return web.json_response(timelines.all())
+    try:
+        line = timelines.get(uuid.UUID(wanted))
+    except ValueError:
+        return _json_error(400, f"container {wanted!r} is not a UUID")
+    if line is None:
+        return _json_error(404, f"no timeline of container {wanted} on this node")
+    return web.json_response({wanted: line})
+
+
 async def _client(app: web.Application) -> AsyncIterator[None]:
     app[HTTP] = proxy_session(app[DEPS].limits.proxy)
     app[SLOTS] = {}
@@ -319,7 +338,7 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].close()
 
 
-PROTECTED = ("/invoke/", "/logs/", "/metrics")
+PROTECTED = ("/invoke/", "/logs/", "/metrics", "/timeline")
 
 
 def presented_credential(request: web.Request) -> str | None:
@@ -363,4 +382,5 @@ def create_app(deps: HttpDeps) -> web.Application:
     app.router.add_get("/logs/{cid}", logs)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/timeline", timeline)
     return app

@@ -28,6 +28,7 @@ class DesiredContainer:
     container_id: uuid.UUID
     function_id: uuid.UUID
     definition: FunctionDefinition
+    committed_at: float | None = None  # wall-clock time its znode was made (the API's commit)
 
 
 @dataclass(frozen=True)

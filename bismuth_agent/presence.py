@@ -101,7 +101,7 @@ class NodePresence:
                 definitions[fid] = await self._definition(fid)
             definition = definitions[fid]
             if definition is not None:
-                wanted[cid] = DesiredContainer(cid, fid, definition)
+                wanted[cid] = DesiredContainer(cid, fid, definition, got[1].ctime / 1000)
         return wanted
 
     async def _definition(self, fid: uuid.UUID) -> FunctionDefinition | None:

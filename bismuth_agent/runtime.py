@@ -63,6 +63,7 @@ from .providers import Launch, ProviderSupervisor, cap_log
 from .repos import RepoSettings
 from .secretserver import SecretSource
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
+from .timeline import CONTAINER, IMAGE, NETWORK, PROVIDER, STARTED, TASK, Timelines
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,10 @@ class ContainerRuntime:
         firewall: Firewall,
         logs: LogStore,
         zk: ZooKeeper,
+        timelines: Timelines | None = None,
     ) -> None:
         self.config = config
+        self.timelines = timelines or Timelines()
         self.ctrd = ctrd
         self.network = network
         self.firewall = firewall
@@ -261,6 +264,8 @@ class ContainerRuntime:
                 directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
             )
         parent = await self._image(definition.image, ids)
+        stamp = self.timelines.stamp
+        stamp(cid, IMAGE)
         plan = ContainerPlan(
             container_id=cid,
             function_id=desired.function_id,
@@ -284,15 +289,20 @@ class ContainerRuntime:
                 NODE_LABEL: self.config.node_ip,
             },
         )
+        stamp(cid, CONTAINER)
         uri = self.logs.uri(cid)
         pid = await self.ctrd.tasks.create(
             str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
         )
+        stamp(cid, TASK)
         allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
         await self.firewall.attach(allocation)
         files.write_etc_files(directory, cid, str(allocation.container_address), dns)
+        stamp(cid, NETWORK)
         await self.providers.start(self._launch(desired, allocation, token))
+        stamp(cid, PROVIDER)
         await self.ctrd.tasks.start(str(cid))
+        stamp(cid, STARTED)
         return Made(cid, pid, allocation, token, ids)
 
     def _launch(self, desired: DesiredContainer, allocation: Allocation, token: str) -> Launch:

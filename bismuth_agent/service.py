@@ -24,6 +24,7 @@ from .logstore import LogStore
 from .network import Firewall, NetworkAdapter, NetworkSettings
 from .presence import NodePresence
 from .runtime import ContainerRuntime
+from .timeline import Timelines
 
 INTERFACE_GROUP_BASE = 0xB1500000
 SESSION_TIMEOUT = 10.0  # seconds of ZooKeeper session: how long a lost agent stays "alive"
@@ -67,7 +68,10 @@ class AgentService:
         settings = network_settings(config)
         logs = LogStore(config.log_dir, config.log_max_bytes)
         network, firewall = NetworkAdapter(settings), Firewall(settings)
-        self.runtime = ContainerRuntime(config, self.ctrd, network, firewall, logs, self.zk)
+        timelines = Timelines()
+        self.runtime = ContainerRuntime(
+            config, self.ctrd, network, firewall, logs, self.zk, timelines
+        )
         wake = asyncio.Event()
         alive = NodeAlive(
             config.advertised_cpus,
@@ -77,10 +81,12 @@ class AgentService:
         )
         presence = NodePresence(self.zk, config.node_ip, alive, wake.set)
         metrics = AgentMetrics.create()
-        self.agent = Agent(config, self.runtime, presence, logs, metrics, wake)
+        self.agent = Agent(config, self.runtime, presence, logs, metrics, wake, timelines)
         limits = InvokeLimits.from_config(config)
         refresh = self.agent.refresh_metrics
-        deps = HttpDeps(self.agent, logs, metrics, credentials, limits, refresh_metrics=refresh)
+        deps = HttpDeps(
+            self.agent, logs, metrics, credentials, limits, refresh, timelines=timelines
+        )
         self._runner = web.AppRunner(create_app(deps), access_log=None)
 
     @property

@@ -176,7 +176,13 @@ def create_admin_app(deps: FrontendDeps) -> web.Application:
     app[DEPS] = deps
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/timeline", timeline)
     return app
+
+
+async def timeline(request: web.Request) -> web.Response:
+    """When each recent backend became routable here (:mod:`bismuth_fe.timeline`)."""
+    return web.json_response(request.app[DEPS].cache.routed.as_json())
 
 
 async def healthz(request: web.Request) -> web.Response:

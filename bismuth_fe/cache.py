@@ -27,6 +27,7 @@ from bismuth_core.layout import Backend, ContainerStatus
 from bismuth_core.zk import ZooKeeper
 
 from .routing import ClusterSnapshot, RoutingTable, build_table
+from .timeline import RouteTimes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class RouteCache:
     def __init__(self, zk: ZooKeeper) -> None:
         self._zk = zk
         self._table = RoutingTable()
+        self.routed = RouteTimes()  # when backends became routable (cold-start timelines)
         self._trees: dict[str, TreeCache] = {}
         self._synced: set[str] = set()
         self._dirty = asyncio.Event()
@@ -136,6 +138,7 @@ class RouteCache:
                 len(table.routes),
                 table.serving_backends,
             )
+            self.routed.observe(table)
         self._table = table
 
     # --- reading the caches ------------------------------------------------------------

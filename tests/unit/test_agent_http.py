@@ -22,6 +22,7 @@ from bismuth_agent.http import (
 )
 from bismuth_agent.logstore import LogStore
 from bismuth_agent.proxy import ProxyLimits
+from bismuth_agent.timeline import Timelines
 from bismuth_core.credentials import AGENT_HEADER, FrontendCredentials
 from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
@@ -261,7 +262,8 @@ async def test_without_the_credential_only_healthz_answers(agent, container_serv
     cid = uuid.uuid4()
     directory.containers[cid] = FakeContainer(cid, container_server)
     async with aiohttp.ClientSession(headers=headers) as http:
-        for path in (f"/invoke/{cid}/x", f"/invoke/{cid}", f"/logs/{cid}", "/logs/x"):
+        paths = (f"/invoke/{cid}/x", f"/invoke/{cid}", f"/logs/{cid}", "/logs/x", "/timeline")
+        for path in paths:
             async with http.get(url + path) as r:
                 assert r.status == 401, path
                 assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -270,6 +272,35 @@ async def test_without_the_credential_only_healthz_answers(agent, container_serv
             assert r.status == 200
         async with http.get(f"{url}/metrics") as r:
             assert r.status == (200 if "Authorization" in headers else 401)
+
+
+async def test_timeline_serves_the_stage_stamps_of_recent_starts(tmp_path):
+    timelines = Timelines()
+    deps = HttpDeps(
+        Directory(),
+        LogStore(tmp_path, 1 << 20),
+        AgentMetrics.create(),
+        CREDENTIALS,
+        timelines=timelines,
+    )
+    runner, url = await serve(create_app(deps))
+    cid = uuid.uuid4()
+    timelines.begin(cid, committed=1000.0)
+    timelines.stamp(cid, "image")
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.get(f"{url}/timeline") as r:
+            every = await r.json()
+        async with http.get(f"{url}/timeline?container={cid}") as r:
+            one = await r.json()
+        async with http.get(f"{url}/timeline?container={uuid.uuid4()}") as r:
+            assert r.status == 404
+            assert "no timeline" in (await r.json())["error"]
+        async with http.get(f"{url}/timeline?container=nope") as r:
+            assert r.status == 400
+    await runner.cleanup()
+    assert every == one
+    assert list(one[str(cid)]) == ["committed", "seen", "image"]
+    assert one[str(cid)]["committed"] == 1000.0
 
 
 def test_log_cap_keeps_the_newest_half(tmp_path):
