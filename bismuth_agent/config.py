@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 def _memory_bytes() -> int:
@@ -16,6 +17,12 @@ def _memory_bytes() -> int:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    # Keys of older releases' files, still read (into the table they moved to).
+    LEGACY_KEYS: ClassVar[dict[str, tuple[str, str]]] = {
+        f"provider_s3_{key}": ("provider_s3", key)
+        for key in ("endpoint", "region", "access_key", "secret_key")
+    }
+
     zookeeper: str = "127.0.0.1:2181"
     zookeeper_env: str = "default"
     # The node's IPv4 address: its name in ZooKeeper and where /invoke and /logs are served.
@@ -82,10 +89,9 @@ class AgentConfig:
     # the S3 endpoint and credentials for s3://, and how to run it (default: this Python's
     # ``-m bismuth_provider``).
     provider_storage: str = "local:///var/lib/bismuth/data"
-    provider_s3_endpoint: str = ""
-    provider_s3_region: str = "us-east-1"
-    provider_s3_access_key: str = ""
-    provider_s3_secret_key: str = ""
+    # An s3:// storage's settings, handed to every provider as they are (keys of the
+    # provider's S3Settings: endpoint, region, access_key, secret_key, part_size, ...).
+    provider_s3: dict[str, str] = field(default_factory=dict)
     provider_command: tuple[str, ...] = ()
     # Run providers as this user ("" = the agent's own, root): it owns local storage's data;
     # the agent hands it its container's token, and answers its secret reads itself.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import pwd
@@ -321,10 +322,7 @@ class ContainerRuntime:
             "BISMUTH_KV_QUOTA": str(quotas.kv if quotas and quotas.kv is not None else -1),
             "BISMUTH_BLOB_QUOTA": str(quotas.blob if quotas and quotas.blob is not None else -1),
             "BISMUTH_SECRETS_SOCKET": str(self.secrets_socket),
-            "BISMUTH_S3_ENDPOINT": config.provider_s3_endpoint,
-            "BISMUTH_S3_REGION": config.provider_s3_region,
-            "BISMUTH_S3_ACCESS_KEY": config.provider_s3_access_key,
-            "BISMUTH_S3_SECRET_KEY": config.provider_s3_secret_key,
+            "BISMUTH_S3": json.dumps(config.provider_s3),  # the table, as it is
             "BISMUTH_LOG_LEVEL": config.provider_log_level,
         }
         if self.provider_user is not None:  # it must own its group's local data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -55,11 +56,18 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
-    """Build ``cls`` (a dataclass) from defaults, ``file``, ``env`` and ``overrides``."""
+    """Build ``cls`` (a dataclass) from defaults, ``file``, ``env`` and ``overrides``.
+
+    A class may name keys of older releases in ``LEGACY_KEYS`` (``{old: (table, key)}``):
+    files written for them still load, each such value going into its table (entries the
+    table itself gives win).
+    """
     env = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    legacy: dict[str, tuple[str, str]] = getattr(cls, "LEGACY_KEYS", {})
     values: dict[str, Any] = {}
+    old: dict[str, dict[str, str]] = {}
     file = file or env.get(ENV_PREFIX + "CONFIG")
     if file:
         try:
@@ -69,6 +77,10 @@ def load_config(
             raise ConfigError(f"config file {file}: {exc}") from exc
         for key, value in data.items():
             key = key.replace("-", "_")
+            if key in legacy:
+                table, entry = legacy[key]
+                old.setdefault(table, {})[entry] = _coerce(key, value, str)
+                continue
             if key not in names:
                 raise ConfigError(f"config file {file}: unknown key {key!r}")
             values[key] = _coerce(key, value, hints[key])
@@ -79,6 +91,8 @@ def load_config(
     for key, value in (overrides or {}).items():
         if key in names and value is not None:
             values[key] = _coerce(key, value, hints[key])
+    for table, entries in old.items():
+        values[table] = {**entries, **values.get(table, {})}
     missing = [name for name in _required_fields(cls) if name not in values]
     if missing:
         raise ConfigError(f"config {missing[0]}: required (file, {ENV_PREFIX}* or flag)")
@@ -126,6 +140,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return str(value)
         if origin is tuple:
             return _to_tuple(name, value, args[0])
+        if origin is dict and args == (str, str):
+            return _to_table(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"config {name}: {exc}") from exc
     raise ConfigError(f"config {name}: unsupported type {hint!r}")
@@ -144,6 +160,20 @@ def _to_float(value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError(f"not a finite number: {value!r}")
     return number
+
+
+def _to_table(value: Any) -> dict[str, str]:
+    """A table of strings: a TOML table, or a JSON object (from the environment)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"not a table: {value!r}")
+    table = {}
+    for key, item in value.items():
+        if isinstance(item, (dict, list)) or item is None:
+            raise ValueError(f"{key}: not a string: {item!r}")
+        table[str(key)] = str(item).lower() if isinstance(item, bool) else str(item)
+    return table
 
 
 def _to_tuple(name: str, value: Any, item_hint: Any) -> tuple[Any, ...]:

@@ -7,7 +7,7 @@ The agent starts one provider per container and passes everything through the en
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bismuth_core.config import ConfigError, split_hostport
 
@@ -33,11 +33,8 @@ class ProviderConfig:
     max_blob_bytes: int = 256 << 20
     # Secrets: the agent's socket to ask them of ("" = no secrets).
     secrets_socket: str = ""
-    # S3 backend settings (storage = s3://bucket[/prefix]).
-    s3_endpoint: str = ""
-    s3_region: str = "us-east-1"
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
+    # S3 backend settings (storage = s3://bucket[/prefix]): keys of storage.s3.S3Settings.
+    s3: dict[str, str] = field(default_factory=dict)
     log_level: str = "info"
 
     def __post_init__(self) -> None:

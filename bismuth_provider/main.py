@@ -61,12 +61,7 @@ def _s3_settings(config: ProviderConfig) -> object | None:
         return None
     from .storage.s3 import S3Settings
 
-    return S3Settings(
-        endpoint=config.s3_endpoint,
-        region=config.s3_region,
-        access_key=config.s3_access_key,
-        secret_key=config.s3_secret_key,
-    )
+    return S3Settings.from_table(config.s3)
 
 
 async def serve(config: ProviderConfig) -> None:

@@ -110,10 +110,10 @@ repo_max_bytes = 256 << 20
 # "" = local://<var_dir>/data (SQLite and files on the node), or s3://bucket/prefix, shared
 # by every node, with the endpoint, region and credentials below.
 provider_storage = ""
-provider_s3_endpoint = ""  # e.g. https://s3.example.net ("" = AWS's own)
-provider_s3_region = "us-east-1"
-provider_s3_access_key = ""
-provider_s3_secret_key = ""
+# s3:// storage's settings, handed to every provider as they are: endpoint (e.g.
+# "https://s3.example.net"; none = AWS's own), region ("us-east-1"), access_key and
+# secret_key (none = boto3's credential chain), part_size, max_attempts.
+provider_s3: dict[str, str] = {}
 # The system user providers run as (the deploy creates it on agent hosts), so code that
 # breaks a provider gets no root on the host. None = "bismuth-provider" (checkout installs
 # too: their providers run from a versioned install of the checkout, which that user can

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
@@ -44,7 +45,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as ConnectFailed
 
-from bismuth_core.config import ConfigError
+from bismuth_core.config import ConfigError, load_config
 from bismuth_core.errors import BismuthError, Conflict, NotFound, Unavailable
 
 from .base import BlobStream, QuotaExceeded, Quotas, WriteMode, spool
@@ -78,7 +79,18 @@ class S3Settings:
         if self.max_attempts < 1:
             raise ConfigError("config s3 max_attempts: at least 1")
         if bool(self.access_key) != bool(self.secret_key):
-            raise ConfigError("config s3_access_key, s3_secret_key: give both or neither")
+            raise ConfigError("config s3 access_key, secret_key: give both or neither")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, str]) -> S3Settings:
+        """The settings from a table of strings (the agent's ``provider_s3``, as it is)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(
+                f"config s3 {unknown[0]}: unknown key (known: {', '.join(sorted(known))})"
+            )
+        return load_config(cls, env={}, overrides=table)
 
 
 def _error_code(exc: ClientError) -> str:

@@ -163,9 +163,11 @@ async def storage_agent(request, pynode: AgentConfig):
         config = dataclasses.replace(
             pynode,
             provider_storage=f"s3://{request.getfixturevalue('s3_bucket')}/bismuth",
-            provider_s3_endpoint=settings.endpoint,
-            provider_s3_access_key=settings.access_key,
-            provider_s3_secret_key=settings.secret_key,
+            provider_s3={
+                "endpoint": settings.endpoint,
+                "access_key": settings.access_key,
+                "secret_key": settings.secret_key,
+            },
         )
     running = await start_agent(config)
     yield running

@@ -149,9 +149,18 @@ def test_bad_url_or_group_is_a_config_error(url: str, group: str) -> None:
     [
         ({"part_size": MiB}, "part_size"),
         ({"max_attempts": 0}, "max_attempts"),
-        ({"access_key": "only-the-id"}, "s3_secret_key"),
+        ({"access_key": "only-the-id"}, "secret_key"),
     ],
 )
 def test_bad_settings_are_config_errors(fields: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         S3Settings(**fields)  # type: ignore[arg-type]
+
+
+def test_settings_come_as_one_table_of_strings() -> None:
+    """What the agent hands a provider: its provider_s3 table, as it is."""
+    table = {"endpoint": "http://127.0.0.1:9", "region": "eu-1", "part_size": str(8 * MiB)}
+    got = S3Settings.from_table(table)
+    assert (got.endpoint, got.region, got.part_size) == ("http://127.0.0.1:9", "eu-1", 8 * MiB)
+    with pytest.raises(ConfigError, match="config s3 bucket: unknown key"):
+        S3Settings.from_table({"bucket": "b"})

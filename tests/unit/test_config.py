@@ -308,3 +308,28 @@ def test_split_hostport_rejects_bad_ports(value: str) -> None:
 def test_split_hostport_round_trip(host: str, port: int) -> None:
     assert split_hostport(f"{host}:{port}", 1) == (host, port)
     assert split_hostport(host, port) == (host, port)
+
+
+def test_a_table_setting_comes_from_a_toml_table_or_a_json_object(tmp_path):
+    from bismuth_agent.config import AgentConfig
+
+    file = tmp_path / "agent.toml"
+    file.write_text('provider_s3 = { endpoint = "http://s3.test", part_size = 8388608 }\n')
+    got = load_config(AgentConfig, file=str(file), env={})
+    assert got.provider_s3 == {"endpoint": "http://s3.test", "part_size": "8388608"}
+    env = {"BISMUTH_PROVIDER_S3": '{"region": "eu-1"}'}
+    assert load_config(AgentConfig, env=env).provider_s3 == {"region": "eu-1"}
+    with pytest.raises(ConfigError, match="provider_s3"):
+        load_config(AgentConfig, env={"BISMUTH_PROVIDER_S3": "[1, 2]"})
+
+
+def test_an_older_releases_flat_keys_still_load_into_their_table(tmp_path):
+    from bismuth_agent.config import AgentConfig
+
+    file = tmp_path / "agent.toml"
+    file.write_text(
+        'provider_s3_endpoint = "http://old.test"\nprovider_s3_region = "eu-2"\n'
+        'provider_s3 = { region = "eu-3" }\n'
+    )
+    got = load_config(AgentConfig, file=str(file), env={})
+    assert got.provider_s3 == {"endpoint": "http://old.test", "region": "eu-3"}
