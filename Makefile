@@ -74,6 +74,9 @@ up: packages venv
 	@echo "the deploy keeps it in $(ADMIN_TOKEN_SOURCE) with the cluster key: back both up."
 	@echo "Tenants and their tokens: $(VENV)/bin/bismuthctl tenant create NAME"
 
+# The deploy's host firewall table (group data: host_firewall_table, else per environment).
+HOST_FIREWALL_TABLE = $(or $(call setting,host_firewall_table),bismuth_host_$(call setting,zookeeper_env))
+
 # Where `make up` keeps the operator's admin token: on this machine, and as the API host.
 ADMIN_TOKEN_FILE = $(or $(call setting,admin_token_file),$(call setting,etc_dir)/admin.token)
 ADMIN_TOKEN_SOURCE = $(or $(call setting,admin_token_source),var/secrets/$(call setting,zookeeper_env).admin-token)
@@ -128,9 +131,14 @@ export REMOVE_FIREWALL
 # namespace is killed and deleted (their containers stay: the next `make up` starts them
 # again), then the containers' providers and the agent's firewall table, then the rest: supervisord, shut down through its
 # own socket (which stops every daemon), waited for until it has exited; or the systemd
-# units where systemd is PID 1.
+# units where systemd is PID 1. Last, the deploy's host firewall table goes.
 down:
-	@stop_providers() { \
+	@remove_host_firewall() { \
+	  nft list table inet "$(HOST_FIREWALL_TABLE)" >/dev/null 2>&1 || return 0; \
+	  nft delete table inet "$(HOST_FIREWALL_TABLE)" && \
+	    echo "removed the host firewall (table inet $(HOST_FIREWALL_TABLE))"; \
+	}; \
+	stop_providers() { \
 	  [ -x $(VENV)/bin/python ] || return 0; \
 	  $(VENV)/bin/python -c "$$STOP_PROVIDERS" "$(AGENT_STATE_DIR)"; \
 	  [ -f "$(ETC_DIR)/agent.toml" ] || return 0; \
@@ -159,11 +167,13 @@ down:
 	  kill_tasks; \
 	  stop_providers; \
 	  systemctl stop bismuth-fe bismuth-api bismuth-containerd bismuth-zookeeper 2>/dev/null || true; \
+	  remove_host_firewall; \
 	  exit 0; \
 	fi; \
 	conf="$(ETC_DIR)/supervisord.conf"; \
 	if ! pid=$$(supervisorctl -c "$$conf" pid 2>/dev/null) || ! [ "$$pid" -gt 0 ] 2>/dev/null; then \
 	  stop_providers; \
+	  remove_host_firewall; \
 	  echo "nothing to stop: supervisord ($$conf) is not running"; exit 0; \
 	fi; \
 	supervisorctl -c "$$conf" stop bismuth-agent >/dev/null 2>&1 || true; \
@@ -173,6 +183,7 @@ down:
 	alive() { local s; s=$$(sed -E 's/.*\) (.).*/\1/' "/proc/$$1/stat" 2>/dev/null) && [ "$$s" != Z ]; }; \
 	for _ in $$(seq 600); do alive "$$pid" || break; sleep 0.1; done; \
 	if alive "$$pid"; then echo "supervisord $$pid is still running" >&2; exit 1; fi; \
+	remove_host_firewall; \
 	echo "stopped supervisord $$pid and its daemons"
 
 # The whole suite; installs what the tests lack first (it passes next to a running `make up`).

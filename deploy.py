@@ -1,6 +1,7 @@
 """Bring up a Bismuth cluster: ``pyinfra -y inventories/<fleet>.py deploy.py`` (repo root).
 
-On every host: Debian packages, kernel settings and directories, the service manager and the
+On every host: Debian packages, kernel settings and directories, the host firewall (the
+daemons' ports only from the fleet's hosts and loopback), the service manager and the
 toolkit (a versioned install, or a checkout's virtualenv). Then by inventory group: the
 ZooKeeper ensemble (``zookeeper``), the environment (bootstrapped once) and every agent host
 provisioned as a node, the cluster key (which seals function secrets and from which the
@@ -19,6 +20,7 @@ from tasks.cluster import cluster
 from tasks.cluster_key import cluster_key, frontend_key
 from tasks.containerd import containerd
 from tasks.daemons import api, frontend
+from tasks.host_firewall import host_firewall
 from tasks.images import base_image
 from tasks.sample import sample_function
 from tasks.services import service_manager
@@ -26,6 +28,7 @@ from tasks.toolkit import toolkit
 from tasks.zookeeper import zookeeper
 
 base()
+host_firewall()
 service_manager()
 toolkit()
 zookeeper()

@@ -163,6 +163,15 @@ var_dir = "/var/lib/bismuth"  # state: ZooKeeper's data, the agent's state, the 
 log_dir = "/var/log/bismuth"  # one log file per daemon, containers/ for functions' output
 run_dir = "/run/bismuth"  # supervisord's socket and pidfile
 
+# --- host firewall -----------------------------------------------------------------------
+# An nftables table of the deploy's own on every host: the ports of ZooKeeper, the agent, the
+# API and the frontend's admin address accept connections only from loopback, from every
+# inventory host's node_ip and from host_firewall_allow (addresses or IPv4 networks, e.g. a
+# monitoring host); the frontend's public port and every other port are left alone.
+host_firewall = True
+host_firewall_table = ""  # "" = bismuth_host_<zookeeper_env>
+host_firewall_allow: list[str] = []
+
 # --- host --------------------------------------------------------------------------------
 # "auto": systemd units where systemd is PID 1, otherwise a supervisord of the toolkit's own.
 service_manager = "auto"

@@ -189,6 +189,22 @@ class RoutedHostnames(FactBase[list[str]]):
         return []
 
 
+class NftTableComment(FactBase[str | None]):
+    """The comment of nftables table ``inet <table>``, "" without one; ``None`` if absent."""
+
+    def command(self, table: str) -> str:
+        return f"nft list table inet {shlex.quote(table)} 2>/dev/null || echo '<absent>'"
+
+    def process(self, output: list[str]) -> str | None:
+        if output[-1:] == ["<absent>"]:
+            return None
+        for line in output:
+            stripped = line.strip()
+            if stripped.startswith('comment "') and stripped.endswith('"'):
+                return stripped[len('comment "') : -1]
+        return ""
+
+
 class RegisteredTokens(FactBase[list[str]]):
     """Ids of the environment's admin tokens, from ``bismuthctl --json token list``."""
 

@@ -8,6 +8,7 @@ pyinfra with ``inventories/lab.py``, ssh as root, ``bismuthctl`` of the installe
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import random
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,35 @@ class Fleet:
 
     def frontend(self) -> str:
         return f"http://{self.hosts[0].address}:8000/"
+
+
+@contextlib.contextmanager
+def outsider(fleet: Fleet) -> Iterator[Callable[[str, int], bool]]:
+    """A machine on the fleet's network that is not in the inventory: a namespace of its
+    own on the lab's bridge, with the subnet's last address. Yields ``reaches(addr, port)``."""
+    plan = fleet.lab.plan
+    name, link = f"{plan.prefix}out", f"{plan.bridge}-o"
+    address = str(plan.network.broadcast_address - 1)
+    commands = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", link, "type", "veth", "peer", "eth0", "netns", name],
+        ["ip", "link", "set", link, "master", plan.bridge, "up"],
+        ["ip", "-n", name, "addr", "add", f"{address}/{plan.network.prefixlen}", "dev", "eth0"],
+        ["ip", "-n", name, "link", "set", "eth0", "up"],
+    ]
+
+    def reaches(target: str, port: int) -> bool:
+        probe = f"import socket; socket.create_connection(('{target}', {port}), timeout=2)"
+        argv = ["ip", "netns", "exec", name, sys.executable, "-c", probe]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+
+    try:
+        for argv in commands:
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        yield reaches
+    finally:
+        subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import pytest
 import testinfra
 
 from tasks.wheelhouse import full_version
-from tests.deploy.fleet import TOOLKIT, Fleet, snapshot_source
+from tests.deploy.fleet import TOOLKIT, Fleet, outsider, snapshot_source
 from tests.deploy.pyinfra_runs import assert_no_changes
 from tests.deploy.requests_loop import RequestLoop
 from tests.support.waiting import eventually
@@ -175,6 +175,19 @@ def test_an_agent_answers_only_the_clusters_daemons(fleet: Fleet) -> None:
     )
     mode, text = fe_key.split("\n", 1)
     assert mode == "600" and text.strip() != (fleet.control / "cluster.key").read_text().strip()
+
+
+def test_daemon_ports_admit_the_fleet_and_refuse_a_machine_outside_it(fleet: Fleet) -> None:
+    """The host firewall: a machine on the same network but not in the inventory reaches no
+    daemon port (ZooKeeper, the agent) and still reaches the frontend's public port."""
+    first, member = fleet.hosts[0], fleet.hosts[1]
+    for port in (2181, 8001):
+        connect = f"import socket; socket.create_connection(('{first.address}', {port}), 2)"
+        fleet.ssh(member, f'python3 -c "{connect}"')  # a fleet member connects (exit 0)
+    with outsider(fleet) as reaches:
+        assert not reaches(first.address, 2181)
+        assert not reaches(first.address, 8001)
+        assert reaches(first.address, 8000)  # the frontend's public port stays open
 
 
 def test_second_deploy_reports_no_changes(fleet: Fleet) -> None:

@@ -140,6 +140,11 @@ class LocalCluster:
     def firewall_table(self) -> str:
         return "bismuth_n" + self.node_ip.replace(".", "_")
 
+    @property
+    def host_firewall_table(self) -> str:
+        """The deploy's own table: per environment, so the operator's is never this one."""
+        return f"bismuth_host_{self.env}"
+
     def data(self) -> dict[str, str]:
         p = self.ports
         return {
@@ -179,6 +184,7 @@ class LocalCluster:
             "CONTAINERD_ADDRESS": str(self.containerd_socket),
             "CONTAINERD_NAMESPACE": NAMESPACE,
             "SERVICE_MANAGER": "supervisord",
+            "HOST_FIREWALL_TABLE": self.host_firewall_table,
         }
         return run(["make", "-s", "down", *(f"{k}={v}" for k, v in overrides.items())], 120)
 
@@ -210,9 +216,12 @@ class LocalCluster:
         if self.firewall_table in nft_tables():
             # as the agent removes it: forwarding goes off again if the agent turned it on
             asyncio.run(Firewall(network_settings(self.agent_config())).remove_all())
+        if self.host_firewall_table in nft_tables():
+            run(["nft", "delete", "table", "inet", self.host_firewall_table], 30)
         self._remove_cgroups()
         shutil.rmtree(self.root, ignore_errors=True)
         assert self.firewall_table not in nft_tables()
+        assert self.host_firewall_table not in nft_tables()
 
     def _cgroup_dirs(self) -> list[Path]:
         """The test's cgroups in every hierarchy, children first."""
@@ -423,6 +432,22 @@ async def test_admin_token_is_installed_and_the_sample_belongs_to_default(
     assert [(t["id"], t["scope"]) for t in listed] == [(token_id, "admin")]
 
 
+def test_the_host_firewall_guards_exactly_the_daemons_ports(cluster: LocalCluster) -> None:
+    listing = run(["nft", "-j", "list", "table", "inet", cluster.host_firewall_table], 30)
+    assert listing.returncode == 0, output(listing)
+    entries = json.loads(listing.stdout)["nftables"]
+    sets = {e["set"]["name"]: e["set"].get("elem", []) for e in entries if "set" in e}
+    p = cluster.ports
+    daemons = {p[n] for n in ("zookeeper", "peer", "election", "agent", "api", "fe_admin")}
+    assert set(sets["ports"]) == daemons and p["fe"] not in sets["ports"]
+    assert sets["fleet"] == [cluster.node_ip]
+    rules = [e["rule"] for e in entries if "rule" in e]
+    assert {r["chain"] for r in rules} == {"input", "daemon_port"}
+    # the only rule of the hooked chain looks at new connections to those ports alone
+    (hooked,) = [r for r in rules if r["chain"] == "input"]
+    assert "@ports" in json.dumps(hooked["expr"]) and '"new"' in json.dumps(hooked["expr"])
+
+
 def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:
     assert_no_changes(cluster.deploy())
 
@@ -451,6 +476,8 @@ async def test_make_down_kills_function_tasks_and_stops_every_daemon(
     # a veth goes with its container's network namespace, once the kernel has freed that
     await eventually(lambda: veths_of(set(tasks)) == [], UP_TIMEOUT, what="veths gone")
     assert cluster.firewall_table not in nft_tables()  # no guard of a stopped cluster stays
+    assert cluster.host_firewall_table not in nft_tables()
+    assert f"removed the host firewall (table inet {cluster.host_firewall_table})" in result.stdout
     assert not unix_socket_answers(cluster.containerd_socket)
     with pytest.raises(ConnectionRefusedError):
         four_letter_word(cluster.node_ip, cluster.ports["zookeeper"], b"ruok")
@@ -466,6 +493,7 @@ async def test_deploy_after_make_down_brings_the_same_container_back(
     )
     (function,) = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
     (backend,) = function["backends"]
+    assert cluster.host_firewall_table in nft_tables()  # loaded again: it was gone
     fe = f"http://127.0.0.1:{cluster.ports['fe']}/"
     status, headers, body = await get(fe, host=SAMPLE_HOST)
     assert status == 200, body
