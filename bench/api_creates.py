@@ -16,10 +16,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +35,7 @@ from bismuth_core.layout import ContainerRecord, NodeAlive
 from bismuth_core.tokens import Scope
 from bismuth_core.zk import ZooKeeper, create
 from tests.support.apiserver import definition
+from tests.support.clusterkey import write_key_files
 from tests.support.zkserver import ZooKeeperServer, free_port
 
 
@@ -84,7 +87,9 @@ def summary(name: str, latencies: list[float], seconds: float) -> tuple[str, flo
     return line, rate
 
 
-async def bench_nodes(server: ZooKeeperServer, nodes: int, args: argparse.Namespace) -> None:
+async def bench_nodes(
+    server: ZooKeeperServer, nodes: int, args: argparse.Namespace, key_file: Path
+) -> None:
     env = f"bench{uuid.uuid4().hex[:8]}"
     zk = ZooKeeper(server.hosts, env)
     await zk.start()
@@ -106,6 +111,7 @@ async def bench_nodes(server: ZooKeeperServer, nodes: int, args: argparse.Namesp
             "--log-level",
             "warning",
         ],
+        env={**os.environ, "BISMUTH_CLUSTER_KEY_FILE": str(key_file)},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -167,15 +173,17 @@ async def main() -> None:
     args = parser.parse_args()
     server = ZooKeeperServer()
     server.start()
+    keys = Path(tempfile.mkdtemp(prefix="bismuth-bench-keys-"))
     try:
         print(
             f"concurrency {args.concurrency}, {args.replicas} replicas per function, "
             f"{args.seconds:g} s per measurement, {os.cpu_count()} cpus"
         )
         for nodes in (10, 100):
-            await bench_nodes(server, nodes, args)
+            await bench_nodes(server, nodes, args, write_key_files(keys)[0])
     finally:
         server.cleanup()
+        shutil.rmtree(keys, ignore_errors=True)
 
 
 if __name__ == "__main__":
