@@ -49,7 +49,12 @@ from .timeline import LISTENING, RUNNING, Timelines, durations
 log = logging.getLogger(__name__)
 
 PASS_INTERVAL = 2.0  # seconds between passes when nothing wakes the loop
-HEALTH_POLL = 0.1  # seconds between connection attempts to a starting entrypoint
+# Seconds between connection attempts to a starting entrypoint: every HEALTH_POLL for the
+# first HEALTH_FAST seconds (a refused connect costs next to nothing, and most entrypoints
+# listen within that), then doubling up to HEALTH_POLL_CAP.
+HEALTH_POLL = 0.005
+HEALTH_FAST = 2.0
+HEALTH_POLL_CAP = 0.1
 LOG_CAP_INTERVAL = 5.0
 STOP_TIMEOUT = 5.0  # seconds stop() waits for its cancelled tasks
 
@@ -302,27 +307,8 @@ class Agent:
         made, server = sup.made, sup.server
         if made is None:
             return
-        deadline = time.monotonic() + self.config.start_timeout
-        while server is not None:
-            if sup.made is not made or sup.exited_at is not None:
-                return  # restarted or exited meanwhile
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(str(made.allocation.container_address), server.port),
-                    1.0,
-                )
-                writer.close()
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline:
-                    self.logs.note(
-                        sup.desired.container_id,
-                        f"the entrypoint did not accept connections on port "
-                        f"{server.port} within {self.config.start_timeout:g}s",
-                    )
-                    self._failed(sup)
-                    return
-                await asyncio.sleep(HEALTH_POLL)
+        if server is not None and not await self._listening(sup, made, server):
+            return
         cid = sup.desired.container_id
         self.timelines.stamp(cid, LISTENING)
         starting = sup.status != ContainerStatus.RUNNING
@@ -331,6 +317,33 @@ class Agent:
         await self._set_status(sup, ContainerStatus.RUNNING)
         if starting and sup.reported == ContainerStatus.RUNNING:
             self._log_timeline(cid)
+
+    async def _listening(self, sup: Supervised, made: Made, server: ServerMode) -> bool:
+        """Wait until the entrypoint accepts a connection; False if the container was
+        restarted or exited meanwhile, or failed for not listening within start_timeout."""
+        began = time.monotonic()
+        delay = HEALTH_POLL
+        address = str(made.allocation.container_address)
+        while sup.made is made and sup.exited_at is None:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(address, server.port), 1.0
+                )
+                writer.close()
+                return True
+            except (OSError, TimeoutError):
+                if time.monotonic() - began > self.config.start_timeout:
+                    self.logs.note(
+                        sup.desired.container_id,
+                        f"the entrypoint did not accept connections on port "
+                        f"{server.port} within {self.config.start_timeout:g}s",
+                    )
+                    self._failed(sup)
+                    return False
+                await asyncio.sleep(delay)
+                if time.monotonic() - began > HEALTH_FAST:
+                    delay = min(delay * 2, HEALTH_POLL_CAP)
+        return False
 
     def _log_timeline(self, cid: uuid.UUID) -> None:
         """One line per start: milliseconds spent reaching each stage."""
