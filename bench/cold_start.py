@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bismuth_agent.config import AgentConfig  # noqa: E402
 from bismuth_agent.containerd.client import ContainerdClient  # noqa: E402
+from bismuth_agent.containerd.errors import NotFound  # noqa: E402
 from bismuth_agent.containerd.oci import import_oci_archive  # noqa: E402
 from bismuth_agent.network import Firewall  # noqa: E402
 from bismuth_agent.service import network_settings  # noqa: E402
@@ -264,6 +265,89 @@ async def gone(ctrd: ContainerdClient) -> bool:
     return not await ctrd.containers.list([f'labels."bismuth.node"=={NODE}'])
 
 
+@dataclass
+class Update:
+    """One redeploy under a request loop: seconds from the PUT to the new container's first
+    200 and to the old task gone, and the requests that failed meanwhile."""
+
+    served: float
+    gone: float
+    failed: int
+
+
+async def update(http: aiohttp.ClientSession, cluster: Cluster, fid: str, host: str) -> Update:
+    auth = {"Authorization": f"Bearer {cluster.token}"}
+    async with http.get(f"{cluster.api}/function/{fid}", headers=auth) as r:
+        (old,) = [b["backend"]["container_id"] for b in (await r.json())["backends"]]
+    first: dict[str, float] = {}
+    failed = 0
+    stopping = asyncio.Event()
+
+    async def calls() -> None:
+        nonlocal failed
+        while not stopping.is_set():
+            try:
+                async with http.get(cluster.frontend + "/", headers={"Host": host}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        failed += 1
+                    else:
+                        first.setdefault(r.headers["X-Bismuth-Container-ID"], time.time())
+            except aiohttp.ClientError:
+                failed += 1
+
+    loops = [asyncio.create_task(calls()) for _ in range(2)]
+    put = time.time()
+    async with http.put(f"{cluster.api}/function/{fid}", headers=auth) as r:
+        await r.read()
+    while True:
+        try:
+            await cluster.ctrd.tasks.get(old)
+        except NotFound:
+            gone = time.time()
+            break
+        await asyncio.sleep(POLL)
+    stopping.set()
+    await asyncio.gather(*loops)
+    served = min((t for cid, t in first.items() if cid != old), default=float("nan"))
+    return Update(served - put, gone - put, failed)
+
+
+async def updates(http: aiohttp.ClientSession, cluster: Cluster, runs: int) -> list[Update]:
+    host = f"u-{uuid.uuid4().hex[:6]}.bench"
+    auth = {"Authorization": f"Bearer {cluster.token}"}
+    async with http.post(f"{cluster.api}/function", json=definition(host), headers=auth) as r:
+        fid = (await r.json())["id"]
+    done = []
+    for _ in range(runs):
+        while True:  # the function serves before each update
+            async with http.get(cluster.frontend + "/", headers={"Host": host}) as r:
+                await r.read()
+                if r.status == 200:
+                    break
+            await asyncio.sleep(POLL)
+        done.append(await update(http, cluster, fid, host))
+    async with http.delete(f"{cluster.api}/function/{fid}", headers=auth) as r:
+        await r.read()
+    await until(lambda: gone(cluster.ctrd), "the container removed", 60)
+    return done
+
+
+def update_report(done: list[Update]) -> str:
+    served = [u.served * 1000 for u in done]
+    after = [(u.gone - u.served) * 1000 for u in done]
+    (s50, s99), (a50, a99) = quantiles(served), quantiles(after)
+    return "\n".join(
+        [
+            f"updates (PUT, redeploy) under a request loop: {len(done)} (milliseconds)",
+            f"{'':<44} {'p50':>8} {'p99':>8}",
+            f"{'PUT -> the new container serves':<44} {s50:>8.1f} {s99:>8.1f}",
+            f"{'the new container serves -> old task gone':<44} {a50:>8.1f} {a99:>8.1f}",
+            f"failed requests during the updates: {sum(u.failed for u in done)}",
+        ]
+    )
+
+
 def ctr(address: str, *args: str) -> list[str]:
     return ["ctr", "-a", address, "-n", "bismuth", *args]
 
@@ -381,10 +465,13 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
                 start = await cold_start(http, cluster, n)
                 if n >= args.warmup:
                     starts.append(start)
+            done = await updates(http, cluster, args.updates) if args.updates else []
         fifo = work / "fifo"
         pass_times = await asyncio.to_thread(ctr_pass, ctrd_server.address, args.runs, fifo)
         server_times = await ctr_server(ctrd_server.address, args.runs, fifo)
         print(report(starts, pass_times, server_times))
+        if done:
+            print("\n" + update_report(done))
         print(f"\nload average during the run: {os.getloadavg()[0]:.2f} (1 min)")
         if args.raw:
             Path(args.raw).write_text(json.dumps([s.at for s in starts], indent=1))
@@ -414,6 +501,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2, help="starts not counted")
+    parser.add_argument("--updates", type=int, default=10, help="redeploys under load")
     parser.add_argument("--raw", help="write every start's stage stamps to this JSON file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bismuth-bench-"))

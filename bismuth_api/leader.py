@@ -4,9 +4,10 @@ The leader finishes rollouts (an update's or a drain's old containers are remove
 other backend of the function is ``Running``) and replaces the containers of lost nodes (a
 node whose ``alive`` znode has been gone for ``node_loss_grace`` seconds). Each pass reads
 what it needs afresh: the pending rollouts (``/rollout`` children) and every node's own
-znodes, never every container. A kazoo ChildrenWatch on ``/rollout`` only wakes it early,
-and a timer guarantees a pass every ``leader_interval`` seconds. State lives in ZooKeeper,
-so a new leader picks up whatever an earlier one left half done.
+znodes, never every container. A kazoo ChildrenWatch on ``/rollout`` only wakes it early, as
+does a change of a status a pending rollout waits for (a one-shot watch per status, set again
+each pass), and a timer guarantees a pass every ``leader_interval`` seconds. State lives in
+ZooKeeper, so a new leader picks up whatever an earlier one left half done.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kazoo.client import KazooState
 from kazoo.recipe.election import Election
 
 from bismuth_core import layout, operations
+from bismuth_core.cluster import read_function_or_none
 from bismuth_core.errors import BismuthError, InsufficientCapacity
 from bismuth_core.fleet import LiveNodes, NodeSource
 from bismuth_core.layout import Backend
@@ -72,6 +74,7 @@ class Leader:
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._stopping = False
+        self._status_changed: Callable[..., None] = lambda *_: None  # set once leading
         self._election = Election(zk.client, layout.API_LEADER, identifier=str(uuid.uuid4()))
 
     async def run(self) -> None:
@@ -106,6 +109,8 @@ class Leader:
         self._lost.clear()
         log.info("this API replica leads background work")
         tracker = NodeLossTracker(self.grace)
+        # One watcher for every status watched: ZooKeeper keeps it once per path.
+        self._status_changed = self.zk.threadsafe(lambda *_: self._wake.set())
         unwatch = await self.zk.watch_children(layout.ROLLOUTS, self._wake.set)
         try:
             while not self._lost.is_set() and not self._stopping:
@@ -129,6 +134,7 @@ class Leader:
         for name in await self.zk.children(layout.ROLLOUTS):
             fid = layout.parse_uuid(name)
             if fid is not None:
+                await self._watch_statuses(fid)
                 async with self.lock:
                     await operations.finish_rollout(self.zk, fid)
         nodes = await self.nodes.nodes()
@@ -138,6 +144,15 @@ class Leader:
                 cid = layout.parse_uuid(name)
                 if cid is not None:
                     await self._replace(Backend(ip, cid))
+
+    async def _watch_statuses(self, fid: uuid.UUID) -> None:
+        """Wake on the next change of a status the rollout of ``fid`` waits for: its new
+        containers' turning ``Running`` finishes it at once, not at the next timer pass.
+        Set before the statuses are read, so no change between the two goes unseen."""
+        view = await read_function_or_none(self.zk, fid)
+        for backend in view.active if view is not None else ():
+            path = layout.status_path(backend.ip, backend.container_id)
+            await self.zk.exists(path, watch=self._status_changed)
 
     async def _replace(self, backend: Backend) -> None:
         try:

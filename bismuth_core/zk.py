@@ -217,9 +217,13 @@ class ZooKeeper:
         except NoNodeError:
             return []
 
-    async def exists(self, path: str) -> ZnodeStat | None:
+    async def exists(
+        self, path: str, watch: Callable[[Any], None] | None = None
+    ) -> ZnodeStat | None:
+        """The znode's stat, or None; ``watch`` (a kazoo watcher: one call on its thread when
+        the znode is created, changed or deleted; the same function set twice is kept once)."""
         self._ensure_connected()
-        return await self._await(self.client.exists_async(path))  # type: ignore[no-any-return]
+        return await self._await(self.client.exists_async(path, watch=watch))  # type: ignore[no-any-return]
 
     async def create(self, path: str, data: bytes = b"", ephemeral: bool = False) -> str:
         self._ensure_connected()

@@ -162,6 +162,29 @@ async def test_put_starts_new_containers_before_removing_old(api, standins, http
     assert status == 200 and len(body["backends"]) == 2  # redeploy: same definition
 
 
+async def test_a_rollout_finishes_when_its_new_container_runs_not_at_the_next_pass(
+    api_config, standins, http
+):
+    agent = await standins.add()
+    api = Api(replace(api_config, leader_interval=120.0))  # no timer pass during the test
+    await api.start()
+    try:
+        await eventually(lambda: api.deps.leader.is_leader, what="leader elected")
+        _, body = await call(http, "POST", f"{api.url}/function", definition())
+        fid = body["id"]
+        await eventually(lambda: running(http, api, fid), what="Running")
+        agent.status = None
+        passes = api.deps.leader.passes
+        _, body = await call(http, "PUT", f"{api.url}/function/{fid}", raw=b"")
+        new = uuid.UUID(body["backends"][1]["backend"]["container_id"])
+        await eventually(lambda: api.deps.leader.passes > passes, what="a pass on the rollout")
+        await agent.set_status(new, ContainerStatus.RUNNING)
+        done = await eventually(lambda: running(http, api, fid), what="rollout finished")
+        assert [b["backend"]["container_id"] for b in done["backends"]] == [str(new)]
+    finally:
+        await api.stop()
+
+
 async def test_rollout_finishes_after_api_restart(api_config, standins, http):
     agent = await standins.add()
     first = Api(api_config)
