@@ -216,8 +216,8 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         await wait_for(through, {"Host": HOST}, "the function through the frontend")
         rows = []
         for level in [int(c) for c in args.concurrency.split(",")]:
-            d = await asyncio.to_thread(measure, direct, None, level, args.seconds)
-            f = await asyncio.to_thread(measure, through, HOST, level, args.seconds)
+            d = await asyncio.to_thread(measure, direct, {}, level, args.seconds)
+            f = await asyncio.to_thread(measure, through, {"Host": HOST}, level, args.seconds)
             rows.append((level, d, f))
         print("\nrequest path: direct to the container vs frontend -> agent -> container")
         print(table(rows))

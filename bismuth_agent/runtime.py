@@ -167,9 +167,10 @@ class ContainerRuntime:
         return files.container_dir(self.config.state_dir, cid)
 
     async def start(self) -> None:
-        """Subscribe to task events (live before anything is observed), install the firewall,
-        answer the providers' questions (secrets) on their socket, and reap what containers
-        containerd no longer has left behind."""
+        """Install the containers' logger, subscribe to task events (live before anything
+        is observed), install the firewall, answer the providers' questions (secrets) on
+        their socket, and reap what containers containerd no longer has left behind."""
+        self.logs.install_logger(Path(self.config.state_dir))
         self._stream = self.ctrd.events.subscribe()
         await self._stream.ready()
         await self.firewall.install(await self.network.host_view())
