@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -34,9 +35,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError
 
 from .cgroups import Cgroup, Limits
@@ -316,3 +319,36 @@ def _reap(pid: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {os.WTERMSIG(status)}"
     return f"code {os.waitstatus_to_exitcode(status)}" if status else "code 0"
+
+
+def provider_identity(name: str) -> tuple[int, int] | None:
+    """uid and gid of the user providers run as (``None``: the agent's own)."""
+    if not name:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"config provider_user: no user named {name!r} on this host") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def local_storage_root(url: str, group: str, owner: tuple[int, int]) -> None:
+    """Make a ``local://`` storage root exist and belong to the providers' user, and the
+    group's data too (left by providers that ran as another user before)."""
+    parts = urlsplit(url)
+    if parts.scheme != "local":
+        return
+    root = Path(parts.path)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (root.stat().st_uid, root.stat().st_gid) != owner:
+        os.chown(root, *owner)
+    data = root / group
+    if data.exists() and (data.stat().st_uid, data.stat().st_gid) != owner:
+        _chown_tree(data, owner)
+
+
+def _chown_tree(top: Path, owner: tuple[int, int]) -> None:
+    os.chown(top, *owner)
+    for directory, names, filenames in os.walk(top):
+        for name in (*names, *filenames):
+            os.chown(os.path.join(directory, name), *owner, follow_symlinks=False)

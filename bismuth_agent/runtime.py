@@ -18,13 +18,11 @@ import contextlib
 import json
 import logging
 import os
-import pwd
 import secrets
 import signal
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
@@ -60,7 +58,13 @@ from .model import (
     Usage,
 )
 from .plan import TaskState
-from .providers import Launch, ProviderSupervisor, cap_log
+from .providers import (
+    Launch,
+    ProviderSupervisor,
+    cap_log,
+    local_storage_root,
+    provider_identity,
+)
 from .repos import RepoSettings
 from .secretserver import SecretSource
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
@@ -80,39 +84,6 @@ _TASK_STATES = {  # containerd's task status -> what the planner knows
 }
 ID_RANGES_FILE = "idranges.json"
 PROVIDERS_CGROUP = "providers"
-
-
-def provider_identity(name: str) -> tuple[int, int] | None:
-    """uid and gid of the user providers run as (``None``: the agent's own)."""
-    if not name:
-        return None
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise ConfigError(f"config provider_user: no user named {name!r} on this host") from None
-    return entry.pw_uid, entry.pw_gid
-
-
-def local_storage_root(url: str, group: str, owner: tuple[int, int]) -> None:
-    """Make a ``local://`` storage root exist and belong to the providers' user, and the
-    group's data too (left by providers that ran as another user before)."""
-    parts = urlsplit(url)
-    if parts.scheme != "local":
-        return
-    root = Path(parts.path)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (root.stat().st_uid, root.stat().st_gid) != owner:
-        os.chown(root, *owner)
-    data = root / group
-    if data.exists() and (data.stat().st_uid, data.stat().st_gid) != owner:
-        _chown_tree(data, owner)
-
-
-def _chown_tree(top: Path, owner: tuple[int, int]) -> None:
-    os.chown(top, *owner)
-    for directory, names, filenames in os.walk(top):
-        for name in (*names, *filenames):
-            os.chown(os.path.join(directory, name), *owner, follow_symlinks=False)
 
 
 def cluster_box(key_file: str) -> SecretBox | None:
