@@ -3,9 +3,10 @@
 On every host: Debian packages, kernel settings and directories, the host firewall (the
 daemons' ports only from the fleet's hosts and loopback), the service manager and the
 toolkit (a versioned install, or a checkout's virtualenv). Then by inventory group: the
-ZooKeeper ensemble (``zookeeper``), the environment (bootstrapped once) and every agent host
-provisioned as a node, the cluster key (which seals function secrets and from which the
-daemons' credentials derive; frontends get only a key derived from it), the operator's admin
+ZooKeeper ensemble (``zookeeper``), the cluster key (which seals function secrets and from
+which the daemons' credentials derive, ZooKeeper's included; frontends get only a key
+derived from it), the environment (bootstrapped once, its tree given the cluster's ACLs) and
+every agent host provisioned as a node, the operator's admin
 token (on ``api`` hosts, its hash registered in ZooKeeper), the API (``api``) and
 the frontend (``frontends``), containerd, the base image and the agent (``agents``), and
 finally a sample function served through the frontends. An inventory without these groups
@@ -32,8 +33,8 @@ host_firewall()
 service_manager()
 toolkit()
 zookeeper()
+key = cluster_key()  # before the cluster: bismuthctl acts as the cluster with it
 cluster()
-key = cluster_key()
 admin_token()
 api(restart_on=[key])
 frontend(restart_on=[frontend_key()])

@@ -45,7 +45,7 @@ from bismuth_core import cluster, layout, operations  # noqa: E402
 from bismuth_core.definition import parse_definition  # noqa: E402
 from bismuth_core.layout import ContainerStatus  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
-from tests.support.clusterkey import write_key_files  # noqa: E402
+from tests.support.clusterkey import ACCESS, write_key_files  # noqa: E402
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
@@ -152,7 +152,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
     ctrd_server.start()
     procs = []
     try:
-        zk = ZooKeeper(zk_server.hosts, ENV)
+        zk = ZooKeeper(zk_server.hosts, ENV, access=ACCESS)
         await zk.start()
         await operations.bootstrap(zk)
         await operations.provision(zk, NODE)

@@ -40,7 +40,7 @@ from bismuth_core.layout import NodeAlive  # noqa: E402
 from bismuth_core.tokens import Scope  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
 from tests.support.apiserver import Api, definition  # noqa: E402
-from tests.support.clusterkey import write_key_files  # noqa: E402
+from tests.support.clusterkey import ACCESS, write_key_files  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
 ENV = "benchauth"
@@ -87,7 +87,7 @@ async def a_function(zk: ZooKeeper) -> str:
 
 
 async def bench(server: ZooKeeperServer, seconds: float, levels: list[int]) -> None:
-    zk = ZooKeeper(server.hosts, ENV)
+    zk = ZooKeeper(server.hosts, ENV, access=ACCESS)
     await zk.start()
     await operations.bootstrap(zk)
     await tenancy.bootstrap(zk)

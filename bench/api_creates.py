@@ -35,7 +35,7 @@ from bismuth_core.layout import ContainerRecord, NodeAlive
 from bismuth_core.tokens import Scope
 from bismuth_core.zk import ZooKeeper, create
 from tests.support.apiserver import definition
-from tests.support.clusterkey import write_key_files
+from tests.support.clusterkey import ACCESS, write_key_files
 from tests.support.zkserver import ZooKeeperServer, free_port
 
 
@@ -91,7 +91,7 @@ async def bench_nodes(
     server: ZooKeeperServer, nodes: int, args: argparse.Namespace, key_file: Path
 ) -> None:
     env = f"bench{uuid.uuid4().hex[:8]}"
-    zk = ZooKeeper(server.hosts, env)
+    zk = ZooKeeper(server.hosts, env, access=ACCESS)
     await zk.start()
     await operations.bootstrap(zk)
     await add_nodes(zk, nodes)

@@ -56,7 +56,7 @@ from bismuth_agent.timeline import STAGES  # noqa: E402
 from bismuth_core import layout, operations, tenancy  # noqa: E402
 from bismuth_core.tokens import Scope  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
-from tests.support.clusterkey import AGENT_AUTH, write_key_files  # noqa: E402
+from tests.support.clusterkey import ACCESS, AGENT_AUTH, write_key_files  # noqa: E402
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
@@ -191,7 +191,7 @@ def setting(path: Path, key: str) -> object:
 
 
 async def start_cluster(work: Path, zk_server: ZooKeeperServer, ctrd_server) -> Cluster:
-    zk = ZooKeeper(zk_server.hosts, ENV)
+    zk = ZooKeeper(zk_server.hosts, ENV, access=ACCESS)
     await zk.start()
     await operations.bootstrap(zk)
     await tenancy.bootstrap(zk)

@@ -40,11 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bismuth_core import cluster, layout, operations  # noqa: E402
-from bismuth_core.credentials import AGENT_HEADER, frontend_credentials  # noqa: E402
+from bismuth_core.credentials import (  # noqa: E402
+    AGENT_HEADER,
+    cluster_credentials,
+    frontend_credentials,
+    writer_access,
+)
 from bismuth_core.definition import parse_definition  # noqa: E402
 from bismuth_core.layout import ContainerStatus  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
-from tests.support.clusterkey import write_key_files  # noqa: E402
+from tests.support.clusterkey import ACCESS, write_key_files  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
 HOST = "bench.test"
@@ -64,10 +69,18 @@ class Cell:
 
 
 async def run_standin(zookeeper: str, env: str, ip: str, port: int, key_file: str) -> None:
-    """Child process: one stand-in agent until SIGTERM, checking the cluster's credential."""
+    """Child process: one stand-in agent until SIGTERM, with the cluster's credentials."""
     from tests.support.standin import StandInAgent
 
-    agent = StandInAgent(zookeeper, env, ip, port, credentials=frontend_credentials(key_file))
+    credentials = cluster_credentials(file=key_file)
+    agent = StandInAgent(
+        zookeeper,
+        env,
+        ip,
+        port,
+        credentials=credentials.frontend,
+        access=writer_access(credentials),
+    )
     await agent.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -239,13 +252,13 @@ async def bench(seconds: float, levels: list[int]) -> None:
     server.start()
     keys = tempfile.mkdtemp(prefix="bismuth-bench-keys-")
     procs: list[subprocess.Popen[bytes]] = []
-    zk = ZooKeeper(server.hosts, ENV)
+    zk = ZooKeeper(server.hosts, ENV, access=ACCESS)
     try:
         await zk.start()
         await operations.bootstrap(zk)
         await operations.provision(zk, AGENT_IP)
         agent_port, fe_port, admin_port = free_port(), free_port(), free_port()
-        fe_key = write_key_files(Path(keys))[1]
+        cluster_key, fe_key = write_key_files(Path(keys))
         agent_auth = {AGENT_HEADER: frontend_credentials(str(fe_key)).agent}
         procs.append(
             spawn(
@@ -256,8 +269,8 @@ async def bench(seconds: float, levels: list[int]) -> None:
                     server.hosts,
                     "--agent-port",
                     str(agent_port),
-                    "--frontend-key-file",
-                    str(fe_key),
+                    "--cluster-key-file",
+                    str(cluster_key),
                 ]
             )
         )
@@ -315,13 +328,13 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--standin", metavar="ZOOKEEPER", help=argparse.SUPPRESS)
     parser.add_argument("--agent-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--frontend-key-file", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster-key-file", help=argparse.SUPPRESS)
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--headers", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.standin:
         asyncio.run(
-            run_standin(args.standin, ENV, AGENT_IP, args.agent_port, args.frontend_key_file)
+            run_standin(args.standin, ENV, AGENT_IP, args.agent_port, args.cluster_key_file)
         )
     elif args.load:
         headers = json.loads(args.headers)

@@ -64,7 +64,7 @@ from bismuth_core.definition import FunctionDefinition, parse_definition  # noqa
 from bismuth_core.zk import ZooKeeper  # noqa: E402
 from bismuth_provider.storage.local import SCHEMA  # noqa: E402
 from tests.support.agenthost import end_providers  # noqa: E402
-from tests.support.clusterkey import AGENT_AUTH, write_key_files  # noqa: E402
+from tests.support.clusterkey import ACCESS, AGENT_AUTH, write_key_files  # noqa: E402
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
@@ -383,7 +383,7 @@ async def measure(
     ctrd_server: ContainerdServer,
     pool: str,
 ) -> None:
-    zk = ZooKeeper(zk_server.hosts, ENV)
+    zk = ZooKeeper(zk_server.hosts, ENV, access=ACCESS)
     await zk.start()
     await operations.bootstrap(zk)
     await operations.provision(zk, NODE)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bismuth_core import __version__
 from bismuth_core.config import ConfigError
-from bismuth_core.credentials import FrontendCredentials, cluster_credentials
+from bismuth_core.credentials import ClusterCredentials, cluster_credentials, writer_access
 from bismuth_core.layout import NodeAlive
 from bismuth_core.zk import ZooKeeper
 
@@ -44,14 +44,15 @@ def network_settings(config: AgentConfig) -> NetworkSettings:
     )
 
 
-def agent_credentials(config: AgentConfig) -> FrontendCredentials:
-    """The credential callers must present; the agent cannot run without the cluster key."""
+def agent_credentials(config: AgentConfig) -> ClusterCredentials:
+    """Its ZooKeeper identity and the credential callers must present: the agent cannot run
+    without the cluster key."""
     if not config.cluster_key_file:
         raise ConfigError(
-            "config cluster_key_file: required (callers of /invoke and /logs are checked "
-            "with a credential derived from the cluster key)"
+            "config cluster_key_file: required (its ZooKeeper identity, and the credential "
+            "callers of /invoke and /logs must present, derive from the cluster key)"
         )
-    return cluster_credentials(file=config.cluster_key_file).frontend
+    return cluster_credentials(file=config.cluster_key_file)
 
 
 class AgentService:
@@ -63,7 +64,12 @@ class AgentService:
     def __init__(self, config: AgentConfig, session_timeout: float = SESSION_TIMEOUT) -> None:
         self.config = config
         credentials = agent_credentials(config)  # a missing or bad key stops it first
-        self.zk = ZooKeeper(config.zookeeper, config.zookeeper_env, session_timeout=session_timeout)
+        self.zk = ZooKeeper(
+            config.zookeeper,
+            config.zookeeper_env,
+            access=writer_access(credentials),
+            session_timeout=session_timeout,
+        )
         self.ctrd = ContainerdClient(config.containerd_address, config.containerd_namespace)
         settings = network_settings(config)
         logs = LogStore(config.log_dir, config.log_max_bytes)
@@ -85,7 +91,7 @@ class AgentService:
         limits = InvokeLimits.from_config(config)
         refresh = self.agent.refresh_metrics
         deps = HttpDeps(
-            self.agent, logs, metrics, credentials, limits, refresh, timelines=timelines
+            self.agent, logs, metrics, credentials.frontend, limits, refresh, timelines=timelines
         )
         self._runner = web.AppRunner(create_app(deps), access_log=None)
 

@@ -16,13 +16,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bismuth_core import jsondoc
-from bismuth_core.credentials import ClusterCredentials
+from bismuth_core.credentials import ClusterCredentials, writer_access
 from bismuth_core.errors import BismuthError, InvalidRequest, TooLarge
 from bismuth_core.fleet import FleetCache
 from bismuth_core.secrets import (
@@ -308,6 +309,17 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/status", status)
     webui.add_routes(app.router)
     return app
+
+
+def connect(config: ApiConfig, **session: Any) -> ZooKeeper:
+    """The API's ZooKeeper session, with the cluster's access (from the cluster key).
+
+    :class:`ConfigError` if the cluster key is missing or unusable.
+    """
+    credentials = ClusterCredentials.from_cluster_key(cluster_key(config))
+    return ZooKeeper(
+        config.zookeeper, config.zookeeper_env, access=writer_access(credentials), **session
+    )
 
 
 def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> ApiDeps:

@@ -8,9 +8,8 @@ import logging
 from bismuth_core import eventloop, operations, tenancy
 from bismuth_core.config import add_common_arguments, flag_overrides, load_config, split_hostport
 from bismuth_core.daemon import run_daemon, serving
-from bismuth_core.zk import ZooKeeper
 
-from .app import build_deps, create_app
+from .app import build_deps, connect, create_app
 from .config import ApiConfig
 
 log = logging.getLogger(__name__)
@@ -30,8 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(config: ApiConfig) -> None:
     host, port = split_hostport(config.bind, 8002)
-    zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
-    deps = build_deps(config, zk)  # a bad cluster key stops the API before it connects
+    zk = connect(config)  # a missing or bad cluster key stops the API before it connects
+    deps = build_deps(config, zk)
     await zk.start(timeout=config.connect_timeout)
     # Top-level znodes a newer release added appear in existing environments too, and
     # functions made before tenants existed go to the default tenant.

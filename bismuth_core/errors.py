@@ -78,6 +78,10 @@ class Unavailable(BismuthError):
     status = 503
 
 
+class AccessDenied(Unavailable):
+    """ZooKeeper refused this process: it lacks (or has the wrong) cluster credentials."""
+
+
 class InsufficientCapacity(Unavailable):
     """The fleet cannot place what was asked; the message names the shortfall."""
 

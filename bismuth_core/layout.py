@@ -2,6 +2,8 @@
 
 Every path below is relative to the environment's chroot ``/<env>`` (see :func:`chroot`)::
 
+    /                                     the chroot node; data "bismuth acl v1" once every
+                                          znode below has the environment's ACLs
     /function/<fid>                       JSON function definition
     /function/<fid>/backends              4 bytes IPv4 + 16 bytes container UUID, per backend
     /node/<ip>                            1 byte: 1 enabled for scheduling, 0 disabled/draining
@@ -80,6 +82,7 @@ TOKENS = "/token"
 ROUTING_ROOTS = (FUNCTIONS, NODES, ROUTES)  # what a frontend follows
 TENANCY_ROOTS = (TENANTS, TENANT_NAMES, TOKENS)
 ROOTS = (*ROUTING_ROOTS, ROLLOUTS, SECRETS, *TENANCY_ROOTS)
+ACL_MARKER = b"bismuth acl v1"  # data of the chroot node once the whole tree has its ACLs
 API_LEADER = "/leader/api"  # kazoo Election: the API replica that finishes rollouts
 
 _ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -94,6 +97,12 @@ def chroot(env: str) -> str:
             "starting with a letter or digit"
         )
     return "/" + env
+
+
+def frontend_readable(path: str) -> bool:
+    """Whether frontends (the read-only identity) may read ``path``: the routing subtrees
+    only, never secrets, tokens, tenants or the leader's znodes."""
+    return any(path == root or path.startswith(root + "/") for root in ROUTING_ROOTS)
 
 
 def function_path(fid: uuid.UUID) -> str:

@@ -11,6 +11,7 @@ A lost race is retried with freshly read state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from . import layout
+from . import layout, treeacl
 from .cluster import (
     FunctionView,
     NodeView,
@@ -215,11 +216,20 @@ def _route_conflict(exc: TransactionFailed, ops: Sequence[Op]) -> None:
 
 
 async def bootstrap(zk: ZooKeeper) -> bool:
-    """Create the environment's top-level znodes; True if anything was created."""
+    """Create the environment's chroot node and top-level znodes, and give a tree made before
+    ACLs the cluster's (when ``zk`` holds the cluster's access); True if anything changed."""
+    changed = False
+    if await zk.exists("/") is None:
+        with contextlib.suppress(NodeExistsError):  # marked: a new tree has its ACLs at once
+            await zk.create("/", layout.ACL_MARKER if zk.acl("/") else b"")
+            changed = True
     missing = [root for root in layout.ROOTS if await zk.exists(root) is None]
     for root in missing:
         await zk.ensure_path(root)
-    return bool(missing)
+    if zk.acl("/") is not None and not await treeacl.is_secured(zk):
+        await treeacl.secure_tree(zk)
+        changed = True
+    return changed or bool(missing)
 
 
 async def is_bootstrapped(zk: ZooKeeper) -> bool:

@@ -2,8 +2,13 @@
 
 kazoo runs its own threads. Its ``*_async`` calls return results that complete on those
 threads; :class:`ZooKeeper` turns them into awaitables on the event loop, bounded by a
-timeout, and maps connection trouble to :class:`Unavailable`. State changes reach asyncio
-callbacks through ``loop.call_soon_threadsafe``; nothing here blocks the event loop.
+timeout, and maps connection trouble to :class:`Unavailable` and a refusal by the
+environment's ACLs to :class:`AccessDenied`. State changes reach asyncio callbacks through
+``loop.call_soon_threadsafe``; nothing here blocks the event loop.
+
+A session authenticates as its :class:`ZkAccess` says, and every znode it creates (through
+these methods, multi-ops included) gets the ACL the access gives for its path; znodes that
+kazoo's recipes create get its ``default_acl``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -29,8 +35,9 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL
 
-from .errors import Unavailable
+from .errors import AccessDenied, Unavailable
 from .layout import chroot
 
 log = logging.getLogger(__name__)
@@ -43,11 +50,13 @@ _UNAVAILABLE = (
 )
 
 __all__ = [
+    "AccessDenied",
     "BadVersionError",
     "NoNodeError",
     "NodeExistsError",
     "NotEmptyError",
     "TransactionFailed",
+    "ZkAccess",
     "ZnodeStat",
     "ZooKeeper",
 ]
@@ -89,25 +98,52 @@ def check(path: str, version: int) -> Op:
     return Op("check", path, version=version)
 
 
+@dataclass(frozen=True)
+class ZkAccess:
+    """Who a session is (kazoo ``auth_data``), and the ACL of each znode it creates.
+
+    ``acl_for`` None: the identity creates nothing (a reader). ``default_acl``: what kazoo's
+    recipes (Election, Lock, Party) create gets.
+    """
+
+    auth: tuple[str, str]
+    acl_for: Callable[[str], list[ACL]] | None = None
+    default_acl: list[ACL] | None = None
+
+
+DENIED = (
+    "ZooKeeper refused it (NoAuth): this session lacks the cluster's credentials "
+    "(they derive from the cluster key)"
+)
+
+
 class ZooKeeper:
-    """One kazoo session, chrooted to an environment, usable from asyncio."""
+    """One kazoo session, chrooted to an environment, usable from asyncio.
+
+    ``access`` None: an anonymous session, which an environment's ACLs refuse (it works
+    only on a tree made before ACLs).
+    """
 
     def __init__(
         self,
         hosts: str,
         env: str = "default",
         *,
+        access: ZkAccess | None = None,
         session_timeout: float = 10.0,
         op_timeout: float = 5.0,
     ) -> None:
         self.hosts = hosts
         self.env = env
         self.op_timeout = op_timeout
+        self.access = access
         self.client = KazooClient(
             hosts=hosts + chroot(env),
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=2.0),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
+            auth_data=[access.auth] if access else None,
+            default_acl=access.default_acl if access else None,
         )
         self._listeners: list[Callable[[KazooState], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -194,6 +230,14 @@ class ZooKeeper:
             return await asyncio.wait_for(future, self.op_timeout)
         except (TimeoutError, *_UNAVAILABLE) as exc:
             raise Unavailable(f"ZooKeeper is unreachable ({type(exc).__name__})") from exc
+        except NoAuthError as exc:
+            raise AccessDenied(DENIED) from exc
+
+    def acl(self, path: str) -> list[ACL] | None:
+        """The ACL a znode created at ``path`` gets (``None``: kazoo's default)."""
+        if self.access is None or self.access.acl_for is None:
+            return None
+        return self.access.acl_for(path)
 
     def _ensure_connected(self) -> None:
         if not self.client.connected:
@@ -228,7 +272,7 @@ class ZooKeeper:
     async def create(self, path: str, data: bytes = b"", ephemeral: bool = False) -> str:
         self._ensure_connected()
         return await self._await(  # type: ignore[no-any-return]
-            self.client.create_async(path, data, ephemeral=ephemeral)
+            self.client.create_async(path, data, acl=self.acl(path), ephemeral=ephemeral)
         )
 
     async def set(self, path: str, data: bytes, version: int = -1) -> ZnodeStat:
@@ -243,10 +287,22 @@ class ZooKeeper:
         self._ensure_connected()
         try:
             await asyncio.wait_for(
-                asyncio.to_thread(self.client.ensure_path, path), self.op_timeout
+                asyncio.to_thread(self.client.ensure_path, path, self.acl(path)),
+                self.op_timeout,
             )
         except (TimeoutError, *_UNAVAILABLE) as exc:
             raise Unavailable(f"ZooKeeper is unreachable ({type(exc).__name__})") from exc
+        except NoAuthError as exc:
+            raise AccessDenied(DENIED) from exc
+
+    async def get_acls(self, path: str) -> list[ACL]:
+        self._ensure_connected()
+        acls, _stat = await self._await(self.client.get_acls_async(path))
+        return list(acls)
+
+    async def set_acls(self, path: str, acls: list[ACL]) -> None:
+        self._ensure_connected()
+        await self._await(self.client.set_acls_async(path, acls))
 
     # --- multi-op -----------------------------------------------------------------
 
@@ -258,7 +314,7 @@ class ZooKeeper:
         txn = self.client.transaction()
         for op in ops:
             if op.kind == "create":
-                txn.create(op.path, op.data, ephemeral=op.ephemeral)
+                txn.create(op.path, op.data, acl=self.acl(op.path), ephemeral=op.ephemeral)
             elif op.kind == "set":
                 txn.set_data(op.path, op.data, op.version)
             elif op.kind == "delete":
@@ -269,6 +325,8 @@ class ZooKeeper:
                 raise ValueError(f"unknown op kind {op.kind!r}")
         results: list[Any] = await self._await(txn.commit_async())
         for index, result in enumerate(results):
+            if isinstance(result, NoAuthError):
+                raise AccessDenied(DENIED) from result
             if isinstance(result, Exception) and not isinstance(result, RolledBackError):
                 raise TransactionFailed(result, index)
         return results

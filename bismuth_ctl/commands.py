@@ -102,6 +102,11 @@ class CommandGroup:
 
 
 async def bootstrap(zk: ZooKeeper, _args: argparse.Namespace) -> Outcome:
+    if zk.access is None:
+        raise InvalidRequest(
+            "bootstrap needs the cluster key (--cluster-key-file FILE, or "
+            "/etc/bismuth/cluster.key): the tree it makes gets the cluster's ZooKeeper ACLs"
+        )
     tree = await operations.bootstrap(zk)
     changed = await tenancy.bootstrap(zk) or tree
     text = (

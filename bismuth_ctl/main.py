@@ -8,8 +8,11 @@ Global flags: ``--config FILE``, ``--zookeeper HOST:PORT[,...]``, ``--zookeeper-
 ``--token TOKEN``. Settings come from :class:`CtlConfig`: defaults, the TOML file (see
 :mod:`bismuth_ctl.access`), ``BISMUTH_*`` environment variables, then flags.
 
-Most commands talk to ZooKeeper directly; ``function ...`` and ``secret set`` without a
-cluster key talk to ``bismuth-api`` with a token (:mod:`bismuth_ctl.functions`).
+Most commands talk to ZooKeeper directly, as the cluster: with the identity derived from
+the cluster key (``--cluster-key-file``, ``cluster_key`` or ``cluster_key_file``, else
+``/etc/bismuth/cluster.key`` when it can be read, as root on the fleet's API and agent
+hosts); ``function ...`` and ``secret set`` without a cluster key talk to ``bismuth-api``
+with a token (:mod:`bismuth_ctl.functions`).
 
 Exit codes:
 
@@ -21,9 +24,9 @@ Exit codes:
 4. conflict (deprovision refused while the node has containers or a live agent, a tenant
    name taken, a tenant deleted while it owns functions)
 5. ZooKeeper or the API unavailable (unreachable, or answering 503: e.g. no room left in
-   the fleet, no cluster key)
+   the fleet)
 6. not authorized: no token, a token the API does not accept (401), or one whose scope
-   does not allow the request (403)
+   does not allow the request (403); ZooKeeper refusing a session without the cluster key
 
 Errors go to stderr as one line ``bismuthctl: error: ...``; with ``--json`` stdout also
 carries a JSON object with an ``"error"`` key. Expected failures print no traceback.
@@ -36,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,7 +48,9 @@ from typing import NoReturn
 
 from bismuth_core import layout, operations
 from bismuth_core.config import ConfigError, add_common_arguments, flag_overrides, load_config
+from bismuth_core.credentials import ClusterCredentials, writer_access
 from bismuth_core.errors import (
+    AccessDenied,
     BismuthError,
     Conflict,
     Forbidden,
@@ -77,6 +83,7 @@ from .commands import (
 )
 
 PROG = "bismuthctl"
+HOST_CLUSTER_KEY = "/etc/bismuth/cluster.key"  # where the deploy installs it on hosts
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -91,9 +98,14 @@ exit codes:
      agent, a tenant name taken, a tenant that owns functions)
   5  ZooKeeper or the API unavailable (unreachable, or API answer 503: e.g. no
      room left in the fleet)
-  6  not authorized: no API token, or the API refused it (401/403)
+  6  not authorized: no API token, or the API refused it (401/403); ZooKeeper
+     refused access (no cluster key, or another cluster's)
 
-API commands (function ..., secret set without --cluster-key-file) take the API's URL
+ZooKeeper commands act with the identity derived from the cluster key: --cluster-key-file
+FILE, cluster_key(_file) in the config file, else /etc/bismuth/cluster.key if it can be
+read (root on the fleet's API and agent hosts).
+
+API commands (function ..., secret set without a cluster key) take the API's URL
 from --api, BISMUTH_API or 'api' in the config file (default http://127.0.0.1:8002)
 and a token from --token, BISMUTH_TOKEN or 'token' in the config file (default file:
 $XDG_CONFIG_HOME/bismuth/config.toml or ~/.config/bismuth/config.toml, mode 0600);
@@ -107,9 +119,11 @@ class CtlConfig:
     zookeeper_env: str = "default"
     log_level: str = "warning"
     timeout: float = 10.0
-    # The fleet's cluster key (base64), inline or in a file: only 'secret set' needs it.
+    # The fleet's cluster key (base64), inline or in a file: ZooKeeper admits bismuthctl with
+    # the identity derived from it, and 'secret set' seals with it. The default file is used
+    # when it can be read (root on the fleet's API and agent hosts); "" = no key.
     cluster_key: str = field(default="", repr=False)
-    cluster_key_file: str = ""
+    cluster_key_file: str = HOST_CLUSTER_KEY
     # The API the 'function' commands (and 'secret set' without a key) talk to, and the
     # token they send; without a token, the one in token_file if it can be read.
     api: str = "http://127.0.0.1:8002"
@@ -215,7 +229,7 @@ def exit_code(error: BismuthError) -> int:
         return NOT_FOUND
     if isinstance(error, Conflict):
         return CONFLICT
-    if isinstance(error, (Unauthorized, Forbidden)):
+    if isinstance(error, (Unauthorized, Forbidden, AccessDenied)):
         return UNAUTHORIZED
     if isinstance(error, InsufficientCapacity):
         return FAILED
@@ -235,7 +249,9 @@ async def execute(
         async with ApiClient(config.api, token, config.timeout) as api:
             return await command.handler(api, args)
     connect_timeout = getattr(args, "wait", None) if command.name == "bootstrap" else None
-    zk = ZooKeeper(config.zookeeper, config.zookeeper_env, op_timeout=config.timeout)
+    key = getattr(args, "cluster_key", None)
+    access = writer_access(ClusterCredentials.from_cluster_key(key)) if key else None
+    zk = ZooKeeper(config.zookeeper, config.zookeeper_env, access=access, op_timeout=config.timeout)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "No chroot path exists")
         try:
@@ -270,21 +286,29 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, CtlConfig]:
         raise UsageError(str(exc)) from exc
     if not config.timeout > 0:
         raise UsageError(f"timeout must be a positive number of seconds, not {config.timeout}")
+    try:
+        args.cluster_key = cluster_key(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
     if isinstance(args.run, Command) and args.run.needs_cluster_key:
-        if config.cluster_key or config.cluster_key_file:
-            args.secret_box = _secret_box(config)
+        if args.cluster_key is not None:
+            args.secret_box = SecretBox(args.cluster_key)
         else:
             args.run = functions.SECRET_SET  # no key here: the API seals it
     return args, config
 
 
-def _secret_box(config: CtlConfig) -> SecretBox:
-    try:
-        return SecretBox(load_cluster_key(config.cluster_key, config.cluster_key_file))
-    except ConfigError as exc:
-        raise UsageError(
-            f"{exc}: storing a secret needs the fleet's cluster key (--cluster-key-file FILE)"
-        ) from exc
+def cluster_key(config: CtlConfig) -> bytes | None:
+    """The cluster key, if bismuthctl has one: ``cluster_key`` or ``cluster_key_file`` (which
+    must then be usable), else the host's ``/etc/bismuth/cluster.key`` when it can be read."""
+    if config.cluster_key:
+        chosen = "" if config.cluster_key_file == HOST_CLUSTER_KEY else config.cluster_key_file
+        return load_cluster_key(config.cluster_key, chosen)
+    if not config.cluster_key_file:
+        return None
+    if config.cluster_key_file == HOST_CLUSTER_KEY and not os.access(HOST_CLUSTER_KEY, os.R_OK):
+        return None
+    return load_cluster_key(file=config.cluster_key_file)
 
 
 def emit(outcome: Outcome, as_json: bool) -> int:

@@ -18,7 +18,7 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, 
 from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
-from bismuth_core.credentials import FrontendCredentials, frontend_credentials
+from bismuth_core.credentials import FrontendCredentials, frontend_credentials, reader_access
 from bismuth_core.errors import BismuthError, InvalidRequest
 from bismuth_core.weberrors import error_middleware
 from bismuth_core.zk import ZooKeeper
@@ -49,7 +49,7 @@ class FrontendDeps:
 def build_deps(config: FrontendConfig) -> FrontendDeps:
     """The frontend's parts; :class:`ConfigError` if its key file is missing or unusable."""
     credentials = frontend_credentials(config.frontend_key_file)
-    zk = ZooKeeper(config.zookeeper, config.zookeeper_env)
+    zk = ZooKeeper(config.zookeeper, config.zookeeper_env, access=reader_access(credentials))
     cache = RouteCache(zk)
     load = OutstandingRequests()
     metrics = FrontendMetrics()

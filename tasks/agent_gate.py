@@ -26,6 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RUNNING = "Running"
 
@@ -118,7 +119,7 @@ async def wait(args: argparse.Namespace) -> int:
     recorded = {str(k): int(v) for k, v in json.loads(Path(args.file).read_text()).items()}
     started = time.monotonic()
     deadline = started + args.timeout
-    zk = ZooKeeper(args.zookeeper, args.env)
+    zk = ZooKeeper(args.zookeeper, args.env, **session_access(args.cluster_key_file))
     try:
         await zk.start(timeout=args.timeout)
     except Unavailable as exc:
@@ -145,6 +146,16 @@ async def wait(args: argparse.Namespace) -> int:
         await zk.stop()
 
 
+def session_access(key_file: str) -> dict[str, Any]:
+    """The cluster's ZooKeeper access, from its key; none with a version from before ACLs
+    (the gate runs the old version's Python, and such a cluster's tree has no ACLs yet)."""
+    try:
+        from bismuth_core.credentials import cluster_credentials, writer_access
+    except ImportError:
+        return {}
+    return {"access": writer_access(cluster_credentials(file=key_file))}
+
+
 def ctr_command(args: argparse.Namespace) -> list[str]:
     return ["ctr", "-a", args.containerd, "-n", args.namespace]
 
@@ -158,6 +169,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--zookeeper", default="127.0.0.1:2181")
     parser.add_argument("--env", default="default")
+    parser.add_argument("--cluster-key-file", default="/etc/bismuth/cluster.key")
     parser.add_argument("--node", default="127.0.0.1")
     parser.add_argument("--agent-url", default="http://127.0.0.1:8001/healthz")
     parser.add_argument("--timeout", type=float, default=120.0)

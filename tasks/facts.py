@@ -44,12 +44,13 @@ class SupervisordPid(FactBase[int | None]):
 # Run by the toolkit's own Python on the host: uses the one module that knows ZooKeeper paths.
 _CLUSTER_PROBE = """
 import asyncio, json, logging, sys
-from bismuth_core import layout, operations
-from bismuth_core.errors import Unavailable
+from bismuth_core import layout, operations, treeacl
+from bismuth_core.credentials import cluster_credentials, writer_access
+from bismuth_core.errors import AccessDenied, Unavailable
 from bismuth_core.zk import ZooKeeper
 
-async def probe(hosts, env, ip, wait):
-    zk = ZooKeeper(hosts, env)
+async def probe(hosts, env, ip, wait, key_file):
+    zk = ZooKeeper(hosts, env, access=writer_access(cluster_credentials(file=key_file)))
     try:
         await zk.start(timeout=wait)
     except Unavailable:
@@ -58,13 +59,17 @@ async def probe(hosts, env, ip, wait):
         return {
             "reachable": True,
             "bootstrapped": await operations.is_bootstrapped(zk),
+            "secured": await treeacl.is_secured(zk),
             "provisioned": await zk.exists(layout.node_path(ip)) is not None,
         }
+    except AccessDenied:  # the tree has another cluster's ACLs: bootstrap will say so
+        return {"reachable": True}
     finally:
         await zk.stop()
 
 logging.basicConfig(level=logging.CRITICAL)
-print(json.dumps(asyncio.run(probe(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])))))
+hosts, env, ip, wait, key_file = sys.argv[1:]
+print(json.dumps(asyncio.run(probe(hosts, env, ip, float(wait), key_file))))
 """
 
 
@@ -74,25 +79,30 @@ class ClusterState:
 
     reachable: bool
     bootstrapped: bool = False
+    secured: bool = False  # every znode has the cluster's ACLs
     provisioned: bool = False
 
 
 class ClusterMembership(FactBase[ClusterState]):
-    """Whether environment ``env`` is bootstrapped and node ``ip`` provisioned in it.
+    """Whether environment ``env`` is bootstrapped (and its tree has the cluster's ACLs) and
+    node ``ip`` provisioned in it, asked as the cluster (with the key in ``key_file``).
 
     Waits up to ``wait`` seconds for ZooKeeper to answer (it may have just been started);
     ``reachable`` is False if it never did.
     """
 
-    def command(self, python: str, zookeeper: str, env: str, ip: str, wait: float) -> str:
-        args = [python, "-W", "ignore", "-c", _CLUSTER_PROBE, zookeeper, env, ip, str(wait)]
-        return shlex.join(args)
+    def command(
+        self, python: str, zookeeper: str, env: str, ip: str, wait: float, key_file: str
+    ) -> str:
+        probe = [python, "-W", "ignore", "-c", _CLUSTER_PROBE]
+        return shlex.join([*probe, zookeeper, env, ip, str(wait), key_file])
 
     def process(self, output: list[str]) -> ClusterState:
         data = json.loads(output[-1])
         return ClusterState(
             reachable=bool(data["reachable"]),
             bootstrapped=bool(data.get("bootstrapped")),
+            secured=bool(data.get("secured")),
             provisioned=bool(data.get("provisioned")),
         )
 

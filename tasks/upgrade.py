@@ -34,6 +34,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import server
 
 from tasks.agent import AGENT_PROGRAM
+from tasks.cluster_key import cluster_key_file
 from tasks.roles import AGENTS, has_role, members
 from tasks.sample import local_url
 from tasks.services import program_log, restart_command, supervisorctl, uses_systemd
@@ -145,6 +146,8 @@ def gate_flags() -> str:
             connect_string(),
             "--env",
             host.data.zookeeper_env,
+            "--cluster-key-file",
+            cluster_key_file(),
             "--node",
             address,
             "--agent-url",

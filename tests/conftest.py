@@ -12,7 +12,7 @@ import pytest
 
 from bismuth_core import operations
 from bismuth_core.zk import ZooKeeper
-from tests.support.clusterkey import write_key_files
+from tests.support.clusterkey import ACCESS, write_key_files
 from tests.support.standin import StandInAgent
 from tests.support.zkfaults import InterleavedSession
 from tests.support.zkserver import ZooKeeperServer, free_port
@@ -60,7 +60,7 @@ def zk_env() -> str:
 
 @pytest.fixture
 async def zk(zk_server: ZooKeeperServer, zk_env: str) -> AsyncIterator[ZooKeeper]:
-    client = ZooKeeper(zk_server.hosts, zk_env)
+    client = ZooKeeper(zk_server.hosts, zk_env, access=ACCESS)
     await client.start()
     await operations.bootstrap(client)
     yield client
@@ -72,7 +72,7 @@ async def interleaved(
     zk_server: ZooKeeperServer, zk_env: str, zk: ZooKeeper
 ) -> AsyncIterator[InterleavedSession]:
     """A second session of the test's environment whose next multi-op waits for ``before``."""
-    session = InterleavedSession(zk_server.hosts, zk_env)
+    session = InterleavedSession(zk_server.hosts, zk_env, access=ACCESS)
     await session.start()
     yield session
     await session.stop()

@@ -35,6 +35,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
 from bismuth_agent.config import AgentConfig
 from bismuth_agent.network import Firewall
@@ -296,7 +298,9 @@ async def answers_200(url: str) -> bool:
 
 
 def bismuthctl_json(cluster: LocalCluster, *command: str) -> Any:
+    """``bismuthctl --json`` as on the host: with the cluster key the deploy installed."""
     args = [str(VENV_BIN / "bismuthctl"), "--zookeeper", cluster.zookeeper]
+    args += ["--cluster-key-file", str(cluster.root / "etc" / "cluster.key")]
     result = run([*args, "--zookeeper-env", cluster.env, "--json", *command], 60)
     assert result.returncode == 0, output(result)
     return json.loads(result.stdout)
@@ -446,6 +450,25 @@ def test_the_host_firewall_guards_exactly_the_daemons_ports(cluster: LocalCluste
     # the only rule of the hooked chain looks at new connections to those ports alone
     (hooked,) = [r for r in rules if r["chain"] == "input"]
     assert "@ports" in json.dumps(hooked["expr"]) and '"new"' in json.dumps(hooked["expr"])
+
+
+def test_the_tree_refuses_clients_without_the_clusters_credentials(
+    cluster: LocalCluster,
+) -> None:
+    anonymous = KazooClient(hosts=f"{cluster.zookeeper}/{cluster.env}")
+    anonymous.start(10)
+    try:
+        for path in ("/", "/function", "/node", "/token", "/secret"):
+            with pytest.raises(NoAuthError):
+                anonymous.get_children(path)
+        with pytest.raises(NoAuthError):
+            anonymous.create("/route/evil.example", b"x")
+    finally:
+        anonymous.stop()
+        anonymous.close()
+    ctl = [str(VENV_BIN / "bismuthctl"), "--zookeeper", cluster.zookeeper]
+    without_key = run([*ctl, "--zookeeper-env", cluster.env, "--cluster-key-file", "", "nodes"], 60)
+    assert without_key.returncode == 6, output(without_key)
 
 
 def test_second_deploy_reports_no_changes(cluster: LocalCluster) -> None:

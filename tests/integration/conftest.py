@@ -66,9 +66,11 @@ class Run:
 
 
 @pytest.fixture
-def ctl(zk_server, zk_env, capsys, monkeypatch, tmp_path) -> Callable[..., Awaitable[Run]]:
-    """Run ``bismuthctl`` in-process on the test's environment (in a thread: stand-ins
-    need this loop free).
+def ctl(
+    zk_server, zk_env, capsys, monkeypatch, tmp_path, cluster_key_file
+) -> Callable[..., Awaitable[Run]]:
+    """Run ``bismuthctl`` in-process on the test's environment as the operator does on a
+    cluster host, with the cluster key (in a thread: stand-ins need this loop free).
 
     It sees none of this machine's API settings: no user config file, no token, and not
     the operator's token file (a local cluster's); API commands name ``--api`` themselves.
@@ -80,7 +82,8 @@ def ctl(zk_server, zk_env, capsys, monkeypatch, tmp_path) -> Callable[..., Await
 
     async def run(*args: str) -> Run:
         capsys.readouterr()
-        argv = ["--zookeeper", zk_server.hosts, "--zookeeper-env", zk_env, *args]
+        argv = ["--zookeeper", zk_server.hosts, "--zookeeper-env", zk_env]
+        argv += ["--cluster-key-file", cluster_key_file, *args]
         code = await asyncio.to_thread(ctl_main, argv)
         out, err = capsys.readouterr()
         return Run(code, out, err)

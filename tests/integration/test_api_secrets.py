@@ -26,6 +26,7 @@ from bismuth_core.errors import NotFound, SecretUndecryptable
 from bismuth_core.secrets import MAX_SECRET_SIZE, SecretBox, generate_cluster_key, load_cluster_key
 from bismuth_core.zk import create
 from tests.support.apiserver import Api, definition
+from tests.support.clusterkey import KEY_TEXT
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,8 @@ SCRIPT = Path(sys.executable).with_name("bismuthctl")
 
 @pytest.fixture
 def key_text() -> str:
-    return generate_cluster_key()
+    """The cluster's key: ZooKeeper admits only its holders, so there is no other."""
+    return KEY_TEXT
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def box(key_text: str) -> SecretBox:
 
 @pytest.fixture
 async def keyed(api_config: ApiConfig, key_text: str) -> AsyncIterator[Api]:
-    """An API holding a cluster key of the test's own (``key_text``, opened by ``box``)."""
+    """An API holding the cluster key inline (``key_text``, opened by ``box``)."""
     server = Api(replace(api_config, cluster_key=key_text, cluster_key_file=""))
     await server.start()
     yield server
@@ -292,7 +294,8 @@ async def test_ctl_errors_and_exit_codes(keyed, standins, http, ctl, key_text, t
     key_file.write_text(key_text)
     unknown = str(uuid.uuid4())
 
-    run = await ctl("secret", "set", fid, "a", "--value", "v")  # no key: through the API
+    no_key = ("--cluster-key-file", "")
+    run = await ctl("secret", "set", fid, "a", "--value", "v", *no_key)  # through the API
     assert run.code == 6 and "no API token" in run.err
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("c2hvcnQ=")

@@ -104,12 +104,15 @@ class Gate:
         dst.close()
 
 
-async def test_bootstrap_waits_for_zookeeper_to_come_up(zk_server, zk_env, capsys):
+async def test_bootstrap_waits_for_zookeeper_to_come_up(
+    zk_server, zk_env, capsys, cluster_key_file
+):
     """``--wait`` outlasts ``--timeout``: refused for longer than that, it still succeeds."""
     gate = Gate(zk_server.port)
     await gate.start()
     try:
         argv = ["--zookeeper", f"127.0.0.1:{gate.port}", "--zookeeper-env", zk_env]
+        argv += ["--cluster-key-file", cluster_key_file]
         started = time.monotonic()
         running = asyncio.ensure_future(
             asyncio.to_thread(main, [*argv, "--timeout", "0.5", "bootstrap", "--wait", "30"])
@@ -165,10 +168,13 @@ async def test_provision_and_nodes_listing(zk, ctl, standins):
     assert all(line[column - 2 : column] == "  " for line in table)
 
 
-async def test_deprovision_is_refused_while_the_node_has_containers(zk, ctl, standins):
+async def test_deprovision_is_refused_while_the_node_has_containers(
+    zk, ctl, standins, cluster_key_file
+):
     agent = await standins.add()
     fid = await operations.create_function(zk, definition())
     base = ["--zookeeper", zk.hosts, "--zookeeper-env", zk.env]
+    base += ["--cluster-key-file", cluster_key_file]
 
     refused = await script(*base, "deprovision", agent.ip)
     assert refused.code == 4
@@ -321,18 +327,20 @@ async def test_consistency_reports_then_fixes(zk, ctl, standins):
 # --- errors ------------------------------------------------------------------------------
 
 
-async def test_bad_ip_is_a_usage_error(zk):
-    bad = await script("--zookeeper", zk.hosts, "--zookeeper-env", zk.env, "provision", "10.0.0")
+async def test_bad_ip_is_a_usage_error(zk, cluster_key_file):
+    base = ["--zookeeper", zk.hosts, "--zookeeper-env", zk.env, "--cluster-key-file"]
+    bad = await script(*base, cluster_key_file, "provision", "10.0.0")
     assert bad.code == 2
     assert "'10.0.0' is not an IPv4 address" in one_error_line(bad.err)
     assert bad.out == ""
 
 
-async def test_unknown_node_is_not_found(zk, ctl):
+async def test_unknown_node_is_not_found(zk, ctl, cluster_key_file):
     missing = await ctl("undrain", "10.1.2.3")
     assert missing.code == 3
     assert one_error_line(missing.err) == "bismuthctl: error: node 10.1.2.3 is not provisioned"
-    drained = await script("--zookeeper", zk.hosts, "--zookeeper-env", zk.env, "drain", "10.1.2.3")
+    base = ["--zookeeper", zk.hosts, "--zookeeper-env", zk.env, "--cluster-key-file"]
+    drained = await script(*base, cluster_key_file, "drain", "10.1.2.3")
     assert drained.code == 3 and "not provisioned" in one_error_line(drained.err)
 
 
@@ -347,9 +355,12 @@ async def test_unreachable_zookeeper_exits_5():
     assert as_json.code == 5 and "cannot reach ZooKeeper" in as_json.json()["error"]
 
 
-async def test_settings_from_config_file_and_environment(zk, tmp_path):
+async def test_settings_from_config_file_and_environment(zk, tmp_path, cluster_key_file):
     config = tmp_path / "ctl.toml"
-    config.write_text(f'zookeeper = "{zk.hosts}"\nzookeeper_env = "{zk.env}"\n')
+    config.write_text(
+        f'zookeeper = "{zk.hosts}"\nzookeeper_env = "{zk.env}"\n'
+        f'cluster_key_file = "{cluster_key_file}"\n'
+    )
     provisioned = await script("--config", str(config), "provision", "10.7.7.7")
     assert provisioned.code == 0, provisioned.err
     assert await cluster.read_node(zk, "10.7.7.7") is not None
@@ -358,7 +369,11 @@ async def test_settings_from_config_file_and_environment(zk, tmp_path):
         sys.executable, "-m", "bismuth_ctl.main", "--json", "nodes",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"BISMUTH_ZOOKEEPER": zk.hosts, "BISMUTH_ZOOKEEPER_ENV": zk.env},
+        env={
+            "BISMUTH_ZOOKEEPER": zk.hosts,
+            "BISMUTH_ZOOKEEPER_ENV": zk.env,
+            "BISMUTH_CLUSTER_KEY_FILE": cluster_key_file,
+        },
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == 0, err

@@ -49,11 +49,13 @@ JSON = {
 
 @pytest.fixture
 def fctl(ctl, api):
-    """``bismuthctl`` aimed at the test's API, as the operator unless a token is given."""
+    """``bismuthctl`` aimed at the test's API, as the operator unless a token is given, on a
+    machine without the cluster key (so ``secret set`` goes through the API too)."""
 
     async def run(*args: str, token: str | None = None):
         given = api.admin_token if token is None else token
-        return await ctl("--api", api.url, *(("--token", given) if given else ()), *args)
+        api_args = ("--api", api.url, "--cluster-key-file", "")
+        return await ctl(*api_args, *(("--token", given) if given else ()), *args)
 
     return run
 

@@ -18,7 +18,10 @@ import pytest
 
 from bismuth_core import cluster, layout, operations, tenancy
 from bismuth_core.definition import parse_definition
+from bismuth_core.errors import AccessDenied
+from bismuth_core.zk import ZooKeeper
 from bismuth_fe.server import Frontend
+from tests.conftest import StandIns
 from tests.support.apiserver import Api, definition
 from tests.support.fehost import frontend_config
 from tests.support.waiting import eventually
@@ -204,39 +207,54 @@ async def test_no_running_backend_is_503(api, frontend, standins, http):
     await eventually(unavailable, what="503 with no running backend")
 
 
-async def test_a_cluster_from_before_tenants_upgrades_in_place(api_config, frontend, standins, zk):
-    await standins.add()
-    # The tree as a release without tenants left it: no tenancy roots, functions unowned.
+async def test_a_cluster_from_before_tenants_and_acls_upgrades_in_place(
+    zk_server, zk_env, api_config, frontend_key_file
+):
+    # The tree as a release without tenants and ACLs left it: written by anonymous sessions,
+    # world-readable and -writable, without tenancy roots, its functions unowned.
+    env = zk_env + "old"
+    old = ZooKeeper(zk_server.hosts, env)
+    await old.start()
+    await operations.bootstrap(old)
     for root in layout.TENANCY_ROOTS:
-        await zk.delete(root)
+        await old.delete(root)
+    nodes = StandIns(zk_server.hosts, env, old)
+    await nodes.add(access=None)  # an agent of that release: anonymous too
     hosts = ("one.example", "two.example")
     fids = {
         h: await operations.create_function(
-            zk, parse_definition(definition(routes=[{"hostname": h}]))
+            old, parse_definition(definition(routes=[{"hostname": h}]))
         )
         for h in hosts
     }
-    async with aiohttp.ClientSession() as client:
-        before = {h: await eventually(lambda h=h: _served_by(client, frontend, h)) for h in hosts}
-        backends = {h: (await cluster.read_function(zk, f)).backends for h, f in fids.items()}
+    fe = Frontend(frontend_config(zk_server.hosts, env, nodes.port, frontend_key_file))
+    await fe.start()
+    api = Api(replace(api_config, zookeeper_env=env, agent_port=nodes.port))
+    try:
+        async with aiohttp.ClientSession() as client:
+            before = {h: await eventually(lambda h=h: _served_by(client, fe, h)) for h in hosts}
+            backends = {h: (await cluster.read_function(old, f)).backends for h, f in fids.items()}
 
-        api = Api(api_config)
-        await api.start()  # as bismuth-api starts: bootstrap, then adopt what has no owner
-        try:
-            default = await tenancy.find_tenant(zk, "default")
-            assert await tenancy.tenant_function_ids(zk, default.id) == sorted(fids.values())
-            _, token = await tenancy.issue_token(zk, default.id)
+            await api.start()  # as bismuth-api starts: bootstrap (ACLs), adopt the unowned
+            with pytest.raises(AccessDenied):  # what the old sessions could do, they cannot
+                await old.get(layout.function_path(fids[hosts[0]]))
+            default = await tenancy.find_tenant(api.zk, "default")
+            assert await tenancy.tenant_function_ids(api.zk, default.id) == sorted(fids.values())
+            _, token = await tenancy.issue_token(api.zk, default.id)
             headers = {"Authorization": f"Bearer {token.text}"}
             async with client.get(f"{api.url}/function", headers=headers) as resp:
                 listed = await resp.json()
             assert {f["id"] for f in listed} == {str(f) for f in fids.values()}
             assert {f["tenant"] for f in listed} == {str(default.id)}
             for h, fid in fids.items():  # nothing recreated: same containers, serving
-                assert (await cluster.read_function(zk, fid)).backends == backends[h]
-                assert await _served_by(client, frontend, h) == before[h]
-            assert await zk.children(layout.ROLLOUTS) == []
-        finally:
-            await api.stop()
+                assert (await cluster.read_function(api.zk, fid)).backends == backends[h]
+                assert await _served_by(client, fe, h) == before[h]
+            assert await api.zk.children(layout.ROLLOUTS) == []
+    finally:
+        await api.stop()
+        await fe.stop()
+        await nodes.close()
+        await old.stop()
 
 
 async def _served_by(client, fe, host):

@@ -31,6 +31,7 @@ from bismuth_provider.app import Limits, ProviderDeps, create_app
 from bismuth_provider.secretstore import SecretReader
 from bismuth_provider.storage.base import Quotas
 from bismuth_provider.storage.local import LocalStorage
+from tests.support.clusterkey import ACCESS
 from tests.support.zkserver import free_port
 
 TOKEN = secrets.token_urlsafe(32)
@@ -57,7 +58,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.socket = root / "providers.sock"
-        self.zk = ZooKeeper(zookeeper, "t" + uuid.uuid4().hex[:16])
+        self.zk = ZooKeeper(zookeeper, "t" + uuid.uuid4().hex[:16], access=ACCESS)
         self.agent = contextlib.AsyncExitStack()
         deps = ProviderDeps(
             token=TOKEN,

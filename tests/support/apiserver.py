@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bismuth_api.app import build_deps, create_app
+from bismuth_api.app import build_deps, connect, create_app
 from bismuth_api.config import ApiConfig
 from bismuth_core import operations, tenancy
 from bismuth_core.tokens import Scope
-from bismuth_core.zk import ZooKeeper
 from tests.support.zkserver import free_port
 
 
@@ -44,7 +43,7 @@ class Api:
         self.config = config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.zk = ZooKeeper(config.zookeeper, config.zookeeper_env, session_timeout=4.0)
+        self.zk = connect(config, session_timeout=4.0)  # as bismuth-api connects
         self.deps = build_deps(config, self.zk)
         self.runner: web.AppRunner | None = None
         self.admin_token = ""

@@ -26,8 +26,8 @@ from kazoo.recipe.watchers import ChildrenWatch
 from bismuth_core import layout
 from bismuth_core.credentials import AGENT_HEADER, FrontendCredentials
 from bismuth_core.layout import ContainerStatus, NodeAlive
-from bismuth_core.zk import ZooKeeper
-from tests.support.clusterkey import CREDENTIALS
+from bismuth_core.zk import ZkAccess, ZooKeeper
+from tests.support.clusterkey import ACCESS, CREDENTIALS
 
 
 class StandInAgent:
@@ -44,9 +44,10 @@ class StandInAgent:
         status: ContainerStatus | None = ContainerStatus.RUNNING,
         start_delay: float = 0.0,
         credentials: FrontendCredentials = CREDENTIALS.frontend,
+        access: ZkAccess | None = ACCESS,  # None: an agent of a release before ACLs
     ) -> None:
         self.ip, self.port = ip, port
-        self.zk = ZooKeeper(hosts, env, session_timeout=4.0)
+        self.zk = ZooKeeper(hosts, env, access=access, session_timeout=4.0)
         self.alive = NodeAlive(cpus, memory, version)
         self.status = status  # written for new containers; None writes nothing
         self.start_delay = start_delay

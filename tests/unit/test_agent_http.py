@@ -90,7 +90,7 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-CREDENTIALS = FrontendCredentials("the-clusters-agent-credential")
+CREDENTIALS = FrontendCredentials.from_frontend_key(b"k" * 32)
 AUTH = {AGENT_HEADER: CREDENTIALS.agent}
 
 
