@@ -7,10 +7,12 @@ hosts and the control side must be exactly as fresh afterwards as before.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from bismuth_lab.state import HostState
 from tests.deploy.fleet import PYINFRA, RUN_TIMEOUT, Fleet, Run
 from tests.deploy.pyinfra_runs import data_args, detected_changes, run
 
@@ -51,12 +53,28 @@ def control_files(fleet: Fleet) -> list[str]:
 def host_files(fleet: Fleet) -> dict[str, str]:
     """Every file in each host's private Bismuth directories (all empty on a fresh host)."""
     script = f"find {HOST_DIRS} -mindepth 1 2>/dev/null; true"
-    return {h.name: fleet.ssh(h, script) for h in fleet.hosts}
+    return {h.name: ssh_output(fleet, h, script) for h in fleet.hosts}
+
+
+def ssh_output(fleet: Fleet, target: HostState, script: str, tries: int = 4) -> str:
+    """``script``'s output on ``target``; a connection sshd resets (ssh's exit 255, seen
+    while other labs ran on the machine) is tried again, with backoff."""
+    for attempt in range(tries):
+        done = fleet.lab.ssh(target, ["sh", "-c", script], timeout=60)
+        if done.returncode != 255 or attempt == tries - 1:
+            break
+        time.sleep(0.5 * 2**attempt)
+    assert done.returncode == 0, f"{target.name}: {script!r}: exit {done.returncode}: {done.stderr}"
+    return done.stdout
 
 
 def pyinfra(fleet: Fleet, *flags: str, **data: str) -> Run:
-    """``pyinfra [flags] inventories/lab.py deploy.py`` with the test's control side."""
-    wanted = fleet.data(**control_data(fleet), **data)
+    """``pyinfra [flags] inventories/lab.py deploy.py`` with the test's control side.
+
+    A connection the lab's sshd resets at once (seen while other labs ran on the machine)
+    is tried again, as pyinfra's ``ssh_connect_retries`` lets an operator do.
+    """
+    wanted = fleet.data(**control_data(fleet), ssh_connect_retries="3", **data)
     args = [str(PYINFRA), *flags, "inventories/lab.py", "deploy.py", *data_args(wanted)]
     return Run(run(args, RUN_TIMEOUT, fleet.env()), 0.0)
 
