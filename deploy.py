@@ -1,17 +1,19 @@
 """Bring up a Bismuth cluster: ``pyinfra -y inventories/<fleet>.py deploy.py`` (repo root).
 
-On every host: Debian packages, kernel settings and directories, the host firewall (the
-daemons' ports only from the fleet's hosts and loopback), the service manager and the
-toolkit (a versioned install, or a checkout's virtualenv). Then by inventory group: the
-ZooKeeper ensemble (``zookeeper``), the cluster key (which seals function secrets and from
-which the daemons' credentials derive, ZooKeeper's included; frontends get only a key
-derived from it), the environment (bootstrapped once, its tree given the cluster's ACLs) and
-every agent host provisioned as a node, the operator's admin
-token (on ``api`` hosts, its hash registered in ZooKeeper), the API (``api``) and
-the frontend (``frontends``), containerd, the base image and the agent (``agents``), and
-finally a sample function served through the frontends. An inventory without these groups
-makes each host a single-node cluster. Settings come from ``group_data/`` and host data;
-every step is idempotent, so a second run reports no changes.
+First the pre-flight checks of every host (``tasks/preflight.py``): any problem stops the
+run before anything is changed. On every host: Debian packages, kernel settings and
+directories, the host firewall (the daemons' ports only from the fleet's hosts and
+loopback), the service manager and the toolkit (a versioned install, or a checkout's
+virtualenv). Then by inventory group: the ZooKeeper ensemble (``zookeeper``), the cluster
+key (which seals function secrets and from which the daemons' credentials derive,
+ZooKeeper's included; frontends get only a key derived from it), the environment
+(bootstrapped once, its tree given the cluster's ACLs) and every agent host provisioned as
+a node, the operator's admin token (on ``api`` hosts, its hash registered in ZooKeeper), the
+API (``api``) and the frontend (``frontends``), containerd, the base image and the agent
+(``agents``), and finally a sample function served through the frontends. An inventory
+without these groups makes each host a single-node cluster. Settings come from
+``group_data/`` and host data; every step is idempotent, so a second run reports no
+changes.
 """
 
 from tasks.admin_token import admin_token
@@ -23,11 +25,13 @@ from tasks.containerd import containerd
 from tasks.daemons import api, frontend
 from tasks.host_firewall import host_firewall
 from tasks.images import base_image
+from tasks.preflight import preflight
 from tasks.sample import sample_function
 from tasks.services import service_manager
 from tasks.toolkit import toolkit
 from tasks.zookeeper import zookeeper
 
+preflight()  # every host checked before anything changes anywhere
 base()
 host_firewall()
 service_manager()

@@ -10,7 +10,9 @@ restarted. Only the agents change: run ``deploy.py`` with the same version after
 the API and the frontends too. See ``tasks/upgrade.py``.
 """
 
+from tasks.preflight import preflight
 from tasks.upgrade import rolling_upgrade, stage
 
+preflight()
 stage()
 rolling_upgrade()

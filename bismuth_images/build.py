@@ -145,9 +145,11 @@ def build_image(options: BuildOptions) -> BuildResult:
         with tempfile.TemporaryDirectory(dir=options.output.parent, prefix=".build-") as work:
             rootfs = Path(work) / "rootfs.tar"
             bootstrap(spec, rootfs)
+            log.info("checking the root filesystem")
             problems = check_rootfs(rootfs, spec, python_version_of(reference))
             if problems:
                 raise ImageError("the root filesystem is not usable: " + "; ".join(problems))
+            log.info("packing the image layer (gzip level %d)", options.compression_level)
             summary = wrap_rootfs(
                 rootfs,
                 options.output,

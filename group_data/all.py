@@ -63,6 +63,11 @@ node_loss_grace = 10.0  # seconds a node may be gone before its containers are r
 log_level = "info"  # debug, info, warning or error
 # Seconds the deploy waits for the agent to be alive and for the sample function to answer.
 start_wait = 180
+# Pre-flight checks, on every host before anything is changed (see tasks/preflight.py): the
+# Debian release hosts must run, and the free disk space (MiB) each needs where the deploy
+# writes (var_dir; toolkit_dir with wheel installs).
+required_debian = "12"
+min_free_disk_mb = 1024
 
 # --- the toolkit on the hosts ------------------------------------------------------------
 # "wheel": the machine running pyinfra builds a wheel of this project and of each of its

@@ -2,7 +2,8 @@
 
 Like the cluster key, it is kept on the machine that runs the deploy, next to the key
 (``admin_token_source``, default ``<cluster key's directory>/<its name>.admin-token``, so
-``var/secrets/<zookeeper_env>.admin-token``; mode 0600), made there the first time, and
+``var/secrets/<zookeeper_env>.admin-token``; mode 0600), made there the first time (when
+pyinfra executes: a dry run only lists it), and
 uploaded to ``admin_token_file`` (default ``<etc_dir>/admin.token``, root, 0600) on every
 host of ``api``. Only its hash goes to ZooKeeper (``bismuthctl token register`` on the first
 API host, when the environment does not hold it yet). The deploy's own calls to the API
@@ -23,7 +24,7 @@ from pyinfra.operations import files, server
 
 from bismuth_core import tokens
 from tasks.cluster import bismuthctl
-from tasks.cluster_key import cluster_key_source, keep_secret
+from tasks.cluster_key import cluster_key_source, keep_secret, local_secret
 from tasks.facts import RegisteredTokens
 from tasks.roles import API, first_of, has_role
 
@@ -44,6 +45,11 @@ def admin_token_source() -> Path:
 def ensure_token_source(path: Path) -> str:
     """Create ``path`` with a new admin token unless it exists; the token's id."""
     keep_secret(path, lambda: tokens.issue().text)
+    return token_id(path)
+
+
+def token_id(path: Path) -> str:
+    """The id of the token in ``path``; :class:`ValueError` if it holds none."""
     presented = tokens.parse(path.read_text(encoding="ascii", errors="replace").strip())
     if presented is None:
         raise ValueError(f"{path} does not hold a Bismuth token (bth_...): remove it to make one")
@@ -60,18 +66,23 @@ def admin_token() -> None:
     """Install the operator's token on API hosts; register its hash once, from the first."""
     if not has_role(API):
         return
-    token_id = ensure_token_source(admin_token_source())
-    files.put(
+    source = admin_token_source()
+    new = local_secret("admin token", source, ensure_token_source)
+    files.put(  # a token made in this run does not exist yet: it is made when executing
         name="Admin token",
-        src=str(admin_token_source()),
+        src=str(source),
         dest=admin_token_file(),
         mode="600",
         user="root",
         group="root",
+        assume_exists=new,
+        force=new,
     )
     if first_of(API):
         server.shell(
             name="Register the admin token's hash",
             commands=[bismuthctl("token", "register", admin_token_file())],
-            _if=lambda: token_id not in host.get_fact(RegisteredTokens, bismuthctl=bismuthctl()),
+            _if=lambda: (
+                token_id(source) not in host.get_fact(RegisteredTokens, bismuthctl=bismuthctl())
+            ),
         )

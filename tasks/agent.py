@@ -23,6 +23,7 @@ from pyinfra.operations import files, server
 from tasks.cluster import bismuthctl
 from tasks.cluster_key import cluster_key_file
 from tasks.facts import AliveNodes
+from tasks.local import streamed_shell
 from tasks.rendering import template_file
 from tasks.roles import AGENTS, has_role
 from tasks.services import Program, program, program_log
@@ -141,16 +142,14 @@ def agent(restart_on: Sequence[OperationMeta | None] = ()) -> None:
     spec = agent_program(path)
     program(spec, [op for op in (config, link, *restart_on) if op is not None])
     check = shlex.join([tool_bin("python"), "-c", _ALIVE_CHECK, host.data.node_ip])
-    server.shell(
-        name="Wait until this node's agent is alive",
-        commands=[
-            wait_until(
-                f"{bismuthctl('--json', 'nodes')} 2>/dev/null | {check}",
-                float(host.data.start_wait),
-                f"agent of node {host.data.node_ip} alive",
-                program_log(spec.name),
-                interval=0.5,
-            )
-        ],
+    streamed_shell(
+        "Wait until this node's agent is alive",
+        wait_until(
+            f"{bismuthctl('--json', 'nodes')} 2>/dev/null | {check}",
+            float(host.data.start_wait),
+            f"agent of node {host.data.node_ip} alive",
+            program_log(spec.name),
+            interval=0.5,
+        ),
         _if=lambda: not node_alive(),
     )

@@ -3,9 +3,9 @@ and the frontend key derived from it.
 
 It is kept on the machine that runs the deploy, in ``cluster_key_source`` (default
 ``<this checkout>/var/secrets/<zookeeper_env>.key``, mode 0600), generated there the first
-time a deploy needs it, and uploaded to ``cluster_key_file`` (default
-``<etc_dir>/cluster.key``, root, mode 0600) on every host of ``api`` and ``agents``, whose
-API and agent read it (no other host gets it). A
+time a deploy needs it (when pyinfra executes: a dry run only lists it), and uploaded to
+``cluster_key_file`` (default ``<etc_dir>/cluster.key``, root, mode 0600) on every host of
+``api`` and ``agents``, whose API and agent read it (no other host gets it). A
 second deploy finds the same key on both sides and changes nothing. Losing the source
 file means losing every stored secret: back it up.
 
@@ -18,17 +18,22 @@ nothing that opens secrets.
 from __future__ import annotations
 
 import os
+import posixpath
+import shlex
 from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.command import StringCommand
+from pyinfra.api.exceptions import OperationError
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
+from pyinfra.operations import files, python
 
 from bismuth_core.credentials import cluster_credentials
 from bismuth_core.secrets import generate_cluster_key, load_cluster_key
+from tasks.local import control_step
 from tasks.roles import AGENTS, API, FRONTENDS, has_role
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -64,6 +69,16 @@ def ensure_key_source(path: Path) -> Path:
     return path
 
 
+def local_secret(name: str, path: Path, ensure: Callable[[Path], object]) -> bool:
+    """Add the step that makes ``path`` here (when pyinfra executes) if it does not exist yet,
+    or check the one there now; whether it is to be made."""
+    if path.exists():
+        ensure(path)  # only reads: an existing file is checked, never rewritten
+        return False
+    control_step(f"Generate the {name} in {path} on this machine", True, lambda: ensure(path))
+    return True
+
+
 @deploy("Cluster key")
 def cluster_key() -> OperationMeta | None:
     """Upload the fleet's key (generated on this machine if missing); the upload's result.
@@ -73,14 +88,17 @@ def cluster_key() -> OperationMeta | None:
     """
     if not (has_role(API) or has_role(AGENTS)):
         return None
-    source = ensure_key_source(cluster_key_source())
-    return files.put(
+    source = cluster_key_source()
+    new = local_secret("cluster key", source, ensure_key_source)
+    return files.put(  # a key made in this run does not exist yet: it is made when executing
         name="Cluster key",
         src=str(source),
         dest=cluster_key_file(),
         mode="600",
         user="root",
         group="root",
+        assume_exists=new,
+        force=new,
     )
 
 
@@ -93,17 +111,43 @@ def frontend_key_file() -> str:
 def frontend_key() -> OperationMeta | None:
     """Upload the frontend key (derived from the cluster key) to frontends; the result.
 
-    ``None`` on hosts without a frontend.
+    ``None`` on hosts without a frontend. A cluster key this run makes (see
+    :func:`cluster_key`, which comes first) is derived from when pyinfra executes.
     """
     if not has_role(FRONTENDS):
         return None
-    source = ensure_key_source(cluster_key_source())
-    text = cluster_credentials(file=str(source)).frontend_key_text()
+    source, dest = cluster_key_source(), frontend_key_file()
+    if not source.exists():
+        return python.call(name="Frontend key", function=lambda: _upload_frontend_key(source))
+    text = cluster_credentials(file=str(ensure_key_source(source))).frontend_key_text()
     return files.put(
         name="Frontend key",
         src=StringIO(text + "\n"),
-        dest=frontend_key_file(),
+        dest=dest,
         mode="600",
         user="root",
         group="root",
     )
+
+
+def _upload_frontend_key(source: Path) -> None:
+    """Derive the key from ``source`` and install it (0600, through a 0700 directory)."""
+    if not source.exists():
+        raise OperationError(f"no cluster key in {source} to derive the frontend key from")
+    text = cluster_credentials(file=str(source)).frontend_key_text()
+    dest = frontend_key_file()
+    staging = f"{posixpath.dirname(dest)}/.bismuth-upload"
+    _run(f"install -d -m 700 -o root -g root {shlex.quote(staging)}")
+    staged = f"{staging}/frontend.key"
+    if not host.put_file(StringIO(text + "\n"), staged):
+        raise OperationError(f"cannot upload the frontend key to {staged}")
+    _run(
+        f"install -m 600 -o root -g root {shlex.quote(staged)} {shlex.quote(dest)} && "
+        f"rm -rf {shlex.quote(staging)}"
+    )
+
+
+def _run(command: str) -> None:
+    ok, output = host.run_shell_command(StringCommand(command))
+    if not ok:
+        raise OperationError(f"{command}: {output.stderr}")

@@ -22,6 +22,7 @@ from tasks.admin_token import authorization_header
 from tasks.cluster import bismuthctl
 from tasks.daemons import FE_PROGRAM
 from tasks.facts import HttpStatus, RoutedHostnames, http_probe
+from tasks.local import streamed_shell
 from tasks.rendering import TEMPLATES, template_file
 from tasks.roles import API, FRONTENDS, first_of, has_role
 from tasks.services import program_log
@@ -100,16 +101,14 @@ def sample_function() -> None:
     if not has_role(FRONTENDS):
         return
     probe = http_probe(frontend_url(), hostname)
-    server.shell(
-        name=f"Wait until {hostname} answers through the frontend",
-        commands=[
-            wait_until(
-                f'[ "$({probe})" = 200 ]',
-                float(host.data.start_wait),
-                f"{hostname} answering 200 at {frontend_url()}",
-                program_log(FE_PROGRAM),
-                interval=0.5,
-            )
-        ],
+    streamed_shell(
+        f"Wait until {hostname} answers through the frontend",
+        wait_until(
+            f'[ "$({probe})" = 200 ]',
+            float(host.data.start_wait),
+            f"{hostname} answering 200 at {frontend_url()}",
+            program_log(FE_PROGRAM),
+            interval=0.5,
+        ),
         _if=lambda: not answers(),
     )

@@ -1,7 +1,8 @@
 """The toolkit itself on each host: versioned virtualenvs, or a checkout's virtualenv.
 
 ``toolkit_install = "wheel"`` (fleets): the machine running pyinfra builds the wheelhouse
-(:mod:`tasks.wheelhouse`) once per run; each host gets it in
+(:mod:`tasks.wheelhouse`) once per run, when pyinfra executes and only if it is not
+current (a dry run lists the build and builds nothing); each host gets it in
 ``<toolkit_dir>/wheelhouse/<version>/`` (uploaded as one tar, only when the files there do
 not match its checksums) and installs
 it with ``toolkit_python -m venv`` and ``pip install --no-index`` into
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import shlex
 import threading
+import time
 from pathlib import Path
 
 from pyinfra import host
@@ -35,8 +37,19 @@ from pyinfra.facts.files import FileContents, Link
 from pyinfra.operations import files, server
 
 from tasks.facts import StaleCheckoutInstalls, WheelhouseChecksum
+from tasks.local import control_step, progress
 from tasks.roles import AGENTS, has_role
-from tasks.wheelhouse import Wheelhouse, WheelhouseError, archive, build, checkout_label
+from tasks.wheelhouse import (
+    Wheelhouse,
+    WheelhouseError,
+    archive,
+    archive_current,
+    archive_path,
+    build,
+    checkout_label,
+    current,
+    full_version,
+)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 BUILD_MARKER = ".bismuth-build"  # in an installed version: the build_id it was installed from
@@ -71,15 +84,15 @@ def daemon_bin(daemon: str, program: str) -> str:
     return f"{host.data.bismuth_venv}/bin/{program}"
 
 
-def wheelhouse() -> Wheelhouse:
-    """This run's wheelhouse, built on this machine the first time a host asks."""
-    source = Path(host.data.toolkit_source or CHECKOUT)
-    root = Path(host.data.wheelhouse_dir or CHECKOUT / "var" / "wheelhouse")
-    with BUILDING:
-        label = str(host.data.toolkit_version_label or "")
-        if not wheel_install():
-            label = _checkout_label(source)
-        return _built(source, label, root)
+def _source() -> Path:
+    return Path(host.data.toolkit_source or CHECKOUT)
+
+
+def _label() -> str:
+    """``toolkit_version_label``; checkout installs: a label naming the checkout's content."""
+    if not wheel_install():
+        return _checkout_label(_source())
+    return str(host.data.toolkit_version_label or "")
 
 
 @functools.cache
@@ -90,17 +103,51 @@ def _checkout_label(source: Path) -> str:
         raise DeployError(f"cannot read the checkout {source}: {exc}") from None
 
 
+def _root() -> Path:
+    return Path(host.data.wheelhouse_dir or CHECKOUT / "var" / "wheelhouse")
+
+
+def wheelhouse() -> Wheelhouse:
+    """This run's wheelhouse and its tar, built on this machine the first time a host asks.
+
+    Only while pyinfra executes: preparing, the deploy asks :func:`needs_build` instead.
+    """
+    with BUILDING:
+        return _built(_source(), _label(), _root())
+
+
 @functools.cache
 def _built(source: Path, label: str, root: Path) -> Wheelhouse:
+    started = time.monotonic()
     try:
-        return build(source, label, root)
+        built = build(source, label, root, progress)
+        archive(built)
     except (WheelhouseError, OSError) as exc:
         raise DeployError(f"cannot build the toolkit's wheelhouse from {source}: {exc}") from None
+    progress(f"wheelhouse of bismuth {built.version}: ready in {time.monotonic() - started:.0f} s")
+    return built
+
+
+def needs_build() -> bool:
+    """Whether this run must build the wheelhouse or its tar (reads only)."""
+    return _needs_build(_source(), _label(), _root())
+
+
+@functools.cache
+def _needs_build(source: Path, label: str, root: Path) -> bool:
+    try:
+        found = current(source, label, root)
+    except (WheelhouseError, OSError) as exc:
+        raise DeployError(f"cannot read the toolkit's sources in {source}: {exc}") from None
+    return found is None or not archive_current(found)
 
 
 def version() -> str:
-    """The version this run installs (wheel installs only)."""
-    return wheelhouse().version
+    """The version this run installs, read from the sources (no build)."""
+    try:
+        return full_version(_source(), _label())
+    except WheelhouseError as exc:
+        raise DeployError(str(exc)) from None
 
 
 @deploy("Bismuth toolkit")
@@ -113,33 +160,38 @@ def toolkit(make_current: bool = True) -> None:
     """
     if not wheel_install() and not has_role(AGENTS):
         return
-    built = wheelhouse()
+    wanted = version()
+    control_step(
+        f"Build the wheelhouse of bismuth {wanted} on this machine", needs_build(), wheelhouse
+    )
     files.directory(name="Toolkit directory", path=toolkit_dir(), mode="755")
-    remote = f"{toolkit_dir()}/wheelhouse/{built.version}"
-    files.put(
-        name=f"Upload the wheelhouse of bismuth {built.version}",
-        src=str(_archive(built)),
+    remote = f"{toolkit_dir()}/wheelhouse/{wanted}"
+    files.put(  # the tar may not exist yet: it is built when pyinfra executes
+        name=f"Upload the wheelhouse of bismuth {wanted}",
+        src=str(archive_path(_root(), wanted)),
         dest=f"{remote}.tar",
         mode="600",
-        _if=lambda: not _uploaded(remote, built),
+        assume_exists=True,
+        force=True,
+        _if=lambda: not _uploaded(remote, wheelhouse()),
     )
     server.shell(  # asked again: a tar left by an interrupted run is unpacked too
-        name=f"Unpack the wheelhouse of bismuth {built.version}",
+        name=f"Unpack the wheelhouse of bismuth {wanted}",
         commands=[_unpack_script(remote)],
-        _if=lambda: not _uploaded(remote, built),
+        _if=lambda: not _uploaded(remote, wheelhouse()),
     )
     server.shell(
-        name=f"Install bismuth {built.version} into {toolkit_dir()}/{built.version}",
-        commands=[_install_script(built, remote)],
-        _if=lambda: _installed_build(built.version) != built.build_id,
+        name=f"Install bismuth {wanted} into {toolkit_dir()}/{wanted}",
+        commands=[_install_script(wanted, remote)],
+        _if=lambda: _installed_build(wanted) != wheelhouse().build_id,
     )
     if not wheel_install():
-        _remove_stale_checkout_installs(built.version)
+        _remove_stale_checkout_installs(wanted)
     elif make_current:
         files.link(
-            name=f"Make bismuth {built.version} current",
+            name=f"Make bismuth {wanted} current",
             path=f"{toolkit_dir()}/current",
-            target=built.version,
+            target=wanted,
         )
 
 
@@ -182,11 +234,6 @@ def daemon_version(daemon: str) -> str | None:
     return str(link["link_target"]) if link else None
 
 
-def _archive(built: Wheelhouse) -> Path:
-    with BUILDING:
-        return archive(built)
-
-
 def _unpack_script(remote: str) -> str:
     """Shell: replace ``remote`` with the uploaded ``<remote>.tar``'s files; drop the tar."""
     directory, tar = shlex.quote(remote), shlex.quote(f"{remote}.tar")
@@ -206,15 +253,16 @@ def _installed_build(version: str) -> str | None:
     return lines[0].strip() if lines else None
 
 
-def _install_script(built: Wheelhouse, remote: str) -> str:
+def _install_script(version: str, remote: str) -> str:
     """Shell: make the version's virtualenv and install into it from the wheelhouse only.
 
     pip ignores every configuration file and variable (``--isolated``, ``PIP_CONFIG_FILE``):
-    a host's pip settings must not send it to an index. The marker goes last, so an
-    interrupted install is done again by the next run. A version installed from another
-    build is never overwritten: daemons and providers may be running from it.
+    a host's pip settings must not send it to an index. The marker, the build's id (the
+    SHA-256 of the uploaded ``SHA256SUMS``), goes last, so an interrupted install is done
+    again by the next run. A version installed from another build is never overwritten:
+    daemons and providers may be running from it.
     """
-    target = f"{toolkit_dir()}/{built.version}"
+    target = f"{toolkit_dir()}/{version}"
     pip = [
         "env",
         "PIP_CONFIG_FILE=/dev/null",
@@ -229,11 +277,11 @@ def _install_script(built: Wheelhouse, remote: str) -> str:
         "--find-links",
         remote,
         "--force-reinstall",
-        built.requirement,
+        f"bismuth=={version}",
     ]
     marker = shlex.quote(f"{target}/{BUILD_MARKER}")
     refusal = shlex.quote(
-        f"bismuth {built.version} is installed here from another build: give this build a"
+        f"bismuth {version} is installed here from another build: give this build a"
         " version of its own (toolkit_version_label)"
     )
     return " && ".join(
@@ -242,6 +290,6 @@ def _install_script(built: Wheelhouse, remote: str) -> str:
             f"{{ [ -x {shlex.quote(target)}/bin/python ] || "
             f"{shlex.join([host.data.toolkit_python, '-m', 'venv', target])}; }}",
             shlex.join(pip),
-            f"echo {shlex.quote(built.build_id)} > {marker}",
+            f"sha256sum {shlex.quote(remote)}/SHA256SUMS | cut -d ' ' -f 1 > {marker}",
         ]
     )

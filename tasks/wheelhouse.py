@@ -34,7 +34,7 @@ import sys
 import tarfile
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -53,8 +53,15 @@ _PROJECT_VERSION = re.compile(r'^version\s*=\s*"[^"]*"', re.MULTILINE)
 _MODULE_VERSION = re.compile(r'^__version__\s*=\s*"[^"]*"', re.MULTILINE)
 
 
+Progress = Callable[[str], None]  # told one line per stage of a build
+
+
 class WheelhouseError(RuntimeError):
     """The wheelhouse cannot be built; the message says why."""
+
+
+def _silent(_line: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,19 @@ def checkout_label(source: Path) -> str:
     return f"{CHECKOUT_LABEL}.{digest[:12]}"
 
 
-def build(source: Path, label: str, root: Path) -> Wheelhouse:
+def current(source: Path, label: str, root: Path) -> Wheelhouse | None:
+    """The wheelhouse of ``source`` (+ ``label``) if one under ``root`` is up to date and
+    intact; ``None`` if a build is needed. Only reads: a dry run may ask."""
+    source, root = source.resolve(), root.resolve()
+    version = full_version(source, label)
+    wanted = fingerprint(source, source_files(source), version, pins())
+    existing = load(root / version)
+    if existing is not None and _built_from(root / version) == wanted:
+        return existing
+    return None
+
+
+def build(source: Path, label: str, root: Path, progress: Progress = _silent) -> Wheelhouse:
     """The wheelhouse of ``source`` (+ ``label``) under ``root``, built unless it is current."""
     source, root = source.resolve(), root.resolve()
     version = full_version(source, label)
@@ -152,19 +171,31 @@ def build(source: Path, label: str, root: Path) -> Wheelhouse:
         existing = load(root / version)
         if existing is not None and _built_from(root / version) == wanted:
             return existing
-        _build_into(source, files, version, pinned, wanted, root)
+        _build_into(source, files, version, pinned, wanted, root, progress)
     built = load(root / version)
     if built is None:
         raise WheelhouseError(f"{root / version}: incomplete after the build")
     return built
 
 
+def archive_path(root: Path, version: str) -> Path:
+    """Where the tar of ``version``'s wheelhouse is (or will be) kept."""
+    return root.resolve() / f"{version}.tar"
+
+
+def archive_current(built: Wheelhouse) -> bool:
+    """Whether the tar next to ``built`` holds exactly its files (only reads)."""
+    target = archive_path(built.path.parent, built.version)
+    stamp = target.parent / f"{built.version}.tar.id"
+    return target.exists() and stamp.exists() and stamp.read_text() == built.build_id
+
+
 def archive(built: Wheelhouse) -> Path:
     """A tar of the wheelhouse's files next to it (made once): hosts get one upload."""
-    target = built.path.parent / f"{built.version}.tar"
+    target = archive_path(built.path.parent, built.version)
     stamp = built.path.parent / f"{built.version}.tar.id"
     with _locked(built.path.parent / ".lock"):
-        if target.exists() and stamp.exists() and stamp.read_text() == built.build_id:
+        if archive_current(built):
             return target
         partial = target.with_suffix(".tar.partial")
         with tarfile.open(partial, "w") as tar:
@@ -214,16 +245,25 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _build_into(
-    source: Path, files: list[Path], version: str, pinned: list[str], wanted: str, root: Path
+    source: Path,
+    files: list[Path],
+    version: str,
+    pinned: list[str],
+    wanted: str,
+    root: Path,
+    progress: Progress,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix=".build-", dir=root) as scratch:
         tree, out = Path(scratch) / "src", Path(scratch) / "wheels"
+        progress(f"copying {len(files)} source files of bismuth {version}")
         _copy(source, files, tree)
         _write_version(tree, version)
+        progress(f"building the bismuth {version} wheel")
         wheel = _project_wheel(tree, out)
         constraints = Path(scratch) / "constraints.txt"
         constraints.write_text("\n".join(pinned) + "\n")
-        _dependency_wheels(wheel, out, constraints, [p for p in root.iterdir() if p.is_dir()])
+        earlier = [p for p in root.iterdir() if p.is_dir()]
+        _dependency_wheels(wheel, out, constraints, earlier, progress)
         names = sorted(p.name for p in out.iterdir() if p.suffix == ".whl")
         lines = [f"{hashlib.sha256((out / n).read_bytes()).hexdigest()}  {n}" for n in names]
         (out / MANIFEST).write_text("\n".join(lines) + "\n")
@@ -268,13 +308,17 @@ def _has_build_tools() -> bool:
     return all(importlib.util.find_spec(m) for m in ("setuptools", "grpc_tools"))
 
 
-def _dependency_wheels(wheel: Path, out: Path, constraints: Path, earlier: list[Path]) -> None:
+def _dependency_wheels(
+    wheel: Path, out: Path, constraints: Path, earlier: list[Path], progress: Progress
+) -> None:
     """Wheels of every dependency: offline from earlier wheelhouses, else from the index."""
     common = ["--wheel-dir", str(out), "--constraint", str(constraints), str(wheel)]
     if earlier:
+        progress(f"collecting dependency wheels from {len(earlier)} earlier wheelhouse(s)")
         links = [arg for path in earlier for arg in ("--find-links", str(path))]
         if _pip("wheel", "--no-index", *links, *common, check=False):
             return
+    progress("collecting dependency wheels from the package index")
     _pip("wheel", *common)
 
 

@@ -39,17 +39,29 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
-def results_table(text: str) -> dict[str, list[str]]:
-    """pyinfra's results table: operation name -> [hosts, success (changed), error, no change]."""
+def table(text: str, header: list[str]) -> dict[str, list[str]]:
+    """A table pyinfra printed under ``header``: first cell -> the others."""
     rows: dict[str, list[str]] = {}
     started = False
     for line in text.splitlines():
         cells = re.split(r"\s{2,}", re.sub(r"\x1b\[[0-9;]*m", "", line).strip())
-        if cells[:2] == ["Operation", "Hosts"]:
+        if cells == header:
             started = True
-        elif started and len(cells) == 5:
+        elif started and len(cells) == len(header):
             rows[cells[0]] = cells[1:]
     return rows
+
+
+def results_table(text: str) -> dict[str, list[str]]:
+    """pyinfra's results table: operation name -> [hosts, success (changed), error, no change]."""
+    return table(text, ["Operation", "Hosts", "Success", "Error", "No Change"])
+
+
+def detected_changes(text: str) -> dict[str, list[str]]:
+    """What a run without ``-y`` (or ``--dry``) detected: operation name (without its deploy's
+    prefix) -> [change, conditional change], each ``-`` or ``<count> (<hosts>)``."""
+    found = table(text, ["Operation", "Change", "Conditional Change"])
+    return {name.rpartition(" | ")[2]: cells for name, cells in found.items()}
 
 
 def changed_operations(table: dict[str, list[str]]) -> list[str]:

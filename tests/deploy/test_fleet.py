@@ -30,7 +30,7 @@ import testinfra
 
 from tasks.wheelhouse import full_version
 from tests.deploy.fleet import TOOLKIT, Fleet, outsider, snapshot_source
-from tests.deploy.pyinfra_runs import assert_no_changes
+from tests.deploy.pyinfra_runs import assert_no_changes, results_table
 from tests.deploy.requests_loop import RequestLoop
 from tests.support.waiting import eventually
 
@@ -60,6 +60,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         first = fleet.pyinfra("deploy.py")
         assert first.result.returncode == 0, first.describe()
         fleet.figures["first deploy of 3 lab hosts"] = f"{first.seconds:.1f} s"
+        fleet.notes["first deploy"] = first.text
         yield fleet
     finally:
         print("\nfleet figures:", *(f"  {k}: {v}" for k, v in fleet.figures.items()), sep="\n")
@@ -94,6 +95,20 @@ def listening(host: Any, address: str, port: int) -> bool:
     sockets are IPv6, and ss shows the address as ``::ffff:<address>``)."""
     forms = (address, f"::ffff:{address}")
     return any(host.socket(f"tcp://{a}:{port}").is_listening for a in forms)
+
+
+def test_the_first_deploy_showed_its_long_steps(fleet: Fleet) -> None:
+    """The control machine's builds ran as operations of their own, printing their stages."""
+    text = fleet.notes["first deploy"]
+    version = base_version(fleet)
+    for line in (
+        f"building the bismuth {version} wheel",
+        "collecting dependency wheels",
+        f"wheelhouse of bismuth {version}: ready in",
+    ):
+        assert line in text, (line, text[-3000:])
+    for step in ("Build the wheelhouse of bismuth", "Generate the cluster key in"):
+        assert any(step in name for name in results_table(text)), (step, text[-3000:])
 
 
 def test_services_ports_configs_and_versions(fleet: Fleet) -> None:
