@@ -26,7 +26,7 @@ python:
 
 # Debian packages, only if one is missing (so a second run touches nothing): this machine
 # runs every part of the cluster and builds the toolkit and the base image.
-DEBIAN_PACKAGES = $(foreach list,debian_packages agent_packages zookeeper_packages build_packages,$(call setting,$(list)))
+DEBIAN_PACKAGES = $(foreach list,debian_packages agent_packages zookeeper_packages frontend_packages build_packages,$(call setting,$(list)))
 # What the tests need beyond that: one list, tests/debian-packages.txt.
 TEST_PACKAGES = $(shell sed -e 's/\#.*//' tests/debian-packages.txt)
 define install_missing
@@ -166,7 +166,7 @@ down:
 	  systemctl stop bismuth-agent 2>/dev/null || true; \
 	  kill_tasks; \
 	  stop_providers; \
-	  systemctl stop bismuth-fe bismuth-api bismuth-containerd bismuth-zookeeper 2>/dev/null || true; \
+	  systemctl stop bismuth-fe bismuth-fe-nginx bismuth-api bismuth-containerd bismuth-zookeeper 2>/dev/null || true; \
 	  remove_host_firewall; \
 	  exit 0; \
 	fi; \

@@ -1,14 +1,16 @@
 """Start latency and the request path of real containers under bismuthd.
 
-Starts its own ZooKeeper, a private containerd, a real ``bismuthd`` process and a real
-``bismuthfe`` process, with the base image ``bismuth.local/python:3.11`` (built into
-``var/images/`` if missing). Then, as figures only (never pass or fail):
+Starts its own ZooKeeper, a private containerd and a real ``bismuthd`` process, with the
+base image ``bismuth.local/python:3.11`` (built into ``var/images/`` if missing). Then, as
+figures only (never pass or fail):
 
 1. start latency: container znode created → status ``Running`` (Server mode,
    ``python3 -m http.server``), p50 and p99 over N runs; next to ``ctr run --rm`` of the same
    image running ``python3 -c pass``, measured in the same script;
-2. request path: requests/s and p50/p99 through frontend → agent → container versus
-   straight to the container's address, at concurrency 1, 16 and 64.
+2. the agent's proxy: requests/s and p50/p99 through the agent's ``/invoke/<container>``
+   (the path of Executable-mode functions; Server-mode traffic goes from the frontend's
+   nginx to the container straight, see ``fe_overhead.py``) versus straight to the
+   container's address, at concurrency 1, 16 and 64.
 
     .venv/bin/python bench/agent_paths.py [--runs 20] [--seconds 4] [--concurrency 1,16,64]
 
@@ -20,12 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fe_overhead import measure, spawn, stop, table, wait_for  # noqa: E402
+from loadgen import Cell, in_work_dir, measure, spawn, stop, wait_for  # noqa: E402
 
 from bismuth_agent.config import AgentConfig  # noqa: E402
 from bismuth_agent.containerd.client import ContainerdClient  # noqa: E402
@@ -45,7 +44,7 @@ from bismuth_core import cluster, layout, operations  # noqa: E402
 from bismuth_core.definition import parse_definition  # noqa: E402
 from bismuth_core.layout import ContainerStatus  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
-from tests.support.clusterkey import ACCESS, write_key_files  # noqa: E402
+from tests.support.clusterkey import ACCESS, AGENT_AUTH, write_key_files  # noqa: E402
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
@@ -135,6 +134,22 @@ def ctr_runs(address: str, runs: int, fifo_dir: Path) -> list[float]:
     return times
 
 
+def table(rows: list[tuple[int, Cell, Cell]]) -> str:
+    lines = [
+        f"{'conc':>4} | {'direct req/s':>12} {'agent req/s':>11} {'ratio':>6} | "
+        f"{'p50 direct':>10} {'p50 agent':>9} | {'p99 direct':>10} {'p99 agent':>9} | errors",
+    ]
+    lines.append("-" * len(lines[0]))
+    for conc, direct, agent in rows:
+        lines.append(
+            f"{conc:>4} | {direct.requests_per_s:>12.0f} {agent.requests_per_s:>11.0f} "
+            f"{agent.requests_per_s / direct.requests_per_s:>6.2f} | "
+            f"{direct.p50_ms:>8.2f}ms {agent.p50_ms:>7.2f}ms | "
+            f"{direct.p99_ms:>8.2f}ms {agent.p99_ms:>7.2f}ms | {direct.errors}/{agent.errors}"
+        )
+    return "\n".join(lines)
+
+
 def ensure_image() -> None:
     if not ARCHIVE.exists():
         subprocess.run(
@@ -159,8 +174,8 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         ctrd = ContainerdClient(ctrd_server.address, "bismuth")
         await ctrd.ensure_namespace()
         await import_oci_archive(ctrd, ARCHIVE)
-        agent_port, fe_port, admin_port = free_port(), free_port(), free_port()
-        cluster_key, frontend_key = write_key_files(work / "keys")
+        agent_port = free_port()
+        cluster_key, _ = write_key_files(work / "keys")
         config = work / "agent.toml"
         config.write_text(
             f'zookeeper = "{zk_server.hosts}"\nzookeeper_env = "{ENV}"\nbind = "{NODE}"\n'
@@ -170,29 +185,6 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
             f'log_level = "info"\ncluster_key_file = "{cluster_key}"\n'
         )
         procs.append(spawn([sys.executable, "-m", "bismuth_agent.main", "--config", str(config)]))
-        procs.append(
-            spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "bismuth_fe",
-                    "--zookeeper",
-                    zk_server.hosts,
-                    "--zookeeper-env",
-                    ENV,
-                    "--bind",
-                    f"127.0.0.1:{fe_port}",
-                    "--admin-bind",
-                    f"127.0.0.1:{admin_port}",
-                    "--log-level",
-                    "warning",
-                ],
-                env={
-                    "BISMUTH_AGENT_PORT": str(agent_port),
-                    "BISMUTH_FRONTEND_KEY_FILE": str(frontend_key),
-                },
-            )
-        )
         deadline = time.monotonic() + 30
         while await zk.exists(layout.alive_path(NODE)) is None:
             if time.monotonic() > deadline:
@@ -212,14 +204,14 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         assert allocation is not None
         direct = f"http://{allocation.container_address}:8000/"
         await wait_for(direct, {}, "the container directly")
-        through = f"http://127.0.0.1:{fe_port}/"
-        await wait_for(through, {"Host": HOST}, "the function through the frontend")
+        through = f"http://{NODE}:{agent_port}/invoke/{backend.container_id}/"
+        await wait_for(through, AGENT_AUTH, "the container through the agent")
         rows = []
         for level in [int(c) for c in args.concurrency.split(",")]:
             d = await asyncio.to_thread(measure, direct, {}, level, args.seconds)
-            f = await asyncio.to_thread(measure, through, {"Host": HOST}, level, args.seconds)
-            rows.append((level, d, f))
-        print("\nrequest path: direct to the container vs frontend -> agent -> container")
+            a = await asyncio.to_thread(measure, through, AGENT_AUTH, level, args.seconds)
+            rows.append((level, d, a))
+        print("\nrequest path: direct to the container vs the agent's /invoke -> container")
         print(table(rows))
         await operations.delete_function(zk, fid)
         await wait_gone(ctrd)
@@ -246,13 +238,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", default="1,16,64")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bismuth-bench-"))
-    work.chmod(0o711)
-    try:
-        asyncio.run(bench(args, work))
-    finally:
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
+    in_work_dir(lambda work: bench(args, work))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fe_overhead import Cell, measure  # noqa: E402
+from bench.loadgen import Cell, measure  # noqa: E402
 from bismuth_api.auth import TokenCache, auth_middleware  # noqa: E402
 from bismuth_api.config import ApiConfig  # noqa: E402
 from bismuth_core import layout, operations, tenancy  # noqa: E402

@@ -1,11 +1,11 @@
 """Cold starts stage by stage: ``POST /function`` → first 200 through the frontend.
 
-Starts its own ZooKeeper, a private containerd and real ``bismuth-api``, ``bismuthd`` and
-``bismuthfe`` processes, with the base image ``bismuth.local/python:3.11`` (built into
-``var/images/`` if missing). Each run POSTs a new Server-mode function
-(``python3 -m http.server``) through the API, calls it through the frontend until the first
-200, reads the stage stamps the daemons recorded, and deletes it (waiting until its
-container is gone). The stamps come from the daemons themselves:
+Starts its own ZooKeeper, a private containerd and real ``bismuth-api``, ``bismuthd``,
+``bismuthfe-nginx`` and ``bismuthfe`` processes, with the base image
+``bismuth.local/python:3.11`` (built into ``var/images/`` if missing). Each run POSTs a new
+Server-mode function (``python3 -m http.server``) through the API, calls it through the
+frontend until the first 200, reads the stage stamps the daemons recorded, and deletes it
+(waiting until its container is gone). The stamps come from the daemons themselves:
 
 - ``committed``: the container znode's ctime (ZooKeeper applied the API's multi-op);
 - ``seen`` … ``running``: the agent's ``GET /timeline`` (:mod:`bismuth_agent.timeline`);
@@ -177,6 +177,8 @@ def start_daemons(work: Path, zk_hosts: str, ctrd_server: ContainerdServer) -> l
                 "admin_bind": f"127.0.0.1:{free_port()}",
                 "agent_port": agent_port,
                 "frontend_key_file": str(frontend_key),
+                "run_dir": f"{work}/fe-run",
+                "temp_dir": f"{work}/fe-tmp",
                 "log_level": "warning",
             }
         )
@@ -211,7 +213,14 @@ async def start_cluster(work: Path, zk_server: ZooKeeperServer, ctrd_server) -> 
         frontend_admin=f"http://{setting(fe, 'admin_bind')}",
         agent=f"http://{NODE}:{setting(agent, 'port')}",
     )
-    for name, conf in (("bismuthd", agent), ("bismuth-api", api), ("bismuthfe", fe)):
+    (work / "fe-tmp").mkdir(mode=0o755)  # nginx's workers reach it
+    daemons = (
+        ("bismuthd", agent),
+        ("bismuth-api", api),
+        ("bismuthfe-nginx", fe),
+        ("bismuthfe", fe),
+    )
+    for name, conf in daemons:
         cluster.procs.append(
             spawn([str(bindir / name), "--config", str(conf)], work / f"{name}.log")
         )

@@ -1,347 +1,297 @@
-"""What bismuthfe adds to a request: requests/s and p50/p99 latency, direct vs. through it.
+"""What the frontend adds to a request: one run, one container, one machine.
 
-Starts its own ZooKeeper (Debian's package) on a free loopback port, a stand-in agent
-(tests/support/standin.py) in its own process, one function routed to ``bench.test``, and a
-real ``bismuthfe`` process. Then, at concurrency 1, 16 and 64, a load generator in a separate
-process (``wrk`` if installed, else an aiohttp client in a subprocess) calls
+Starts its own ZooKeeper, a private containerd, a real ``bismuthd`` process, the frontend
+as a deploy runs it (``bismuthfe-nginx`` and ``bismuthfe``) and one Server-mode function: a
+small asyncio HTTP responder in the base image (cpu 1.0, built into ``var/images/`` if
+missing). Then, at each concurrency, ``wrk`` (one thread) calls the same container
 
-- direct:   http://<agent>/invoke/<cid>/hello            (the agent's URL, no frontend)
-- frontend: http://<frontend>/hello  with Host: bench.test
+- direct:     http://<the container's address>:8080/
+- product:    the frontend's nginx, Host: bench.test (route and container chosen in Lua
+              from shared memory, connected to straight)
+- two hops:   nginx -> nginx -> container, plain static ``proxy_pass`` with kept-alive
+              upstream connections: the baseline a route-less two-proxy setup costs
 
-for a fixed time each, and prints one table with the ratios. Figures only: never passes or
-fails. Every process shares the machine's cores, so absolute numbers depend on the host.
+and prints requests/s and p50/p99 latency of each, and the targets: the product path at
+least 0.8x the two hops' requests/s at concurrency 16, and at most 1 ms of p99 added to
+the direct path. The frontend's nginx runs as deployed, one worker per core (``--workers``);
+each static nginx runs one. Figures only: it never passes or fails, and every process shares
+the machine's cores.
 
-    .venv/bin/python bench/fe_overhead.py [--seconds 4] [--concurrency 1,16,64]
+    .venv/bin/python bench/fe_overhead.py [--seconds 5] [--concurrency 1,16,64] [--workers N]
+
+Run as root, with ``wrk`` installed (``apt-get install wrk``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from agent_paths import ARCHIVE, IMAGE, ensure_image, wait_status  # noqa: E402
+from loadgen import Cell, generator, in_work_dir, measure, spawn, stop, wait_for  # noqa: E402
+
+from bismuth_agent.config import AgentConfig  # noqa: E402
+from bismuth_agent.containerd.client import ContainerdClient  # noqa: E402
+from bismuth_agent.containerd.oci import import_oci_archive  # noqa: E402
+from bismuth_agent.network import Firewall  # noqa: E402
+from bismuth_agent.service import network_settings  # noqa: E402
 from bismuth_core import cluster, layout, operations  # noqa: E402
-from bismuth_core.credentials import (  # noqa: E402
-    AGENT_HEADER,
-    cluster_credentials,
-    frontend_credentials,
-    writer_access,
-)
 from bismuth_core.definition import parse_definition  # noqa: E402
-from bismuth_core.layout import ContainerStatus  # noqa: E402
 from bismuth_core.zk import ZooKeeper  # noqa: E402
+from bismuth_fe.config import FrontendConfig  # noqa: E402
 from tests.support.clusterkey import ACCESS, write_key_files  # noqa: E402
+from tests.support.containerd import ContainerdServer  # noqa: E402
+from tests.support.tomlconfig import write_config  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
+BIN = Path(sys.executable).parent
+NODE = "127.0.78.1"
+ENV = "benchfe"
+POOL = "10.251.1.0/24"
 HOST = "bench.test"
-AGENT_IP = "127.0.0.1"
-ENV = "bench"
+PORT = 8080
+
+# HTTP/1.1 keep-alive, one fixed answer: the container does as little as a server can.
+RESPONDER = """
+import asyncio
+ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 6\\r\\n\\r\\nhello\\n"
+async def serve(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            writer.write(ANSWER)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(serve, "0.0.0.0", 8080, backlog=4096)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+STATIC_NGINX = """
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream next {{ server {upstream}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{
+            proxy_pass http://next;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
 
 
 @dataclass(frozen=True)
-class Cell:
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+class Row:
+    concurrency: int
+    direct: Cell
+    product: Cell
+    hops: Cell
 
 
-# --- processes under test -------------------------------------------------------------
-
-
-async def run_standin(zookeeper: str, env: str, ip: str, port: int, key_file: str) -> None:
-    """Child process: one stand-in agent until SIGTERM, with the cluster's credentials."""
-    from tests.support.standin import StandInAgent
-
-    credentials = cluster_credentials(file=key_file)
-    agent = StandInAgent(
-        zookeeper,
-        env,
-        ip,
-        port,
-        credentials=credentials.frontend,
-        access=writer_access(credentials),
-    )
-    await agent.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await agent.stop()
-
-
-def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.environ.get("BENCH_STDERR", os.devnull), "ab"),
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def wait_for(url: str, headers: dict[str, str], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(headers=headers) as http:
-        while True:
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not answer 200 within {timeout}s")
-            await asyncio.sleep(0.1)
-
-
-async def wait_alive(zk: ZooKeeper, ip: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await zk.exists(layout.alive_path(ip)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the stand-in agent on {ip} never announced itself")
-        await asyncio.sleep(0.05)
-
-
-async def deploy(zk: ZooKeeper) -> uuid.UUID:
-    definition = parse_definition(
+def definition() -> object:
+    return parse_definition(
         {
-            "image": "bismuth.local/python:3.11",
-            "cpu": 0.5,
-            "memory": 64 << 20,
-            "invoke_mode": {"Server": [["/usr/bin/python3", "-m", "http.server"], 8000]},
+            "image": IMAGE,
+            "cpu": 1.0,
+            "memory": 128 << 20,
             "max_instances": 1,
+            "invoke_mode": {"Server": [["/usr/bin/python3", "-c", RESPONDER], PORT]},
             "routes": [{"hostname": HOST}],
         }
     )
-    fid = await operations.create_function(zk, definition)
-    deadline = time.monotonic() + 30
-    while True:
-        view = await cluster.read_function(zk, fid)
-        statuses = await cluster.read_statuses(zk, view.backends)
-        if statuses and all(s == ContainerStatus.RUNNING for s in statuses.values()):
-            return view.backends[0].container_id
-        if time.monotonic() > deadline:
-            raise TimeoutError("the stand-in never marked the container Running")
-        await asyncio.sleep(0.05)
 
 
-# --- load generation ------------------------------------------------------------------
+def static_nginx(work: Path, name: str, port: int, upstream: str) -> list[str]:
+    """The command of a plain nginx proxying 127.0.0.1:<port> to ``upstream``."""
+    directory = work / name
+    directory.mkdir(mode=0o755)
+    conf = directory / "nginx.conf"
+    conf.write_text(STATIC_NGINX.format(dir=directory, port=port, upstream=upstream))
+    return ["/usr/sbin/nginx", "-e", "stderr", "-p", str(directory), "-c", str(conf)]
 
 
-Headers = dict[str, str]
-
-
-def measure(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
-    if shutil.which("wrk"):
-        return measure_wrk(url, headers, concurrency, seconds)
-    return measure_python(url, headers, concurrency, seconds)
-
-
-def measure_wrk(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
-    args = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
-    for name, value in headers.items():
-        args += ["-H", f"{name}: {value}"]
-    out = subprocess.run(
-        [*args, url], capture_output=True, text=True, check=True, timeout=seconds + 30
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sockets = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+def agent_toml(
+    work: Path, zookeeper: str, containerd: ContainerdServer, key_file: Path
+) -> AgentConfig:
+    config = AgentConfig(
+        zookeeper=zookeeper,
+        zookeeper_env=ENV,
+        bind=NODE,
+        port=free_port(),
+        containerd_address=containerd.address,
+        state_dir=str(work / "state"),
+        log_dir=str(work / "logs"),
+        cgroup_parent=f"{containerd.cgroup_parent}/benchfe",
+        network_pool=POOL,
+        cluster_key_file=str(key_file),
+        log_level="warning",
     )
-    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(map(int, sockets.groups())) if sockets else 0
+    write_config(config, work / "agent.toml")
+    return config
+
+
+def frontend_toml(
+    work: Path, zookeeper: str, agent_port: int, workers: int, key_file: Path
+) -> tuple[FrontendConfig, Path]:
+    temp = work / "fe-tmp"
+    temp.mkdir(mode=0o755)
+    config = FrontendConfig(
+        zookeeper=zookeeper,
+        zookeeper_env=ENV,
+        bind=f"127.0.0.1:{free_port()}",
+        admin_bind=f"127.0.0.1:{free_port()}",
+        agent_port=agent_port,
+        run_dir=str(work / "fe-run"),
+        temp_dir=str(temp),
+        workers=workers,
+        frontend_key_file=str(key_file),
+        log_level="warning",
     )
-    return Cell(rps, _wrk_percentile(out, "50%"), _wrk_percentile(out, "99%"), errors)
+    return config, write_config(config, work / "fe.toml")
 
 
-def _wrk_percentile(out: str, label: str) -> float:
-    match = re.search(rf"^\s+{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"no {label} latency in wrk output:\n{out}")
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-    return float(match.group(1)) * scale
+async def container_endpoint(zk: ZooKeeper, fid: uuid.UUID) -> layout.ServingEndpoint:
+    (backend,) = (await cluster.read_function(zk, fid)).backends
+    got = await zk.get_or_none(layout.status_path(backend.ip, backend.container_id))
+    endpoint = layout.decode_endpoint(got[0] if got else None)
+    if endpoint is None:
+        raise RuntimeError("the agent announced no endpoint for the container")
+    return endpoint
 
 
-def measure_python(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
-    """The fallback generator: this script again, in another process (its own event loop)."""
-    args = [sys.executable, __file__, "--load", url, "--concurrency", str(concurrency)]
-    args += ["--seconds", str(seconds), "--headers", json.dumps(headers)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 60)
-    return Cell(**json.loads(out.stdout))
+async def run_paths(args: argparse.Namespace, work: Path, zk: ZooKeeper, procs: list) -> None:
+    fid = await operations.create_function(zk, definition())
+    await wait_status(zk, fid)
+    endpoint = await container_endpoint(zk, fid)
+    hop1, hop2 = free_port(), free_port()
+    procs.append(spawn(static_nginx(work, "hop2", hop2, f"{endpoint.address}:{endpoint.port}")))
+    procs.append(spawn(static_nginx(work, "hop1", hop1, f"127.0.0.1:{hop2}")))
+    urls = {
+        "direct": (f"http://{endpoint.address}:{endpoint.port}/", {}),
+        "product": (f"http://127.0.0.1:{args.fe_port}/", {"Host": HOST}),
+        "two hops": (f"http://127.0.0.1:{hop1}/", {}),
+    }
+    for name, (url, headers) in urls.items():
+        await wait_for(url, headers, name)
+    print(
+        f"load generator: {generator()}; {args.seconds:g}s per cell; cores: {os.cpu_count()}; "
+        f"frontend nginx workers: {args.workers or os.cpu_count()}"
+    )
+    rows = []
+    for level in [int(c) for c in args.concurrency.split(",")]:
+        cells = {}
+        for name, (url, headers) in urls.items():
+            await asyncio.to_thread(measure, url, headers, level, 1)  # warm-up
+            cells[name] = await asyncio.to_thread(measure, url, headers, level, args.seconds)
+        rows.append(Row(level, cells["direct"], cells["product"], cells["two hops"]))
+    print(report(rows))
 
 
-async def python_load(url: str, headers: Headers, concurrency: int, seconds: float) -> Cell:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                try:
-                    async with http.get(url) as resp:
-                        await resp.read()
-                        errors += resp.status != 200
-                except aiohttp.ClientError:
-                    errors += 1
-                latencies.append(time.perf_counter() - started)
-
-        began = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - began
-    cuts = statistics.quantiles(latencies, n=100)
-    return Cell(len(latencies) / elapsed, cuts[49] * 1000, cuts[98] * 1000, errors)
-
-
-# --- the run --------------------------------------------------------------------------
-
-
-def table(rows: list[tuple[int, Cell, Cell]]) -> str:
-    lines = [
-        f"{'conc':>4} | {'direct req/s':>12} {'fe req/s':>10} {'ratio':>6} | "
-        f"{'p50 direct':>10} {'p50 fe':>8} {'ratio':>6} | "
-        f"{'p99 direct':>10} {'p99 fe':>8} {'ratio':>6} | errors d/fe",
-    ]
-    lines.append("-" * len(lines[0]))
-    for conc, direct, fe in rows:
+def report(rows: list[Row]) -> str:
+    head = f"{'c':>3} | {'path':<8} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | errors"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        for name, cell in (
+            ("direct", row.direct),
+            ("product", row.product),
+            ("two hops", row.hops),
+        ):
+            lines.append(
+                f"{row.concurrency:>3} | {name:<8} | {cell.requests_per_s:>8.0f} | "
+                f"{cell.p50_ms:>7.2f} | {cell.p99_ms:>7.2f} | {cell.errors}"
+            )
+    lines.append("")
+    for row in rows:
+        ratio = row.product.requests_per_s / row.hops.requests_per_s
+        added = row.product.p99_ms - row.direct.p99_ms
         lines.append(
-            f"{conc:>4} | {direct.requests_per_s:>12.0f} {fe.requests_per_s:>10.0f} "
-            f"{fe.requests_per_s / direct.requests_per_s:>6.2f} | "
-            f"{direct.p50_ms:>8.2f}ms {fe.p50_ms:>6.2f}ms {fe.p50_ms / direct.p50_ms:>6.2f} | "
-            f"{direct.p99_ms:>8.2f}ms {fe.p99_ms:>6.2f}ms {fe.p99_ms / direct.p99_ms:>6.2f} | "
-            f"{direct.errors}/{fe.errors}"
+            f"c={row.concurrency}: product / two hops = {ratio:.2f}x req/s (target >= 0.8 at "
+            f"c=16); p99 added over direct = {added:+.2f} ms (target <= 1 ms)"
         )
     return "\n".join(lines)
 
 
-async def bench(seconds: float, levels: list[int]) -> None:
-    server = ZooKeeperServer()
-    server.start()
-    keys = tempfile.mkdtemp(prefix="bismuth-bench-keys-")
-    procs: list[subprocess.Popen[bytes]] = []
-    zk = ZooKeeper(server.hosts, ENV, access=ACCESS)
+async def bench(args: argparse.Namespace, work: Path) -> None:
+    ensure_image()
+    zk_server = ZooKeeperServer()
+    zk_server.start()
+    ctrd_server = ContainerdServer()
+    ctrd_server.start()
+    procs: list = []
     try:
+        zk = ZooKeeper(zk_server.hosts, ENV, access=ACCESS)
         await zk.start()
         await operations.bootstrap(zk)
-        await operations.provision(zk, AGENT_IP)
-        agent_port, fe_port, admin_port = free_port(), free_port(), free_port()
-        cluster_key, fe_key = write_key_files(Path(keys))
-        agent_auth = {AGENT_HEADER: frontend_credentials(str(fe_key)).agent}
-        procs.append(
-            spawn(
-                [
-                    sys.executable,
-                    __file__,
-                    "--standin",
-                    server.hosts,
-                    "--agent-port",
-                    str(agent_port),
-                    "--cluster-key-file",
-                    str(cluster_key),
-                ]
-            )
-        )
-        await wait_alive(zk, AGENT_IP)
-        cid = await deploy(zk)
-        procs.append(
-            spawn(
-                [
-                    str(Path(sys.executable).parent / "bismuthfe"),
-                    "--zookeeper",
-                    server.hosts,
-                    "--zookeeper-env",
-                    ENV,
-                    "--bind",
-                    f"127.0.0.1:{fe_port}",
-                    "--admin-bind",
-                    f"127.0.0.1:{admin_port}",
-                    "--log-level",
-                    "warning",
-                ],
-                env={
-                    "BISMUTH_AGENT_PORT": str(agent_port),
-                    "BISMUTH_FRONTEND_KEY_FILE": str(fe_key),
-                },
-            )
-        )
-        direct = f"http://{AGENT_IP}:{agent_port}/invoke/{cid}/hello"
-        through = f"http://127.0.0.1:{fe_port}/hello"
-        await wait_for(direct, agent_auth, "stand-in agent")
-        await wait_for(through, {"Host": HOST}, "bismuthfe")
-        generator = "wrk (1 thread)" if shutil.which("wrk") else "aiohttp client subprocess"
-        print(f"load generator: {generator}; {seconds:g}s per cell; cores: {os.cpu_count()}")
-        rows = []
-        for conc in levels:
-            measure(direct, agent_auth, conc, 1)  # warm-up; as the frontend calls it
-            d = measure(direct, agent_auth, conc, seconds)
-            measure(through, {"Host": HOST}, conc, 1)
-            f = measure(through, {"Host": HOST}, conc, seconds)
-            rows.append((conc, d, f))
-        print(table(rows))
-        print("ratio = frontend / direct (req/s: below 1 is slower; latency: above 1 is slower)")
+        await operations.provision(zk, NODE)
+        async with ContainerdClient(ctrd_server.address, "bismuth") as ctrd:
+            await ctrd.ensure_namespace()
+            await import_oci_archive(ctrd, ARCHIVE)
+        cluster_key, frontend_key = write_key_files(work / "keys")
+        agent = agent_toml(work, zk_server.hosts, ctrd_server, cluster_key)
+        procs.append(spawn([str(BIN / "bismuthd"), "--config", str(work / "agent.toml")]))
+        config, fe = frontend_toml(work, zk_server.hosts, agent.port, args.workers, frontend_key)
+        args.fe_port = config.public_address()[1]
+        procs.append(spawn([str(BIN / "bismuthfe-nginx"), "--config", str(fe)]))
+        procs.append(spawn([str(BIN / "bismuthfe"), "--config", str(fe)]))
+        deadline = time.monotonic() + 60
+        while await zk.exists(layout.alive_path(NODE)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("agent not alive")
+            await asyncio.sleep(0.1)
+        await run_paths(args, work, zk, procs)
+        await zk.stop()
     finally:
         for proc in reversed(procs):
             stop(proc)
-        await zk.stop()
-        server.cleanup()
-        shutil.rmtree(keys, ignore_errors=True)
+        await asyncio.to_thread(ctrd_server.cleanup)
+        zk_server.cleanup()
+        await Firewall(network_settings(AgentConfig(bind=NODE, network_pool=POOL))).remove_all()
 
 
 def main() -> None:
     logging.getLogger("kazoo").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", "No chroot path exists")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--standin", metavar="ZOOKEEPER", help=argparse.SUPPRESS)
-    parser.add_argument("--agent-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cluster-key-file", help=argparse.SUPPRESS)
-    parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--headers", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="the frontend's nginx workers (0: one per core)"
+    )
     args = parser.parse_args()
-    if args.standin:
-        asyncio.run(
-            run_standin(args.standin, ENV, AGENT_IP, args.agent_port, args.cluster_key_file)
-        )
-    elif args.load:
-        headers = json.loads(args.headers)
-        cell = asyncio.run(python_load(args.load, headers, int(args.concurrency), args.seconds))
-        print(json.dumps(cell.__dict__))
-    else:
-        asyncio.run(bench(args.seconds, [int(c) for c in args.concurrency.split(",")]))
+    if not shutil.which("wrk"):
+        print("note: wrk is not installed (apt-get install wrk): the aiohttp fallback limits rates")
+    in_work_dir(lambda work: bench(args, work))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from agent_paths import ARCHIVE, IMAGE, ensure_image, wait_status  # noqa: E402
-from fe_overhead import spawn, stop  # noqa: E402
+from loadgen import spawn, stop  # noqa: E402
 
 from bismuth_agent.config import AgentConfig  # noqa: E402
 from bismuth_agent.containerd.client import ContainerdClient  # noqa: E402

@@ -25,7 +25,7 @@ from typing import Any
 from bismuth_core.definition import ServerMode
 from bismuth_core.errors import BismuthError, Unavailable
 from bismuth_core.eventloop import reraise_if_cancelling
-from bismuth_core.layout import ContainerStatus
+from bismuth_core.layout import ContainerStatus, ServingEndpoint
 
 from .config import AgentConfig
 from .http import AgentMetrics
@@ -66,7 +66,11 @@ class Supervised:
     desired: DesiredContainer
     made: Made | None = None
     status: ContainerStatus = ContainerStatus.STARTING
+    # Whether this process has decided a status yet: an adopted container keeps the one in
+    # ZooKeeper (Running, for frontends that connect to it directly) until it is checked.
+    decided: bool = False
     reported: ContainerStatus | None = None
+    reported_endpoint: ServingEndpoint | None = None
     busy: bool = False  # being made, restarted or removed right now
     exited_at: float | None = None
     failures: int = 0
@@ -76,6 +80,14 @@ class Supervised:
     def server(self) -> ServerMode | None:
         mode = self.desired.definition.invoke_mode
         return mode if isinstance(mode, ServerMode) else None
+
+    @property
+    def endpoint(self) -> ServingEndpoint | None:
+        """Where frontends connect to a Running Server-mode container."""
+        server = self.server
+        if self.status != ContainerStatus.RUNNING or self.made is None or server is None:
+            return None
+        return ServingEndpoint(str(self.made.allocation.container_address), server.port)
 
 
 class Invocation:
@@ -383,16 +395,20 @@ class Agent:
             self._exited(sup, event.exit_status)
 
     async def _set_status(self, sup: Supervised, status: ContainerStatus) -> None:
-        sup.status = status
+        sup.status, sup.decided = status, True
         await self._write_status(sup)
 
     async def _write_status(self, sup: Supervised) -> None:
-        wanted = sup.status
-        if sup.reported == wanted or sup.desired.container_id not in self.containers:
+        wanted, endpoint = sup.status, sup.endpoint
+        if (
+            not sup.decided
+            or (sup.reported, sup.reported_endpoint) == (wanted, endpoint)
+            or sup.desired.container_id not in self.containers
+        ):
             return
         try:
-            await self.presence.set_status(sup.desired.container_id, wanted)
-            sup.reported = wanted
+            await self.presence.set_status(sup.desired.container_id, wanted, endpoint)
+            sup.reported, sup.reported_endpoint = wanted, endpoint
         except Unavailable:
             pass  # written by a later pass
 

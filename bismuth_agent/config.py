@@ -77,8 +77,14 @@ class AgentConfig:
     repo_timeout: float = 120.0
     # Seconds a Server entrypoint may take to accept connections before Failed.
     start_timeout: float = 60.0
-    # Container subnets (a /30 each) come from this pool.
+    # Container subnets (a /30 each) come from this pool: the node's own, distinct from every
+    # other node's (the deploy assigns them), announced in ZooKeeper for frontends to route.
     network_pool: str = "10.253.0.0/16"
+    # Every node's pool lies in this fleet-wide network; containers never reach any of it.
+    container_network: str = ""
+    # Addresses (or networks) of the fleet's frontends: only they, and this host, reach a
+    # container's serving port.
+    frontends: tuple[str, ...] = ()
     # Registries (host[:port]) pulled from over plain HTTP: a fleet's own registry.
     plain_http_registries: tuple[str, ...] = ()
     # Outbound internet access from containers through NAT.

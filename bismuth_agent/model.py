@@ -17,7 +17,7 @@ from typing import Protocol
 from bismuth_agent.network import Allocation
 from bismuth_core.definition import FunctionDefinition
 from bismuth_core.errors import BismuthError
-from bismuth_core.layout import ContainerStatus
+from bismuth_core.layout import ContainerStatus, ServingEndpoint
 
 from .plan import TaskState
 from .spec import IdMapping
@@ -154,6 +154,9 @@ class Presence(Protocol):
 
     async def desired(self) -> dict[uuid.UUID, DesiredContainer]: ...
 
-    async def set_status(self, cid: uuid.UUID, status: ContainerStatus) -> None: ...
+    async def set_status(
+        self, cid: uuid.UUID, status: ContainerStatus, endpoint: ServingEndpoint | None = None
+    ) -> None:
+        """Report a container's status (and, Running in Server mode, where it serves)."""
 
     async def announce(self, containers: int | None = None) -> None: ...

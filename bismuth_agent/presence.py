@@ -21,7 +21,7 @@ from bismuth_core import jsondoc, layout
 from bismuth_core.cluster import STORED_LIMITS
 from bismuth_core.definition import FunctionDefinition, parse_definition
 from bismuth_core.errors import BismuthError, Unavailable
-from bismuth_core.layout import ContainerRecord, ContainerStatus, NodeAlive
+from bismuth_core.layout import ContainerRecord, ContainerStatus, NodeAlive, ServingEndpoint
 from bismuth_core.zk import NodeExistsError, NoNodeError, ZooKeeper
 
 from .model import DesiredContainer
@@ -118,10 +118,13 @@ class NodePresence:
         got = await self.zk.get_or_none(layout.status_path(self.ip, cid))
         return layout.decode_status(got[0]) if got else None
 
-    async def set_status(self, cid: uuid.UUID, status: ContainerStatus) -> None:
-        """Write a container's status; nothing if its container znode is gone."""
+    async def set_status(
+        self, cid: uuid.UUID, status: ContainerStatus, endpoint: ServingEndpoint | None = None
+    ) -> None:
+        """Write a container's status (and where it serves, once Running); nothing if its
+        container znode is gone."""
         path = layout.status_path(self.ip, cid)
-        data = layout.encode_status(status)
+        data = layout.encode_status(status, endpoint)
         try:
             await self.zk.set(path, data)
         except NoNodeError:

@@ -33,6 +33,7 @@ from bismuth_agent.containerd.remap import remapped_snapshot, with_metacopy
 from bismuth_agent.containerd.types import Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
 from bismuth_core.config import ConfigError
+from bismuth_core.definition import ServerMode
 from bismuth_core.errors import BismuthError, Conflict
 from bismuth_core.eventloop import reraise_if_cancelling
 from bismuth_core.secrets import SecretBox, load_cluster_key
@@ -269,7 +270,7 @@ class ContainerRuntime:
         )
         stamp(cid, TASK)
         allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
-        await self.firewall.attach(allocation)
+        await self.firewall.attach(allocation, serving_port(desired))
         files.write_etc_files(directory, cid, str(allocation.container_address), dns)
         stamp(cid, NETWORK)
         await self.providers.start(self._launch(desired, allocation, token))
@@ -360,7 +361,7 @@ class ContainerRuntime:
         pid = (await self.ctrd.tasks.get(str(cid))).pid
         ids = self._adopted_ids(cid, pid)
         allocation = await self.network.adopt(str(cid), f"/proc/{pid}/ns/net")
-        await self.firewall.attach(allocation)
+        await self.firewall.attach(allocation, serving_port(desired))
         token = self._token(self.dir(cid))
         await self.providers.adopt(self._launch(desired, allocation, token))
         return Made(cid, pid, allocation, token, ids)
@@ -476,3 +477,9 @@ def _event(raw: object) -> Event | None:
         cid = _uuid(raw.container_id)
         return Exited(cid, raw.pid, raw.exit_status) if cid else None
     return None
+
+
+def serving_port(desired: DesiredContainer) -> int | None:
+    """The port frontends connect to straight: a Server-mode container's; None otherwise."""
+    mode = desired.definition.invoke_mode
+    return mode.port if isinstance(mode, ServerMode) else None

@@ -38,6 +38,8 @@ def network_settings(config: AgentConfig) -> NetworkSettings:
         interface_group=INTERFACE_GROUP_BASE + int(IPv4Address(config.node_ip)) % 0x100000,
         firewall_id="n" + config.node_ip.replace(".", "_"),
         masquerade=config.outbound_nat,
+        blocked_networks=(config.container_network,) if config.container_network else (),
+        frontends=config.frontends,
         download_rate=config.rate_limit_kbit * 1000,
         upload_rate=config.rate_limit_kbit * 1000,
         state_file=f"{config.state_dir}/network/allocations.json",
@@ -84,6 +86,7 @@ class AgentService:
             config.advertised_memory,
             __version__,
             container_overhead=config.provider_memory,
+            pool=settings.pool,
         )
         presence = NodePresence(self.zk, config.node_ip, alive, wake.set)
         metrics = AgentMetrics.create()

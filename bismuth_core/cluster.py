@@ -73,6 +73,7 @@ class NodeView:
             "reserved_cpu": round(cap.reserved_cpu, 6),
             "reserved_memory": cap.reserved_memory,
             "containers": self.reserved.containers,
+            "pool": (self.alive.pool or None) if self.alive else None,
         }
 
 

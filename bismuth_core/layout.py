@@ -7,10 +7,10 @@ Every path below is relative to the environment's chroot ``/<env>`` (see :func:`
     /function/<fid>                       JSON function definition
     /function/<fid>/backends              4 bytes IPv4 + 16 bytes container UUID, per backend
     /node/<ip>                            1 byte: 1 enabled for scheduling, 0 disabled/draining
-    /node/<ip>/alive                      ephemeral, JSON capacity/version of the live agent
+    /node/<ip>/alive                      ephemeral, JSON capacity/version/pool of the live agent
     /node/<ip>/container                  JSON reservation: cpu, memory, count of its containers
     /node/<ip>/container/<cid>            16 bytes function UUID, then JSON reservation metadata
-    /node/<ip>/container/<cid>/status     1 byte container status (written by the agent)
+    /node/<ip>/container/<cid>/status     1 byte container status, then JSON: where it serves
     /route/<hostname>                     16 bytes function UUID
     /rollout/<fid>                        packed backends retiring once the others run
     /secret/<fid>                         no data; its children are the function's secrets
@@ -33,6 +33,13 @@ leader removes them in one multi-op. Its children list is the leader's to-do lis
 multi-op that adds or removes containers on a node rewrites it with a version check, so
 schedulers read a node's free capacity in one get, and two of them can never both fill
 the same free capacity.
+
+A ``status`` znode is written by the agent: its first byte is the status; a ``Running``
+Server-mode container's status is followed by JSON ``{"address": "<ipv4>", "port": <port>}``,
+the address and port frontends connect to directly. Without it (Executable mode, or an agent
+older than direct serving) frontends send requests through the node's agent. ``alive``
+carries, besides capacity and version, ``pool``: the node's container network (each
+container's /30 comes from it), which frontends route to through the node's address.
 
 ``/secret`` is a root of its own rather than a child of ``/function/<fid>``: every frontend
 caches the whole ``/function`` subtree, and secrets are none of its business. A value is
@@ -239,8 +246,10 @@ class ContainerStatus(IntEnum):
         return self.name.capitalize()
 
 
-def encode_status(status: ContainerStatus) -> bytes:
-    return bytes([int(status)])
+def encode_status(status: ContainerStatus, endpoint: ServingEndpoint | None = None) -> bytes:
+    """The status byte, followed by the serving endpoint's JSON when there is one."""
+    head = bytes([int(status)])
+    return head if endpoint is None else head + endpoint.encode()
 
 
 def decode_status(data: bytes | None) -> ContainerStatus:
@@ -251,6 +260,28 @@ def decode_status(data: bytes | None) -> ContainerStatus:
         return ContainerStatus(data[0])
     except ValueError:
         return ContainerStatus.INVALID
+
+
+@dataclass(frozen=True)
+class ServingEndpoint:
+    """Where a Server-mode container takes requests straight from a frontend."""
+
+    address: str  # the container's IPv4 address
+    port: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"address": self.address, "port": self.port}).encode()
+
+
+def decode_endpoint(data: bytes | None) -> ServingEndpoint | None:
+    """The endpoint after a status byte; None when absent or malformed (never raises)."""
+    if not data or len(data) < 2:
+        return None
+    raw = _json_object(data[1:])
+    address, port = parse_ipv4(str(raw.get("address", ""))), raw.get("port")
+    if address is None or not isinstance(port, int) or isinstance(port, bool):
+        return None
+    return ServingEndpoint(address, port) if 1 <= port <= 65535 else None
 
 
 # --- backends -----------------------------------------------------------------------
@@ -306,6 +337,7 @@ class NodeAlive:
     containers: int = 0
     # Memory each container costs the node beyond its own limit (its provider's cgroup).
     container_overhead: int = 0
+    pool: str = ""  # the node's container network (CIDR); "" from agents that predate it
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -315,12 +347,14 @@ class NodeAlive:
                 "version": self.version,
                 "containers": self.containers,
                 "container_overhead": self.container_overhead,
+                "pool": self.pool,
             }
         ).encode()
 
     @classmethod
     def decode(cls, data: bytes | None) -> NodeAlive:
-        """Missing fields read as zero capacity, so a malformed znode schedules nothing."""
+        """Missing fields read as zero capacity, so a malformed znode schedules nothing; a
+        pool that is not an IPv4 network reads as none."""
         raw = _json_object(data)
         return cls(
             cpus=float(_number(raw.get("cpus"))),
@@ -328,7 +362,16 @@ class NodeAlive:
             version=str(raw.get("version", "")),
             containers=int(_number(raw.get("containers"))),
             container_overhead=int(_number(raw.get("container_overhead"))),
+            pool=_network(raw.get("pool")),
         )
+
+
+def _network(value: object) -> str:
+    """A canonical IPv4 network, or "" for anything else."""
+    try:
+        return str(ipaddress.IPv4Network(str(value))) if isinstance(value, str) else ""
+    except ValueError:
+        return ""
 
 
 def _json_object(data: bytes | None) -> dict[str, object]:

@@ -213,7 +213,8 @@ async def nodes(zk: ZooKeeper, _args: argparse.Namespace) -> Outcome:
     views = sorted((await cluster.read_nodes(zk)).values(), key=_ip_order)
     rows = [_node_row(v) for v in views]
     table = render_table(
-        ["ip", "enabled", "alive", "version", "cpus", "memory", "reserved", "containers"], rows
+        ["ip", "enabled", "alive", "version", "cpus", "memory", "reserved", "containers", "pool"],
+        rows,
     )
     text = table if views else "no nodes provisioned"
     return Outcome({"nodes": [v.to_json() for v in views]}, text)
@@ -235,6 +236,7 @@ def _node_row(view: NodeView) -> list[object]:
         format_bytes(cap.memory) if view.alive else None,
         reserved,
         len(view.containers),
+        (view.alive.pool or None) if view.alive else None,
     ]
 
 

@@ -17,17 +17,17 @@ import contextlib
 import functools
 import logging
 import uuid
+from dataclasses import dataclass, field
 
 from kazoo.client import KazooState
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from bismuth_core import layout
 from bismuth_core.errors import Unavailable
-from bismuth_core.layout import Backend, ContainerStatus
+from bismuth_core.layout import Backend, ContainerStatus, ServingEndpoint
 from bismuth_core.zk import ZooKeeper
 
 from .routing import ClusterSnapshot, RoutingTable, build_table
-from .timeline import RouteTimes
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,25 @@ class RouteCache:
     def __init__(self, zk: ZooKeeper) -> None:
         self._zk = zk
         self._table = RoutingTable()
-        self.routed = RouteTimes()  # when backends became routable (cold-start timelines)
         self._trees: dict[str, TreeCache] = {}
         self._synced: set[str] = set()
         self._dirty = asyncio.Event()
         self._initial_sync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._subscribers: list[asyncio.Event] = []
+        self.reloads = 0  # times ZooKeeper's state was loaded afresh (start, new sessions)
 
     @property
     def table(self) -> RoutingTable:
         return self._table
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set whenever the table is replaced by a different one (clear it to wait
+        for the next change)."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
 
     async def start(self, timeout: float = INITIAL_SYNC_TIMEOUT) -> None:
         """Start following ZooKeeper; return once the first complete table is built."""
@@ -92,6 +100,7 @@ class RouteCache:
     def _on_tree_event(self, root: str, kind: int) -> None:
         if kind == TreeEvent.INITIALIZED:
             self._synced.add(root)
+            self.reloads += 1
             if self._initial_sync.is_set():
                 log.info("ZooKeeper subtree %s reloaded after the session was lost", root)
             elif self._synced >= set(layout.ROUTING_ROOTS):
@@ -138,14 +147,23 @@ class RouteCache:
                 len(table.routes),
                 table.serving_backends,
             )
-            self.routed.observe(table)
-        self._table = table
+            self._table = table
+            for event in self._subscribers:
+                event.set()
 
     # --- reading the caches ------------------------------------------------------------
 
     def _snapshot(self) -> ClusterSnapshot:
-        statuses, live = self._nodes()
-        return ClusterSnapshot(self._routes(), self._backends(), statuses, live)
+        nodes = self._nodes()
+        return ClusterSnapshot(
+            self._routes(),
+            self._backends(),
+            nodes.statuses,
+            frozenset(nodes.pools),
+            nodes.endpoints,
+            frozenset(nodes.names),
+            {ip: pool for ip, pool in nodes.pools.items() if pool},
+        )
 
     def _data(self, root: str, path: str) -> bytes | None:
         node = self._trees[root].get_data(path)
@@ -177,20 +195,35 @@ class RouteCache:
                 log.warning("ignoring malformed backends: %s", exc, extra={"function_id": fid})
         return backends
 
-    def _nodes(self) -> tuple[dict[Backend, ContainerStatus], frozenset[str]]:
-        statuses: dict[Backend, ContainerStatus] = {}
-        live = set()
+    def _nodes(self) -> NodesView:
+        view = NodesView()
         for name in self._children(layout.NODES, layout.NODES):
             ip = layout.parse_ipv4(name)
             if ip is None:
                 continue
-            if self._trees[layout.NODES].get_data(layout.alive_path(ip)) is not None:
-                live.add(ip)
+            view.names.add(ip)
+            alive = self._trees[layout.NODES].get_data(layout.alive_path(ip))
+            if alive is not None:
+                view.pools[ip] = layout.NodeAlive.decode(alive.data).pool
             for child in self._children(layout.NODES, layout.containers_path(ip)):
                 cid = layout.parse_uuid(child)
                 if cid is None:
                     continue
                 raw = self._data(layout.NODES, layout.status_path(ip, cid))
                 if raw is not None:
-                    statuses[Backend(ip, cid)] = layout.decode_status(raw)
-        return statuses, frozenset(live)
+                    backend = Backend(ip, cid)
+                    view.statuses[backend] = layout.decode_status(raw)
+                    endpoint = layout.decode_endpoint(raw)
+                    if endpoint is not None:
+                        view.endpoints[backend] = endpoint
+        return view
+
+
+@dataclass
+class NodesView:
+    """What ``/node`` says: provisioned nodes, live ones' pools, containers' statuses."""
+
+    names: set[str] = field(default_factory=set)
+    pools: dict[str, str] = field(default_factory=dict)  # live node -> pool ("" if none)
+    statuses: dict[Backend, ContainerStatus] = field(default_factory=dict)
+    endpoints: dict[Backend, ServingEndpoint] = field(default_factory=dict)

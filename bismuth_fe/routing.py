@@ -1,13 +1,15 @@
 """The routing table: for each hostname, the function and the backends that may take traffic.
 
 Pure and immutable. :func:`build_table` turns a :class:`ClusterSnapshot` (routes, packed
-backends, container status, live nodes, as read from ZooKeeper by :mod:`.cache`) into a
-:class:`RoutingTable`; requests only ever read a table, and a change in ZooKeeper replaces
-the whole table at once.
+backends, container status and serving endpoints, live nodes and their container pools, as
+read from ZooKeeper by :mod:`.cache`) into a :class:`RoutingTable`; the controller pushes it
+into nginx, and a change in ZooKeeper replaces the whole table at once.
 
 Eligibility: a backend takes traffic only if its container's status is ``Running``. Among
 those, backends on nodes whose agent is alive are preferred; if none of them is on a live
-node, all ``Running`` ones are used (a connect failure then moves on to the next one).
+node, all ``Running`` ones are used (agents restart without their containers stopping, and a
+connect failure moves on to the next one). A backend whose status carries an endpoint is
+connected to straight; the others through their node's agent.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bismuth_core.errors import NotFound, Unavailable
-from bismuth_core.layout import Backend, ContainerStatus
+from bismuth_core.layout import Backend, ContainerStatus, ServingEndpoint
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class ClusterSnapshot:
     backends: Mapping[uuid.UUID, tuple[Backend, ...]] = field(default_factory=dict)
     statuses: Mapping[Backend, ContainerStatus] = field(default_factory=dict)
     live_nodes: frozenset[str] = frozenset()
+    endpoints: Mapping[Backend, ServingEndpoint] = field(default_factory=dict)
+    nodes: frozenset[str] = frozenset()  # provisioned nodes, alive or not
+    pools: Mapping[str, str] = field(default_factory=dict)  # live node -> its container pool
 
 
 @dataclass(frozen=True)
@@ -36,22 +40,14 @@ class Route:
 
     function_id: uuid.UUID
     backends: tuple[Backend, ...]
+    endpoints: Mapping[Backend, ServingEndpoint] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RoutingTable:
     routes: Mapping[str, Route] = field(default_factory=dict)
-
-    def lookup(self, host: str) -> Route:
-        """The route for ``host``; :class:`NotFound` or :class:`Unavailable` if none serves."""
-        route = self.routes.get(host)
-        if route is None:
-            raise NotFound(f"no function is routed for host {host!r}")
-        if not route.backends:
-            raise Unavailable(
-                f"function {route.function_id} (host {host!r}) has no running container"
-            )
-        return route
+    nodes: frozenset[str] = frozenset()
+    pools: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def serving_backends(self) -> int:
@@ -74,29 +70,13 @@ def eligible_backends(
 
 def build_table(snapshot: ClusterSnapshot) -> RoutingTable:
     """The routing table for ``snapshot``; a route to an unknown function has no backends."""
+    routes = {}
     eligible = {
         fid: eligible_backends(backends, snapshot.statuses, snapshot.live_nodes)
         for fid, backends in snapshot.backends.items()
     }
-    return RoutingTable(
-        {host: Route(fid, eligible.get(fid, ())) for host, fid in snapshot.routes.items()}
-    )
-
-
-def normalize_host(value: str | None) -> str | None:
-    """The hostname of a ``Host`` header: port stripped, lowercase, no trailing dot.
-
-    ``None`` when there is no usable host (missing or empty header).
-    """
-    if value is None:
-        return None
-    host = value.strip()
-    if host.startswith("["):  # IPv6 literal, [addr]:port
-        end = host.find("]")
-        host = host[1:end] if end > 0 else host
-    else:
-        name, sep, port = host.rpartition(":")
-        if sep and (port == "" or port.isdigit()):
-            host = name
-    host = host.lower().removesuffix(".")
-    return host or None
+    for host, fid in snapshot.routes.items():
+        backends = eligible.get(fid, ())
+        endpoints = {b: snapshot.endpoints[b] for b in backends if b in snapshot.endpoints}
+        routes[host] = Route(fid, backends, endpoints)
+    return RoutingTable(routes, snapshot.nodes, dict(snapshot.pools))

@@ -1,6 +1,7 @@
 """When each backend became routable at this frontend: the ``routed`` stage of a cold start.
 
-A backend is routed once the table requests are served from holds it (see
+A backend is routed once nginx's route table holds it (the controller stamps it when its
+update went through) (see
 :mod:`bismuth_agent.timeline` for the stages before). The times of the last :data:`KEPT`
 backends are kept in memory and served on the admin address at ``GET /timeline``, as
 ``{"<container id>": {"routed": <wall-clock seconds>}}``.

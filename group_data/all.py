@@ -56,8 +56,21 @@ zookeeper_classpath = ":".join(
 
 # --- Bismuth daemons ---------------------------------------------------------------------
 api_bind = "127.0.0.1:8002"  # bismuth-api: control-plane HTTP API
-fe_bind = "127.0.0.1:8000"  # bismuthfe: function traffic, routed by Host header
-fe_admin_bind = "127.0.0.1:8003"  # bismuthfe: /healthz and /metrics
+fe_bind = "127.0.0.1:8000"  # the frontend's nginx: function traffic, routed by Host header
+fe_admin_bind = "127.0.0.1:8003"  # bismuthfe (nginx's controller): /healthz and /metrics
+# The frontend: nginx serves fe_bind, bismuthfe fills its route table through a socket in
+# <run_dir>/fe (0700). Proxies in front of it whose X-Forwarded-For/-Proto are kept (CIDRs;
+# any other peer's claims are replaced by its address), nginx's worker processes (0 = one
+# per core), the largest request body, request line or header, and how long a client may
+# take (seconds) before it is cut off.
+fe_trusted_proxies: list[str] = []
+fe_workers = 0
+fe_max_body_size = 10485760
+fe_max_header_size = 8192
+fe_client_timeout = 30.0
+# Routes from frontends to each node's container pool, kept by bismuthfe from what the
+# agents announce: None = on frontends of a fleet with role groups, off on single nodes.
+fe_node_routes: bool | None = None
 agent_port = 8001  # bismuthd's port on every node's IP
 node_loss_grace = 10.0  # seconds a node may be gone before its containers are replaced
 log_level = "info"  # debug, info, warning or error
@@ -101,7 +114,13 @@ upgrade_gate_wait = 120
 agent_state_dir = ""  # "" = <var_dir>/agent: network allocations, per-container files
 container_log_dir = ""  # "" = <log_dir>/containers: each container's stdout and stderr
 agent_cgroup_parent = ""  # "" = /bismuth-<node_ip>; two agents on one machine never share one
-network_pool = "10.253.0.0/16"  # every container gets a /30 of it
+# Each node's containers get /30s of the node's own pool; every pool lies in
+# container_network, which no container reaches. network_pool "" = the container_pool_prefix
+# slice of container_network numbered by node_ip (tasks/pools.py); the deploy refuses two
+# nodes sharing a pool. Frontends connect to containers' addresses straight.
+container_network = "10.160.0.0/11"
+container_pool_prefix = 20  # a /20 per node: 1024 containers; 512 nodes in a /11
+network_pool = ""
 plain_http_registries: list[str] = []  # registries (host[:port]) pulled from over plain HTTP
 outbound_nat = False  # containers reach the internet through NAT
 rate_limit_kbit = 0  # per-container rate limit in kbit/s each way (0 = none)
@@ -166,7 +185,7 @@ sample_hostname = "hello.bismuth.local"
 etc_dir = "/etc/bismuth"  # configuration: daemon TOML files, containerd.toml, zookeeper/, ...
 var_dir = "/var/lib/bismuth"  # state: ZooKeeper's data, the agent's state, the base image
 log_dir = "/var/log/bismuth"  # one log file per daemon, containers/ for functions' output
-run_dir = "/run/bismuth"  # supervisord's socket and pidfile
+run_dir = "/run/bismuth"  # supervisord's socket and pidfile; fe/: nginx's control socket
 
 # --- host firewall -----------------------------------------------------------------------
 # An nftables table of the deploy's own on every host: the ports of ZooKeeper, the agent, the
@@ -196,6 +215,12 @@ agent_packages = [
     "tini",  # tini-static: each container's PID 1 (signals, orphans)
 ]
 zookeeper_packages = ["zookeeper"]
+frontend_packages = [
+    "nginx",  # the frontend's data plane
+    "libnginx-mod-http-lua",  # its route table and balancer, in Lua
+    "lua-resty-core",
+    "lua-cjson",
+]
 build_packages = [
     "gcc",
     "golang-github-containerd-containerd-dev",  # containerd's API protos: stubs are generated

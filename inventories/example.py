@@ -16,8 +16,9 @@ Groups (a host may be in several: list it in each with the same data):
     The nodes that run containers: containerd, the agent and the base image. Each is
     provisioned as a node under its ``node_ip``. Add a host here and deploy to grow the fleet.
 ``frontends``
-    ``bismuthfe`` on ``fe_bind`` (``0.0.0.0:8000``, ``group_data/frontends.py``): put your
-    load balancer or DNS in front of these.
+    nginx on ``fe_bind`` (``0.0.0.0:8000``, ``group_data/frontends.py``) and ``bismuthfe``,
+    which keeps its routes: put your load balancer or DNS in front of these. Only they
+    reach containers' serving ports; each routes to every node's container pool.
 ``api``
     ``bismuth-api`` on ``api_bind`` (``127.0.0.1:8002``: it has no authentication of its
     own; reach it through ssh, or put an authenticating proxy in front). The sample
@@ -25,7 +26,9 @@ Groups (a host may be in several: list it in each with the same data):
 
 Host data: ``ssh_hostname`` (how this machine reaches the host), ``node_ip`` (the address
 the other hosts reach it at: ZooKeeper binds it, agents serve on it, it names the node in
-ZooKeeper; required, and stable for the life of the node) and pyinfra's ``ssh_*`` settings.
+ZooKeeper; required, and stable for the life of the node), optionally ``network_pool`` (the
+node's container pool; by default derived from ``node_ip``, see ``tasks/pools.py``) and
+pyinfra's ``ssh_*`` settings.
 Any setting of ``group_data/all.py`` can be given per host here, or per group in
 ``group_data/<group>.py``.
 

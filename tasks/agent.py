@@ -6,7 +6,9 @@ and the node is provisioned (deploy.py orders the tasks so); it restarts when it
 the cluster key it reads or its version link changed. Only its own process is signalled on a
 stop or restart: the per-container providers it started keep running, and the next agent
 adopts them. The deploy then waits, with a deadline, until ZooKeeper lists the node's agent
-as alive, so that functions can be placed on it.
+as alive, so that functions can be placed on it. Its container pool is its own slice of the
+fleet's (``tasks/pools.py``), and its firewall lets only the fleet's frontends reach
+containers' serving ports.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Users
@@ -24,8 +26,9 @@ from tasks.cluster import bismuthctl
 from tasks.cluster_key import cluster_key_file
 from tasks.facts import AliveNodes
 from tasks.local import streamed_shell
+from tasks.pools import node_pool
 from tasks.rendering import template_file
-from tasks.roles import AGENTS, has_role
+from tasks.roles import AGENTS, FRONTENDS, has_role, single_node
 from tasks.services import Program, program, program_log
 from tasks.toolkit import daemon_bin, provider_command, switch_daemon, tool_bin
 from tasks.waiting import wait_until
@@ -89,7 +92,9 @@ def agent_config(path: str) -> OperationMeta:
         state_dir=state_dir(),
         log_dir=container_log_dir(),
         cgroup_parent=host.data.agent_cgroup_parent,
-        network_pool=host.data.network_pool,
+        network_pool=node_pool(),
+        container_network=host.data.container_network,
+        frontends=frontend_addresses(),
         plain_http_registries=host.data.plain_http_registries,
         outbound_nat=host.data.outbound_nat,
         rate_limit_kbit=host.data.rate_limit_kbit,
@@ -104,6 +109,14 @@ def agent_config(path: str) -> OperationMeta:
         provider_memory=host.data.provider_memory,
         provider_pids=host.data.provider_pids,
     )
+
+
+def frontend_addresses() -> list[str]:
+    """The node addresses of the fleet's frontends (none on a single node: the host itself
+    always reaches its containers)."""
+    if single_node():
+        return []
+    return [str(m.data.node_ip) for m in inventory.get_group(FRONTENDS, default=[])]
 
 
 def node_alive() -> bool:

@@ -1,11 +1,12 @@
 """The ground every component stands on: Debian packages, kernel settings, directories.
 
 Packages: ``debian_packages`` on every host, plus ``agent_packages`` on ``agents``,
-``zookeeper_packages`` on ``zookeeper`` and, for checkout installs (which build the toolkit
-and the base image on the host), ``build_packages``. Agent hosts get the kernel modules and
-sysctls of ``agent_kernel_modules`` and ``agent_sysctls``, loaded and set now;
-``modules_conf`` and ``sysctl_conf`` name files that make them last across reboots (none by
-default: the kernel loads modules on use). Forwarding is the agent's: it turns it on with a
+``zookeeper_packages`` on ``zookeeper``, ``frontend_packages`` on ``frontends`` and, for
+checkout installs (which build the toolkit and the base image on the host),
+``build_packages``. Agent hosts get the kernel modules and sysctls of
+``agent_kernel_modules`` and ``agent_sysctls``, loaded and set now; ``modules_conf`` and
+``sysctl_conf`` name files that make them last across reboots (none by default: the kernel
+loads modules on use). Forwarding is the agent's: it turns it on with a
 firewall rule that forwards container traffic only.
 """
 
@@ -19,7 +20,7 @@ from pyinfra.operations import apt, files, server
 
 from tasks.facts import MissingKernelModules
 from tasks.rendering import template_file
-from tasks.roles import AGENTS, ZOOKEEPER, has_role
+from tasks.roles import AGENTS, FRONTENDS, ZOOKEEPER, has_role
 from tasks.toolkit import wheel_install
 
 
@@ -29,6 +30,8 @@ def packages() -> list[str]:
         wanted += host.data.agent_packages
     if has_role(ZOOKEEPER):
         wanted += host.data.zookeeper_packages
+    if has_role(FRONTENDS):
+        wanted += host.data.frontend_packages
     if not wheel_install():
         wanted += host.data.build_packages
     return list(dict.fromkeys(wanted))

@@ -13,11 +13,11 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, server
 
 from tasks.rendering import template_file
 from tasks.roles import AGENTS, has_role
-from tasks.services import Program, program, program_log, uses_systemd
+from tasks.services import Program, program, program_log, stop_debian_service
 from tasks.waiting import wait_until
 
 DISABLED_PLUGINS = (
@@ -57,13 +57,7 @@ def containerd() -> None:
         address=host.data.containerd_address,
         disabled_plugins=DISABLED_PLUGINS,
     )
-    if uses_systemd():
-        systemd.service(
-            name="Stop and disable Debian's containerd.service",
-            service="containerd.service",
-            running=False,
-            enabled=False,
-        )
+    stop_debian_service("containerd.service")
     spec = Program(
         name="bismuth-containerd",
         description="containerd for the Bismuth toolkit",

@@ -38,7 +38,8 @@ class Program:
     command: tuple[str, ...]
     directory: str = "/"
     environment: dict[str, str] = field(default_factory=dict)
-    stop_seconds: int = 10  # SIGTERM, then SIGKILL after this long
+    stop_seconds: int = 10  # stop_signal, then SIGKILL after this long
+    stop_signal: str = "TERM"  # what asks it to stop (nginx: QUIT, to finish its requests)
     start_seconds: int = 2  # must stay up this long to count as started
     # supervisord starts lower numbers first and stops higher numbers first, waiting for each
     # to stop: what others depend on (ZooKeeper) gets a low one.
@@ -234,3 +235,15 @@ def _systemd_unit(spec: Program, configs: Sequence[OperationMeta]) -> Started:
         _if=lambda: unit.did_change() or _any_changed(configs),
     )
     return restart.did_change
+
+
+def stop_debian_service(service: str) -> None:
+    """Where systemd is PID 1, stop and disable a unit Debian's package started that a
+    program of the toolkit replaces (same socket, port or state)."""
+    if uses_systemd():
+        systemd.service(
+            name=f"Stop and disable Debian's {service}",
+            service=service,
+            running=False,
+            enabled=False,
+        )

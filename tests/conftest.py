@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.support.agenthost",
     "tests.support.s3server",
     "tests.support.gitserver",
+    "tests.support.frontend",
 ]
 
 _SUBNETS = itertools.count(1)

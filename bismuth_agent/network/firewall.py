@@ -76,10 +76,10 @@ class Firewall:
         log.info("firewall table inet %s installed", self.table)
         return changes
 
-    async def attach(self, allocation: Allocation) -> None:
+    async def attach(self, allocation: Allocation, serving_port: int | None = None) -> None:
         """Add the container's elements; adding present ones is a no-op."""
         async with self._lock:
-            await self._nft(["-f", "-"], attach_script(self.table, allocation))
+            await self._nft(["-f", "-"], attach_script(self.table, allocation, serving_port))
 
     async def detach(self, ifname: str) -> None:
         """Delete every element of ``ifname``; nothing to delete is success."""

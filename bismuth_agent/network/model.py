@@ -137,8 +137,9 @@ class ContainerFirewall(Protocol):
     async def install(self, host: HostView = NO_HOST_VIEW) -> list[SysctlChange]:
         """Create or refresh the table, keeping container elements; forward on uplinks."""
 
-    async def attach(self, allocation: Allocation) -> None:
-        """Let this container reach its provider (and the outside world); idempotent."""
+    async def attach(self, allocation: Allocation, serving_port: int | None = None) -> None:
+        """Let this container reach its provider (and the outside world), and the fleet's
+        frontends reach its ``serving_port``; idempotent."""
 
     async def detach(self, ifname: str) -> None:
         """Remove every element of that host interface; idempotent."""

@@ -1,8 +1,9 @@
 """The nftables scripts of the container firewall, as text (pure functions, no I/O).
 
 Everything lives in the toolkit's own table ``inet bismuth_<id>``. Base chains only ever act
-on packets that enter or leave through an interface of the container interface group, so the
-host's own traffic flows exactly as before; deleting the table removes the firewall.
+on packets that enter or leave through an interface of the container interface group, or
+that are addressed to the node's container pool, so the host's own traffic flows exactly as
+before; deleting the table removes the firewall.
 
 Policy for a container whose host end is ``bthX`` holding ``.1`` (its subnet's ``.2`` inside):
 
@@ -15,7 +16,13 @@ Policy for a container whose host end is ``bthX`` holding ``.1`` (its subnet's `
 - forwarded (the outside world): allowed, except to private, shared, link-local, loopback,
   multicast and reserved ranges, the pool, the host's own networks and any extra networks,
   and never to another container; optional masquerade behind the outgoing address;
-- into a container (forward): only replies;
+- into a container (forward): replies, and TCP to its serving port (Server mode) from the
+  fleet's frontends (the ``frontends`` networks); the host itself (a frontend on the node)
+  reaches it anyway, as its own traffic is not filtered. The container answers those
+  connections (their reply direction), and nothing else of theirs reaches private ranges;
+- to the pool, through any interface but a container's (a container that is gone, so its
+  /30 has no route any more): rejected at once, from this host and forwarded alike, so it
+  never leaves by the default route and the sender learns at once;
 - any packet whose source is not the container's own ``.2``, and all IPv6, is dropped.
 
 One exception to "container interfaces only": where the host did not forward, the agent turns
@@ -28,8 +35,8 @@ through another interface: traffic bridged across a bridge of the host (which
 received elsewhere, is never touched. Its comment names the uplink, so later installs keep
 it and removing the last bismuth table guarding an uplink turns its forwarding back off.
 
-Per-container state is three set elements keyed by interface name, added and removed in one
-transaction: adding a container never rewrites a rule.
+Per-container state is three set elements keyed by interface name (four with a serving
+port), added and removed in one transaction: adding a container never rewrites a rule.
 """
 
 from __future__ import annotations
@@ -45,13 +52,15 @@ from .settings import NetworkSettings
 PROVIDER_MAP = "provider_by_iface"  # ifname : .1 (DNAT target)
 PROVIDER_SET = "provider_endpoints"  # ifname . .1 (allowed to the host)
 SOURCE_SET = "container_sources"  # ifname . .2 (anti-spoofing)
+SERVING_SET = "serving_endpoints"  # ifname . .2 . port (frontends connect there)
 BLOCKED_SET = "blocked_destinations"
+FRONTEND_SET = "frontend_sources"  # networks of the fleet's frontends
 TABLE_PREFIX = "bismuth_"
 GUARD_COMMENT = "bismuth forwards container traffic only, received on "
 # The global guard of agents before per-interface forwarding: they turned ip_forward on.
 LEGACY_FORWARDING_GUARD = "bismuth turned forwarding on: forward container traffic only"
 _IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
-ELEMENT_SETS = (PROVIDER_MAP, PROVIDER_SET, SOURCE_SET)
+ELEMENT_SETS = (PROVIDER_MAP, PROVIDER_SET, SOURCE_SET, SERVING_SET)
 
 # Destinations that are never "the outside world" (RFC 6890 special-purpose ranges).
 NON_PUBLIC = tuple(
@@ -75,6 +84,7 @@ _BASE_CHAINS = (
     ("prerouting", "nat", "prerouting", "dstnat"),
     ("input", "filter", "input", "filter"),
     ("forward", "filter", "forward", "filter"),
+    ("output", "filter", "output", "filter"),
     ("postrouting", "nat", "postrouting", "srcnat"),
 )
 _REGULAR_CHAINS = ("container_to_host", "from_container", "to_container")
@@ -102,6 +112,10 @@ def install_script(
     lines.append(f"flush set {t} {BLOCKED_SET}")
     blocked = ", ".join(str(n) for n in blocked_destinations(settings, host_networks))
     lines.append(f"add element {t} {BLOCKED_SET} {{ {blocked} }}")
+    lines.append(f"flush set {t} {FRONTEND_SET}")
+    frontends = list(ipaddress.collapse_addresses(IPv4Network(n) for n in settings.frontends))
+    if frontends:
+        lines.append(f"add element {t} {FRONTEND_SET} {{ {', '.join(map(str, frontends))} }}")
     lines += [f"add rule {t} {rule}" for rule in _rules(settings, guarded_uplinks)]
     return "\n".join(lines) + "\n"
 
@@ -112,6 +126,8 @@ def _declarations(t: str) -> list[str]:
         f"add set {t} {PROVIDER_SET} {{ type ifname . ipv4_addr; }}",
         f"add set {t} {SOURCE_SET} {{ type ifname . ipv4_addr; }}",
         f"add set {t} {BLOCKED_SET} {{ type ipv4_addr; flags interval; }}",
+        f"add set {t} {SERVING_SET} {{ type ifname . ipv4_addr . inet_service; }}",
+        f"add set {t} {FRONTEND_SET} {{ type ipv4_addr; flags interval; }}",
     ]
     for name, kind, hook, priority in _BASE_CHAINS:
         spec = f"type {kind} hook {hook} priority {priority}; policy accept;"
@@ -128,8 +144,11 @@ def _rules(settings: NetworkSettings, guarded_uplinks: Iterable[str]) -> list[st
         f" dnat ip to iifname map @{PROVIDER_MAP}",
         f"input iifgroup {group} jump container_to_host",
         f'input iifname != "lo" ip daddr {settings.pool} tcp dport {port} drop',
+        f"forward meta nfproto ipv4 ip daddr {settings.pool} oifgroup != {group} reject",
         f"forward iifgroup {group} jump from_container",
         f"forward oifgroup {group} jump to_container",
+        f"output meta nfproto ipv4 ip daddr {settings.pool} oifgroup != {group}"
+        ' oifname != "lo" reject',  # (the providers' addresses are the host's own)
         "container_to_host meta nfproto != ipv4 drop",
         f"container_to_host iifname . ip saddr != @{SOURCE_SET} drop",
         "container_to_host ct state established,related accept",
@@ -138,8 +157,11 @@ def _rules(settings: NetworkSettings, guarded_uplinks: Iterable[str]) -> list[st
         "from_container meta nfproto != ipv4 drop",
         f"from_container iifname . ip saddr != @{SOURCE_SET} drop",
         f"from_container oifgroup {group} drop",
+        "from_container ct direction reply ct state established accept",
         f"from_container ip daddr @{BLOCKED_SET} drop",
         "to_container ct state established,related accept",
+        f"to_container ip saddr @{FRONTEND_SET} oifname . ip daddr . tcp dport"
+        f" @{SERVING_SET} accept",
         "to_container drop",
     ]
     if settings.masquerade:
@@ -172,15 +194,21 @@ def _uplink(ifname: str) -> str:
     return f'"{ifname}"'
 
 
-def attach_script(table: str, allocation: Allocation) -> str:
-    """Elements that let one container reach its provider (and pass the source check)."""
+def attach_script(table: str, allocation: Allocation, serving_port: int | None = None) -> str:
+    """Elements that let one container reach its provider (and pass the source check), and
+    the fleet's frontends reach its serving port."""
     t, name = f"inet {table}", _quoted(allocation.ifname)
     host, inside = allocation.host_address, allocation.container_address
-    return (
+    script = (
         f"add element {t} {PROVIDER_MAP} {{ {name} : {host} }}\n"
         f"add element {t} {PROVIDER_SET} {{ {name} . {host} }}\n"
         f"add element {t} {SOURCE_SET} {{ {name} . {inside} }}\n"
     )
+    if serving_port is not None:
+        if not 1 <= serving_port <= 65535:
+            raise ValueError(f"unexpected port {serving_port!r}")
+        script += f"add element {t} {SERVING_SET} {{ {name} . {inside} . {serving_port} }}\n"
+    return script
 
 
 def detach_script(table: str, elements: dict[str, list[tuple[str, ...]]]) -> str:

@@ -30,6 +30,7 @@ class NetworkSettings:
     upload_rate: int = 0  # bits/s out of each container (tbf on its eth0); 0 = unlimited
     rate_burst: int = 0  # bytes of the token buckets; 0 = 20 ms of the rate, at least 32 KiB
     blocked_networks: tuple[str, ...] = ()  # more destinations containers must not reach
+    frontends: tuple[str, ...] = ()  # networks of the fleet's frontends (serving ports)
     state_file: str = "/var/lib/bismuth/network/allocations.json"
     host_netns: str | None = None  # netns file of the host side; None = the agent's own
     nft: str = "nft"  # the nft command
@@ -53,6 +54,8 @@ class NetworkSettings:
                 raise ConfigError(f"config {name}: must be >= 0")
         for item in self.blocked_networks:
             _network("blocked_networks", item)
+        for item in self.frontends:
+            _network("frontends", item)
 
     @property
     def pool_network(self) -> ipaddress.IPv4Network:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,12 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def outsider(fleet: Fleet) -> Iterator[Callable[[str, int], bool]]:
+def outsider(
+    fleet: Fleet, routes: Mapping[str, str] | None = None
+) -> Iterator[Callable[[str, int], bool]]:
     """A machine on the fleet's network that is not in the inventory: a namespace of its
-    own on the lab's bridge, with the subnet's last address. Yields ``reaches(addr, port)``."""
+    own on the lab's bridge, with the subnet's last address and ``routes`` (network -> via)
+    of its own. Yields ``reaches(addr, port)``."""
     plan = fleet.lab.plan
     name, link = f"{plan.prefix}out", f"{plan.bridge}-o"
     address = str(plan.network.broadcast_address - 1)
@@ -159,6 +162,10 @@ def outsider(fleet: Fleet) -> Iterator[Callable[[str, int], bool]]:
         ["ip", "link", "set", link, "master", plan.bridge, "up"],
         ["ip", "-n", name, "addr", "add", f"{address}/{plan.network.prefixlen}", "dev", "eth0"],
         ["ip", "-n", name, "link", "set", "eth0", "up"],
+        *(
+            ["ip", "-n", name, "route", "add", net, "via", via]
+            for net, via in (routes or {}).items()
+        ),
     ]
 
     def reaches(target: str, port: int) -> bool:

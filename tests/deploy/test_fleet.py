@@ -18,21 +18,25 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra
 
+from bismuth_lab.state import HostState
 from tasks.wheelhouse import full_version
 from tests.deploy.fleet import TOOLKIT, Fleet, outsider, snapshot_source
 from tests.deploy.pyinfra_runs import assert_no_changes, results_table
 from tests.deploy.requests_loop import RequestLoop
 from tests.support.waiting import eventually
+from tests.support.zkfaults import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -203,6 +207,56 @@ def test_daemon_ports_admit_the_fleet_and_refuse_a_machine_outside_it(fleet: Fle
         assert not reaches(first.address, 2181)
         assert not reaches(first.address, 8001)
         assert reaches(first.address, 8000)  # the frontend's public port stays open
+
+
+def frontend_routes(fleet: Fleet) -> dict[str, Any]:
+    """nginx's route table on the frontend host, through its root-only control socket."""
+    socket = "/run/bismuth/fe/control.sock"
+    text = fleet.ssh(fleet.hosts[0], f"curl -sS --unix-socket {socket} http://nginx/v1/routes")
+    return dict(json.loads(text)["routes"])
+
+
+def http_code(fleet: Fleet, host: HostState, url: str) -> str:
+    """The status lab host ``host`` gets for ``url`` within 3 s; ``000``: no connection."""
+    curl = ["curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}", url]
+    done = fleet.lab.ssh(host, ["sh", "-c", shlex.join(curl) + " || true"], timeout=30)
+    return done.stdout.strip() or "000"
+
+
+def test_frontends_reach_containers_on_every_node_and_nobody_else_does(fleet: Fleet) -> None:
+    """nginx connects to every replica's own address: the frontend host routes each other
+    node's pool through that node (routes kept by bismuthfe), and each node's firewall lets
+    only frontends reach a serving port; a host of the fleet that is no frontend, and a host
+    outside the fleet, get nowhere even with routes of their own."""
+    frontend, *others = fleet.hosts
+    route = frontend_routes(fleet)[FUNCTION_HOST]
+    endpoints = {(p["address"], p["port"]) for p in route["direct"]}
+    assert len(endpoints) == 3 and not route["agent"], route
+    pools = {n["ip"]: n["pool"] for n in fleet.bismuthctl("nodes")["nodes"]}
+    assert len(set(pools.values())) == 3, pools  # a pool of its own for every node
+    within = {
+        address: [ip for ip, pool in pools.items() if ip_address(address) in ip_network(pool)]
+        for address, _ in endpoints
+    }
+    assert sorted(map(len, within.values())) == [1, 1, 1], within  # each in one node's pool
+    listed = json.loads(fleet.ssh(frontend, "ip -j route show proto 177"))
+    assert {(r["dst"], r["gateway"]) for r in listed} == {
+        (pools[h.address], h.address) for h in others
+    }
+    for address, port in endpoints:  # (a replica limited to 0.1 cpu may be slow to answer)
+        url = f"http://{address}:{port}/"
+        wait_until(lambda url=url: http_code(fleet, frontend, url) == "200", 60, what=url)
+
+    not_frontend, far = others
+    pool = pools[far.address]
+    far_urls = [f"http://{a}:{p}/" for a, p in endpoints if within[a] == [far.address]]
+    fleet.ssh(not_frontend, f"ip route add {pool} via {far.address}")
+    try:
+        assert [http_code(fleet, not_frontend, url) for url in far_urls] == ["000"]
+    finally:
+        fleet.ssh(not_frontend, f"ip route del {pool} via {far.address}")
+    with outsider(fleet, {pools[h.address]: h.address for h in fleet.hosts}) as reaches:
+        assert [reaches(address, port) for address, port in endpoints] == [False] * 3
 
 
 def test_second_deploy_reports_no_changes(fleet: Fleet) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -63,11 +64,19 @@ VENV_BIN = Path(sys.prefix) / "bin"
 ARCHIVE = REPO / "var" / "images" / "python-3.11.oci.tar"
 DEPLOY_TIMEOUT = 420.0  # the first run may build the base image (~25 s) and import it
 UP_TIMEOUT = 30.0
-PROGRAMS = ("bismuth-zookeeper", "bismuth-api", "bismuth-fe", "bismuth-containerd", "bismuth-agent")
+PROGRAMS = (
+    "bismuth-zookeeper",
+    "bismuth-api",
+    "bismuth-fe-nginx",
+    "bismuth-fe",
+    "bismuth-containerd",
+    "bismuth-agent",
+)
 SAMPLE_HOST = "hello.bismuth.local"
 NAMESPACE = "bismuth"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 NETWORK_POOL = "10.252.0.0/24"
+CONTAINER_NETWORK = "10.252.0.0/16"
 
 
 @dataclass
@@ -169,6 +178,7 @@ class LocalCluster:
             "containerd_state": str(self.root / "run" / "containerd"),
             "agent_cgroup_parent": self.cgroup_parent,
             "network_pool": NETWORK_POOL,
+            "container_network": CONTAINER_NETWORK,
             "base_image_archive": str(ARCHIVE),
             "cluster_key_source": str(self.cluster_key_source),
             "toolkit_dir": str(self.root / "opt"),
@@ -360,6 +370,37 @@ async def test_sample_function_answers_through_the_frontend(cluster: LocalCluste
     assert list(tasks) == [container]
     functions = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
     assert [f["routes"] for f in functions] == [[SAMPLE_HOST]]
+
+
+async def test_nginx_serves_the_sample_straight_from_its_container(cluster: LocalCluster) -> None:
+    """nginx, run by supervisord as bismuth-fe-nginx, holds the route its controller pushed
+    through the root-only socket, and connects to the container's own address."""
+    (pid,) = cluster.supervisorctl("pid", "bismuth-fe-nginx").stdout.split()
+    assert Path(f"/proc/{pid}/exe").resolve() == Path("/usr/sbin/nginx")
+    run_dir = cluster.root / "run" / "fe"
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    control = aiohttp.UnixConnector(path=str(run_dir / "control.sock"))
+    async with (
+        aiohttp.ClientSession(connector=control) as session,
+        session.get("http://nginx/v1/routes") as response,
+    ):
+        routes = (await response.json())["routes"]
+    (function,) = (await asyncio.to_thread(bismuthctl_json, cluster, "functions"))["functions"]
+    ((address, port, container),) = [
+        (p["address"], p["port"], p["container"]) for p in routes[SAMPLE_HOST]["direct"]
+    ]
+    assert ipaddress.IPv4Address(address) in ipaddress.IPv4Network(NETWORK_POOL)
+    assert (port, container) == (8000, function["backends"][0]["backend"]["container_id"])
+    admin = f"http://127.0.0.1:{cluster.ports['fe_admin']}"
+    _, _, health = await get(f"{admin}/healthz")
+    assert json.loads(health)["nginx"]["synced"] is True
+
+    async def counted() -> bool:
+        _, _, text = await get(f"{admin}/metrics")
+        wanted = f'bismuth_fe_requests_total{{code="2xx",function="{function["id"]}"}}'
+        return any(line.startswith(wanted) for line in text.splitlines())
+
+    await eventually(counted, UP_TIMEOUT, what="the sample's requests counted")
 
 
 def test_providers_keep_their_data_under_the_deploys_own_var_dir(cluster: LocalCluster) -> None:

@@ -2,8 +2,9 @@
 frontend and a real API, all on loopback, with the credentials the deploy gives them.
 
 A caller on the agent's address without the cluster's agent credential (or with a wrong
-one) gets 401 on /invoke, /logs and /metrics; the frontend's requests (whatever a client
-puts in the credential's header) and the API's log proxy go through.
+one) gets 401 on /invoke, /logs and /metrics; the frontend's nginx sends it with the
+requests it passes through agents (Executable mode; whatever a client puts in the
+credential's header), and the API's log proxy too.
 """
 
 from __future__ import annotations
@@ -16,18 +17,21 @@ import pytest
 from bismuth_api.config import ApiConfig
 from bismuth_core import operations
 from bismuth_core.credentials import AGENT_HEADER
-from bismuth_fe.server import Frontend
 from tests.support.agenthost import httpd, running_backend
 from tests.support.apiserver import Api
 from tests.support.clusterkey import AGENT_AUTH
-from tests.support.fehost import frontend_config
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def frontend_agent_port(node) -> int:
+    return node.port
+
+
 async def test_only_the_clusters_daemons_reach_the_agent(
-    zk, agent, zk_server, zk_env, frontend_key_file, cluster_key_file
+    zk, agent, zk_server, zk_env, start_frontend, cluster_key_file
 ):
     hostname = f"cred{uuid.uuid4().hex[:6]}.test"
     fid = await operations.create_function(zk, httpd(routes=[{"hostname": hostname}]))
@@ -46,17 +50,27 @@ async def test_only_the_clusters_daemons_reach_the_agent(
         async with http.get(f"{base}/metrics", headers=AGENT_AUTH) as resp:
             assert resp.status == 200
 
-        config = frontend_config(zk_server.hosts, zk_env, agent.config.port, frontend_key_file)
-        fe = Frontend(config)
-        await fe.start()
-        try:
-            # a client's own guess at the credential is replaced by the frontend's
-            headers = {"Host": hostname, AGENT_HEADER: "client guess"}
-            async with http.get(f"{fe.url}/hello", headers=headers) as resp:
-                assert resp.status == 200, await resp.text()
-                assert await resp.text() == "hello from layer 2\n"
-        finally:
-            await fe.stop()
+        fe = await start_frontend()
+        # a client's own guess at the credential is replaced by the frontend's (a Server-mode
+        # container is reached straight, and never sees one)
+        headers = {"Host": hostname, AGENT_HEADER: "client guess"}
+        async with http.get(f"{fe.url}/hello", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            assert await resp.text() == "hello from layer 2\n"
+        # an Executable-mode function goes through the agent, with nginx's credential
+        shout = f"exec{uuid.uuid4().hex[:6]}.test"
+        executable = httpd(
+            invoke_mode={"Executable": ["/bin/busybox", "tr", "a-z", "A-Z"]},
+            routes=[{"hostname": shout}],
+        )
+        await operations.create_function(zk, executable)
+
+        async def shouted() -> bool:
+            headers = {"Host": shout, AGENT_HEADER: "client guess"}
+            async with http.post(f"{fe.url}/", data=b"shout", headers=headers) as resp:
+                return resp.status == 200 and await resp.read() == b"SHOUT"
+
+        await eventually(shouted, timeout=30, what="the program's answer through the agent")
 
         api = Api(
             ApiConfig(

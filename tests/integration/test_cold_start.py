@@ -23,11 +23,10 @@ from bismuth_agent.timeline import COMMITTED, LISTENING, RUNNING, STAGES, STARTE
 from bismuth_api.config import ApiConfig
 from bismuth_core import cluster
 from bismuth_core.layout import Backend, ContainerStatus
-from bismuth_fe.server import Frontend
 from tests.support.agenthost import start_agent
 from tests.support.apiserver import Api, bearer
 from tests.support.clusterkey import AGENT_AUTH
-from tests.support.fehost import frontend_config
+from tests.support.frontend import FrontendUnderTest as Frontend
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -69,11 +68,13 @@ async def api(zk_server, zk_env, cluster_key_file, agent) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def frontend(zk_server, zk_env, agent, frontend_key_file) -> AsyncIterator[Frontend]:
-    fe = Frontend(frontend_config(zk_server.hosts, zk_env, agent.config.port, frontend_key_file))
-    await fe.start()
-    yield fe
-    await fe.stop()
+def frontend_agent_port(node) -> int:
+    return node.port
+
+
+@pytest.fixture
+async def frontend(agent, start_frontend) -> Frontend:
+    return await start_frontend()
 
 
 @pytest.fixture

@@ -152,13 +152,14 @@ async def test_provision_and_nodes_listing(zk, ctl, standins):
         "reserved_cpu": 0,
         "reserved_memory": 0,
         "containers": 0,
+        "pool": None,
     }
     assert by_ip[agent.ip]["alive"] is True and by_ip[agent.ip]["version"] == "standin"
     assert by_ip[agent.ip]["cpus"] == 2.0 and by_ip[agent.ip]["memory"] == 4 << 30
 
     table = (await ctl("nodes")).out.splitlines()
     assert table[0].split() == [
-        "IP", "ENABLED", "ALIVE", "VERSION", "CPUS", "MEMORY", "RESERVED", "CONTAINERS"
+        "IP", "ENABLED", "ALIVE", "VERSION", "CPUS", "MEMORY", "RESERVED", "CONTAINERS", "POOL"
     ]  # fmt: skip
     rows = {line.split()[0]: line for line in table[1:]}
     assert rows[agent.ip].split()[1:6] == ["yes", "yes", "standin", "2", "4Gi"]

@@ -44,6 +44,7 @@ def test_a_bad_config_value_exits_2_naming_the_key(daemon: str, args: list[str],
         ("bismuth-api", "cluster_key_file"),
         ("bismuthd", "cluster_key_file"),
         ("bismuthfe", "frontend_key_file"),
+        ("bismuthfe-nginx", "frontend_key_file"),
     ],
 )
 def test_a_daemon_without_its_key_exits_2_naming_the_setting(daemon: str, setting: str) -> None:

@@ -1,8 +1,8 @@
 """The control plane and the frontend together, as an operator and a client use them.
 
 Functions are created and updated through bismuth-api's HTTP API (its leader finishing
-rollouts and replacing lost nodes' containers); clients call them through bismuthfe by Host;
-stand-in agents play the nodes.
+rollouts and replacing lost nodes' containers); clients call them through the frontend
+(nginx and its controller) by Host; stand-in agents play the nodes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
@@ -20,10 +19,9 @@ from bismuth_core import cluster, layout, operations, tenancy
 from bismuth_core.definition import parse_definition
 from bismuth_core.errors import AccessDenied
 from bismuth_core.zk import ZooKeeper
-from bismuth_fe.server import Frontend
 from tests.conftest import StandIns
 from tests.support.apiserver import Api, definition
-from tests.support.fehost import frontend_config
+from tests.support.frontend import FrontendUnderTest
 from tests.support.waiting import eventually
 from tests.support.zkfaults import TcpProxy
 
@@ -31,11 +29,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def frontend(zk_server, zk_env, standins, frontend_key_file) -> AsyncIterator[Frontend]:
-    fe = Frontend(frontend_config(zk_server.hosts, zk_env, standins.port, frontend_key_file))
-    await fe.start()
-    yield fe
-    await fe.stop()
+def frontend_agent_port(standins) -> int:
+    return standins.port
+
+
+@pytest.fixture
+async def frontend(start_frontend) -> FrontendUnderTest:
+    return await start_frontend()
 
 
 async def api_call(http, api, method, path, body=None):
@@ -165,14 +165,13 @@ async def test_lost_node_moves_traffic_to_the_other_node(api, frontend, standins
 
 
 async def test_zookeeper_outage_frontend_serves_api_refuses(
-    zk_server, zk_env, api_config, standins, http, frontend_key_file
+    zk_server, zk_env, api_config, standins, start_frontend, http
 ):
     await standins.add()
     proxy = TcpProxy(zk_server.port)
     api = Api(replace(api_config, zookeeper=proxy.hosts))
-    fe = Frontend(frontend_config(proxy.hosts, zk_env, standins.port, frontend_key_file))
     await api.start()
-    await fe.start()
+    fe = await start_frontend(zookeeper=proxy.hosts)
     try:
         _, body = await api_call(http, api, "POST", "/function", definition())
         await eventually(lambda: all_running(http, api, body["id"], 1), what="Running")
@@ -190,7 +189,6 @@ async def test_zookeeper_outage_frontend_serves_api_refuses(
         proxy.restore()
         await eventually(lambda: all_running(http, api, body["id"], 1), timeout=15, what="API back")
     finally:
-        await fe.stop()
         await api.stop()
         proxy.close()
 
@@ -208,7 +206,7 @@ async def test_no_running_backend_is_503(api, frontend, standins, http):
 
 
 async def test_a_cluster_from_before_tenants_and_acls_upgrades_in_place(
-    zk_server, zk_env, api_config, frontend_key_file
+    zk_server, zk_env, api_config, start_frontend
 ):
     # The tree as a release without tenants and ACLs left it: written by anonymous sessions,
     # world-readable and -writable, without tenancy roots, its functions unowned.
@@ -227,8 +225,7 @@ async def test_a_cluster_from_before_tenants_and_acls_upgrades_in_place(
         )
         for h in hosts
     }
-    fe = Frontend(frontend_config(zk_server.hosts, env, nodes.port, frontend_key_file))
-    await fe.start()
+    fe = await start_frontend(zookeeper_env=env, agent_port=nodes.port)
     api = Api(replace(api_config, zookeeper_env=env, agent_port=nodes.port))
     try:
         async with aiohttp.ClientSession() as client:
@@ -252,7 +249,6 @@ async def test_a_cluster_from_before_tenants_and_acls_upgrades_in_place(
             assert await api.zk.children(layout.ROLLOUTS) == []
     finally:
         await api.stop()
-        await fe.stop()
         await nodes.close()
         await old.stop()
 

@@ -1,8 +1,8 @@
-"""The ``bismuthfe`` command as an operator runs it: flags, config errors, graceful SIGTERM."""
+"""The frontend's commands as an operator runs them: ``bismuthfe-nginx`` and ``bismuthfe``
+as processes, their flags and config errors, and how each stops."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -14,12 +14,15 @@ import pytest
 
 from bismuth_core import operations
 from bismuth_core.definition import parse_definition
+from tests.support.frontend import DataPlane, frontend_config, private_directory
+from tests.support.tomlconfig import write_config
 from tests.support.waiting import eventually
-from tests.support.zkserver import free_port
 
 pytestmark = pytest.mark.integration
 
-BISMUTHFE = str(Path(sys.executable).parent / "bismuthfe")
+BIN = Path(sys.executable).parent
+BISMUTHFE = str(BIN / "bismuthfe")
+BISMUTHFE_NGINX = str(BIN / "bismuthfe-nginx")
 
 
 def definition():
@@ -35,77 +38,65 @@ def definition():
     )
 
 
-def test_bad_flag_value_exits_2_naming_the_key():
+@pytest.mark.parametrize("command", [BISMUTHFE, BISMUTHFE_NGINX])
+def test_bad_flag_value_exits_2_naming_the_key(command):
     result = subprocess.run(
-        [BISMUTHFE, "--admin-bind", "127.0.0.1:notaport"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [command, "--admin-bind", "127.0.0.1:notaport"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert "admin_bind" in result.stderr
 
 
-async def test_sigterm_lets_in_flight_requests_finish(
+def test_bad_config_file_value_exits_2_naming_the_key(tmp_path, frontend_key_file):
+    config = tmp_path / "fe.toml"
+    config.write_text(f'run_dir = "relative/dir"\nfrontend_key_file = "{frontend_key_file}"\n')
+    result = subprocess.run(
+        [BISMUTHFE_NGINX, "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "run_dir" in result.stderr
+
+
+async def test_controller_as_a_process_fills_nginx_and_stops_on_sigterm(
     zk_server, zk_env, zk, standins, tmp_path, frontend_key_file
 ):
-    agent = await standins.add()
+    await standins.add()
     await operations.create_function(zk, definition())
-    port, admin = free_port(), free_port()
+    directory = private_directory()
+    config = frontend_config(
+        directory,
+        zookeeper=zk_server.hosts,
+        zookeeper_env=zk_env,
+        agent_port=standins.port,
+        frontend_key_file=frontend_key_file,
+    )
+    plane = DataPlane(config, directory)
+    plane.start()
     log = open(tmp_path / "bismuthfe.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            BISMUTHFE,
-            "--zookeeper",
-            zk_server.hosts,
-            "--zookeeper-env",
-            zk_env,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--admin-bind",
-            f"127.0.0.1:{admin}",
-        ],
-        env={
-            **os.environ,
-            "BISMUTH_AGENT_PORT": str(standins.port),
-            "BISMUTH_FRONTEND_KEY_FILE": frontend_key_file,
-        },
+        [BISMUTHFE, "--config", str(write_config(config, tmp_path / "fe.toml"))],
+        env={k: v for k, v in os.environ.items() if not k.startswith("BISMUTH_")},
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(headers={"Host": "app.test"}) as http:
 
-            async def status(path: str) -> int:
-                async with http.get(url + path) as resp:
-                    await resp.read()
-                    return resp.status
-
             async def served() -> bool:
-                return await status("/") == 200
+                async with http.get(plane.url + "/") as resp:
+                    return resp.status == 200
 
-            await eventually(served, timeout=30, what="serving")
-            before = sum(agent.requests.values())
-            slow = asyncio.create_task(status("/slow?seconds=2"))
-            await eventually(lambda: sum(agent.requests.values()) > before, what="in flight")
+            await eventually(served, timeout=30, what="served")
             proc.send_signal(signal.SIGTERM)
-            await eventually(lambda: _refused(url), what="listener closed")
-            assert await slow == 200
-        assert await asyncio.to_thread(proc.wait, 30) == 0
+            assert proc.wait(30) == 0
+            assert await served()  # nginx keeps its table without its controller
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
+        await plane.control.close()
+        plane.stop()
     output = (tmp_path / "bismuthfe.log").read_text()
-    assert "finishing in-flight requests" in output
+    assert "nginx: route table" in output and "nginx keeps serving" in output
     assert "Traceback" not in output
-
-
-async def _refused(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as http, http.get(url, headers={"Host": "x"}):
-            return False
-    except aiohttp.ClientConnectorError:
-        return True

@@ -1,5 +1,6 @@
-"""bismuthfe against a real ZooKeeper and stand-in agents: routing, retries, streaming,
-limits, headers, rolling updates, and serving through ZooKeeper outages."""
+"""The frontend (nginx and its controller) against a real ZooKeeper and stand-in agents:
+routing, retries, streaming, limits, headers, rolling updates, and serving through ZooKeeper
+outages. Stand-in containers are connected to straight, as Server-mode containers are."""
 
 from __future__ import annotations
 
@@ -9,60 +10,34 @@ import hashlib
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from bismuth_core import cluster, layout, operations
-from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus
-from bismuth_fe.server import Frontend
-from bismuth_fe.tracing import parse_traceparent
-from tests.support.fehost import frontend_config
+from bismuth_fe.controller import desired_routes
+from tests.support.frontend import FrontendUnderTest as Frontend
+from tests.support.frontend import server_function
+from tests.support.traceparent import parse_traceparent
 from tests.support.waiting import eventually
 from tests.support.zkfaults import TcpProxy, expire_session
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-StartFrontend = Callable[..., Awaitable[Frontend]]
-
-
-def definition(hosts: tuple[str, ...] = ("app.test",), max_instances: int = 1):
-    return parse_definition(
-        {
-            "image": "bismuth.local/python:3.11",
-            "cpu": 0.1,
-            "memory": 64 << 20,
-            "invoke_mode": {"Server": [["/usr/bin/python3", "-m", "http.server"], 8000]},
-            "max_instances": max_instances,
-            "routes": [{"hostname": h} for h in hosts],
-        }
-    )
 
 
 @pytest.fixture
-async def start_frontend(
-    zk_server, zk_env, standins, frontend_key_file
-) -> AsyncIterator[StartFrontend]:
-    started: list[Frontend] = []
+def frontend_agent_port(standins) -> int:
+    return standins.port
 
-    async def start(**overrides: object) -> Frontend:
-        zookeeper = str(overrides.pop("zookeeper", zk_server.hosts))
-        config = frontend_config(zookeeper, zk_env, standins.port, frontend_key_file, **overrides)
-        frontend = Frontend(config)
-        await frontend.start()
-        started.append(frontend)
-        return frontend
 
-    yield start
-    for frontend in reversed(started):
-        await frontend.stop()
+definition = server_function
 
 
 @pytest.fixture
@@ -114,8 +89,14 @@ async def health(http: aiohttp.ClientSession, fe: Frontend) -> dict:
         return await resp.json()  # type: ignore[no-any-return]
 
 
+async def in_sync(fe: Frontend) -> bool:
+    """Whether nginx holds exactly the controller's current table."""
+    wanted = desired_routes(fe.deps.cache.table, fe.config.agent_port)
+    return await fe.plane.control.routes() == wanted
+
+
 async def serving_backends(http: aiohttp.ClientSession, fe: Frontend, count: int) -> bool:
-    return (await health(http, fe))["serving_backends"] == count
+    return (await health(http, fe))["serving_backends"] == count and await in_sync(fe)
 
 
 async def metric(fe: Frontend, http: aiohttp.ClientSession, name: str, **labels: str) -> float:
@@ -238,7 +219,10 @@ async def test_retries_on_another_backend_when_agent_is_down(zk, standins, start
     for _ in range(30):
         status, headers, _ = await call(http, fe, "app.test")
         assert (status, headers["X-Bismuth-Container-ID"]) == (200, str(survivor.container_id))
-    assert await metric(fe, http, "bismuth_fe_upstream_retries_total") >= 1
+    await eventually(
+        lambda: _metric_at_least(fe, http, "bismuth_fe_upstream_retries_total", 1),
+        what="retries counted",
+    )
 
 
 async def test_all_backends_unreachable_is_502(zk, standins, start_frontend, http):
@@ -252,37 +236,41 @@ async def test_all_backends_unreachable_is_502(zk, standins, start_frontend, htt
     assert "no backend could be reached" in body["error"]
 
 
-async def test_retries_when_agent_did_not_forward(zk, standins, start_frontend, http):
-    refusing, up = [await standins.add() for _ in range(2)]
+async def test_agent_path_retries_on_another_agent_and_resends_the_body(
+    zk, standins, start_frontend, http
+):
+    # containers announced without an endpoint (Executable mode, older agents): through agents
+    down, up = [await standins.add(direct=False) for _ in range(2)]
     fe = await start_frontend()
     fid = await deploy(zk, http, fe, max_instances=2)
     await eventually(lambda: serving_backends(http, fe, 2), what="both backends serving")
     (survivor,) = [b for b in (await cluster.read_function(zk, fid)).backends if b.ip == up.ip]
-    await refusing.stop_http()
-    hits = 0
+    await down.stop_http()
+    before = up.requests[survivor.container_id]
+    for i in range(20):
+        method = "POST" if i % 2 else "GET"
+        status, headers, body = await call(http, fe, "app.test", "/x?y=1", method, data=b"b" * i)
+        assert (status, headers["X-Bismuth-Container-ID"]) == (200, str(survivor.container_id))
+        assert (body["method"], body["path"], body["query"]) == (method, "/x", "y=1")
+        assert body["body_length"] == i  # a body sent again after a refused connect
+    assert up.requests[survivor.container_id] == before + 20
+    await eventually(
+        lambda: _metric_at_least(fe, http, "bismuth_fe_upstream_retries_total", 1),
+        what="retries counted",
+    )
+    await up.stop_http()
+    status, _, body = await call(http, fe, "app.test")
+    assert status == 502 and "no backend could be reached" in body["error"]
 
-    async def not_forwarded(_request: web.Request) -> web.Response:
-        nonlocal hits
-        hits += 1
-        return web.json_response(
-            {"error": "unknown container"}, status=503, headers={"X-Bismuth-Not-Forwarded": "1"}
-        )
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", not_forwarded)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, refusing.ip, standins.port).start()
-    try:
-        for _ in range(30):
-            status, headers, _ = await call(http, fe, "app.test")
-            assert (status, headers["X-Bismuth-Container-ID"]) == (
-                200,
-                str(survivor.container_id),
-            )
-        assert hits >= 1
-    finally:
-        await runner.cleanup()
+async def test_agent_answers_pass_through_unchanged(zk, standins, start_frontend, http):
+    agent = await standins.add(direct=False)
+    fe = await start_frontend()
+    await deploy(zk, http, fe)
+    status, headers, body = await call(http, fe, "app.test", "/stream?bytes=100000")
+    assert (status, len(body)) == (200, 100000)
+    assert "X-Bismuth-Not-Forwarded" not in headers
+    assert headers["X-Bismuth-Container-ID"] in {str(c) for c in agent.known}
 
 
 async def test_reset_before_response_is_retried_for_idempotent_methods_only(
@@ -302,7 +290,8 @@ async def test_reset_before_response_is_retried_for_idempotent_methods_only(
             hits += 1
         writer.transport.abort()  # the request arrived; no response ever comes
 
-    server = await asyncio.start_server(read_then_reset, resetting.ip, standins.port)
+    (endpoint,) = resetting.endpoints.values()
+    server = await asyncio.start_server(read_then_reset, endpoint.address, endpoint.port)
     try:
         for _ in range(30):
             status, headers, _ = await call(http, fe, "app.test")
@@ -327,9 +316,10 @@ async def test_retries_after_connect_timeout(zk, standins, start_frontend, http)
     # a listener whose accept queue is full: new connections hang in SYN-SENT
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((stuck.ip, standins.port))
+    (endpoint,) = stuck.endpoints.values()
+    listener.bind((endpoint.address, endpoint.port))
     listener.listen(0)
-    filler = socket.create_connection((stuck.ip, standins.port), timeout=2)
+    filler = socket.create_connection((endpoint.address, endpoint.port), timeout=2)
     try:
         for _ in range(12):
             status, headers, _ = await call(http, fe, "app.test")
@@ -337,7 +327,10 @@ async def test_retries_after_connect_timeout(zk, standins, start_frontend, http)
                 200,
                 str(survivor.container_id),
             )
-        assert await metric(fe, http, "bismuth_fe_upstream_retries_total") >= 1
+        await eventually(
+            lambda: _metric_at_least(fe, http, "bismuth_fe_upstream_retries_total", 1),
+            what="retries counted",
+        )
     finally:
         filler.close()
         listener.close()
@@ -380,7 +373,10 @@ async def test_least_outstanding_sends_new_requests_to_the_idle_backend(
         for _ in range(10):
             status, headers, _ = await call(http, fe, "app.test")
             assert (status, headers["X-Bismuth-Container-ID"]) == (200, str(idle.container_id))
-        assert await metric(fe, http, "bismuth_fe_outstanding_requests") == 1
+        await eventually(
+            lambda: _metric_is(fe, http, "bismuth_fe_outstanding_requests", 1),
+            what="one request outstanding",
+        )
     finally:
         slow.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -408,28 +404,25 @@ async def test_streams_a_64_mib_response(zk, standins, start_frontend, http):
     assert received == size
 
 
-async def test_streams_a_20_mib_request_body_through_echo(zk, standins, start_frontend, http):
-    await standins.add()
+async def test_streams_a_20_mib_request_body_to_the_container(zk, standins, start_frontend, http):
+    agent = await standins.add()
     fe = await start_frontend(max_body_size=32 * MiB)
     await deploy(zk, http, fe)
-    size = 20 * MiB
+    (cid,) = agent.known
+    size, piece = 20 * MiB, 256 * 1024
     sent = hashlib.sha256()
 
     async def body() -> AsyncIterator[bytes]:
-        for i in range(size // (256 * 1024)):
-            chunk = bytes([i % 251]) * (256 * 1024)
+        for i in range(size // piece):
+            if i == size // piece // 2:  # half sent: the container must have some already
+                await eventually(lambda: agent.received[cid] >= MiB, what="body streamed")
+            chunk = bytes([i % 251]) * piece
             sent.update(chunk)
             yield chunk
 
-    echoed = hashlib.sha256()
-    received = 0
-    async with http.post(f"{fe.url}/echo", data=body(), headers={"Host": "app.test"}) as resp:
-        assert resp.status == 200
-        async for chunk in resp.content.iter_any():
-            echoed.update(chunk)
-            received += len(chunk)
-    assert received == size
-    assert echoed.hexdigest() == sent.hexdigest()
+    status, _, answer = await call(http, fe, "app.test", "/digest", method="POST", data=body())
+    assert status == 200
+    assert answer == {"length": size, "sha256": sent.hexdigest()}
 
 
 async def test_content_length_over_limit_is_413_without_contacting_a_backend(
@@ -509,9 +502,38 @@ async def test_hop_by_hop_headers_dropped_and_forwarded_headers_set(
         assert name not in seen, name
     assert seen["x-end-to-end"] == "kept"
     assert seen["host"] == "app.test:8000"
-    assert seen["x-forwarded-for"] == "198.51.100.7, 127.0.0.1"
+    # the peer is no proxy the operator trusts: what it claims is replaced by its address
+    assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-host"] == "app.test:8000"
+
+
+async def test_forwarded_headers_kept_only_from_trusted_proxies(zk, standins, start_frontend, http):
+    await standins.add()
+    fe = await start_frontend(trusted_proxies=("127.0.0.0/8",))
+    await deploy(zk, http, fe)
+    forwarded = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+    _, _, body = await call(http, fe, "app.test", headers=forwarded)
+    seen = {k.lower(): v for k, v in body["headers"].items()}
+    assert seen["x-forwarded-for"] == "198.51.100.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
+    _, _, body = await call(http, fe, "app.test", headers={"X-Forwarded-Proto": "gopher"})
+    assert body["headers"]["X-Forwarded-Proto"] == "http"
+
+
+async def test_headers_from_a_container_never_steer_the_frontend(
+    zk, standins, start_frontend, http
+):
+    agent = await standins.add()
+    fe = await start_frontend()
+    await deploy(zk, http, fe)
+    (cid,) = agent.known
+    status, headers, body = await call(http, fe, "app.test", "/accel")
+    # X-Accel-Redirect would have nginx serve another location: it is neither obeyed nor passed
+    assert (status, body) == (200, "the container's own body")
+    assert not [h for h in headers if h.lower().startswith("x-accel")]
+    assert headers.getall("X-Bismuth-Container-ID") == [str(cid)]
+    assert "X-Bismuth-Not-Forwarded" not in headers
 
 
 async def test_traceparent_continued_or_started(zk, standins, start_frontend, http):
@@ -535,6 +557,48 @@ async def test_traceparent_continued_or_started(zk, standins, start_frontend, ht
         assert started is not None and started.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
         assert body["headers"]["traceparent"] == headers["traceparent"]
         assert "tracestate" not in body["headers"]
+
+
+TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    ("values", "continued_flags"),
+    [
+        ([f"00-{TRACE}-{SPAN}-01"], "01"),
+        ([f"00-{TRACE}-{SPAN}-00"], "00"),
+        ([f" 00-{TRACE}-{SPAN}-01 "], "01"),
+        ([f"01-{TRACE}-{SPAN}-01-future-field"], "01"),
+        ([f"01-{TRACE}-{SPAN}-01"], "01"),
+        ([f"00-{TRACE}-{SPAN}-01-extra"], None),  # version 00 has exactly 4 fields
+        ([f"01-{TRACE}-{SPAN}-01x"], None),
+        ([f"ff-{TRACE}-{SPAN}-01"], None),
+        ([f"00-{TRACE.upper()}-{SPAN}-01"], None),
+        ([f"00-{'0' * 32}-{SPAN}-01"], None),
+        ([f"00-{TRACE}-{'0' * 16}-01"], None),
+        ([f"00-{TRACE[:-1]}g-{SPAN}-01"], None),
+        ([f"00-{TRACE}-{SPAN}-0g"], None),
+        ([f"00_{TRACE}_{SPAN}_01"], None),
+        ([f"0-{TRACE}-{SPAN}-01x"], None),
+        ([""], None),
+        ([f"00-{TRACE}-{SPAN}-01", f"00-{TRACE}-{SPAN}-01"], None),  # repeated
+    ],
+)
+async def test_traceparent_rules(zk, standins, start_frontend, http, values, continued_flags):
+    await standins.add()
+    fe = await start_frontend()
+    await deploy(zk, http, fe)
+    sent = [("Host", "app.test"), *(("traceparent", v) for v in values)]
+    async with http.get(fe.url + "/", headers=sent) as resp:
+        assert resp.status == 200
+        answered = parse_traceparent(resp.headers["traceparent"])
+        upstream = (await resp.json())["headers"]["traceparent"]
+    assert answered is not None and answered.header == upstream
+    assert answered.span_id != SPAN
+    if continued_flags is None:
+        assert answered.trace_id != TRACE and answered.flags == "01"
+    else:
+        assert (answered.trace_id, answered.flags) == (TRACE, continued_flags)
 
 
 # --- changes and outages ----------------------------------------------------------------
@@ -608,6 +672,12 @@ async def _metric_is(fe: Frontend, http: aiohttp.ClientSession, name: str, value
     return await metric(fe, http, name) == value
 
 
+async def _metric_at_least(
+    fe: Frontend, http: aiohttp.ClientSession, name: str, value: float, **labels: str
+) -> bool:
+    return await metric(fe, http, name, **labels) >= value
+
+
 async def _status_is(http, fe, host: str, expected: int) -> bool:
     status, _, _ = await call(http, fe, host)
     return status == expected
@@ -633,16 +703,29 @@ async def test_serves_through_session_expiry_and_follows_later_changes(
 async def test_admin_healthz_and_metrics_only_on_admin_port(zk, standins, start_frontend, http):
     await standins.add()
     fe = await start_frontend()
-    await deploy(zk, http, fe)
+    fid = str(await deploy(zk, http, fe))
     state = await health(http, fe)
     assert state["zookeeper_connected"] is True
     assert (state["routes"], state["serving_backends"]) == (1, 1)
-    assert await metric(fe, http, "bismuth_fe_requests_total", code="2xx") >= 1
+    assert state["nginx"]["synced"] is True and state["nginx"]["routes"] == 1
+    await eventually(
+        lambda: _metric_at_least(
+            fe, http, "bismuth_fe_requests_total", 1, function=fid, code="2xx"
+        ),
+        what="requests counted per function",
+    )
     assert await metric(fe, http, "bismuth_fe_zookeeper_connected") == 1
     assert await metric(fe, http, "bismuth_fe_routes") == 1
-    assert await metric(fe, http, "bismuth_fe_upstream_latency_seconds_count") >= 1
+    assert await metric(fe, http, "bismuth_fe_nginx_synced") == 1
+    assert await metric(fe, http, "bismuth_fe_upstream_latency_seconds_count", function=fid) >= 1
+    assert await metric(fe, http, "bismuth_fe_request_duration_seconds_count", function=fid) >= 1
     await call(http, fe, "nobody.test")
-    assert await metric(fe, http, "bismuth_fe_requests_total", code="4xx") >= 1
+    await eventually(
+        lambda: _metric_at_least(
+            fe, http, "bismuth_fe_requests_total", 1, function="-", code="4xx"
+        ),
+        what="unrouted requests counted",
+    )
     # on the public port these paths are routed by Host like any other
     status, _, body = await call(http, fe, "nobody.test", "/healthz")
     assert status == 404 and "nobody.test" in body["error"]
@@ -683,11 +766,19 @@ async def test_odd_request_targets(zk, standins, start_frontend, http):
     assert status == 200
     assert body["path"] == "//twice//x/../y"  # not normalized on the way
     assert body["query"] == "q=/"
-    # absolute-form: the target's authority selects the function
-    status, body = await raw(b"GET http://app.test/abs?x=1 HTTP/1.0\r\nHost: other.test\r\n\r\n")
+    # absolute-form: the target's authority selects the function, and the Host header, if
+    # any, must name the same host (the container sees what routed the request)
+    status, body = await raw(b"GET http://app.test/abs?x=1 HTTP/1.0\r\n\r\n")
     assert (status, body["path"], body["query"]) == (200, "/abs", "x=1")
+    assert body["headers"]["Host"] == "app.test"
+    status, body = await raw(b"GET http://APP.test:80/abs HTTP/1.0\r\nHost: app.test:80\r\n\r\n")
+    assert (status, body["path"]) == (200, "/abs")
+    status, body = await raw(b"GET http://app.test/abs HTTP/1.0\r\nHost: other.test\r\n\r\n")
+    assert status == 400 and "does not match" in body["error"] and "other.test" in body["error"]
+    status, body = await raw(b"GET http://other.test/abs HTTP/1.0\r\nHost: app.test\r\n\r\n")
+    assert status == 400 and "does not match" in body["error"]
     status, body = await raw(b"OPTIONS * HTTP/1.0\r\nHost: app.test\r\n\r\n")
-    assert status == 400 and "unsupported request target '*'" in body["error"]
+    assert status == 400 and "bad request" in body["error"]
 
 
 async def test_expect_100_continue(zk, standins, start_frontend, http):

@@ -1,18 +1,24 @@
-"""A stand-in for ``bismuthd`` until the agent exists: the ZooKeeper and HTTP sides only.
+"""A stand-in for ``bismuthd``: the ZooKeeper and HTTP sides only, with pretend containers.
 
 It holds the node's ephemeral ``alive`` znode (recreated after a session expires), writes a
 status for each container scheduled onto its node, and serves ``/invoke/<cid>/<path>`` and
 ``/logs/<cid>`` on a loopback address, as the real agent does on the node's address, to
 callers that present the cluster's agent credential (401 otherwise, as the agent answers).
+With ``direct`` (the default), each container also gets an HTTP server of its own on the
+node's address and a free port, announced in its ``Running`` status as real Server-mode
+containers are, so frontends connect to it straight.
 
-Invoke paths it understands: ``/stream?bytes=N`` (N bytes of body), ``/echo`` (the request
-body back), ``/slow?seconds=S``; anything else answers JSON describing the request.
+Paths a container understands: ``/stream?bytes=N`` (N bytes of body), ``/echo`` (the
+request body back), ``/digest`` (the body's length and SHA-256 once all of it came in; bytes
+are counted in ``received`` as they arrive), ``/slow?seconds=S``, ``/accel`` (answers with
+headers that try to steer a proxy); anything else answers JSON describing the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Coroutine
@@ -45,6 +51,7 @@ class StandInAgent:
         start_delay: float = 0.0,
         credentials: FrontendCredentials = CREDENTIALS.frontend,
         access: ZkAccess | None = ACCESS,  # None: an agent of a release before ACLs
+        direct: bool = True,
     ) -> None:
         self.ip, self.port = ip, port
         self.zk = ZooKeeper(hosts, env, access=access, session_timeout=4.0)
@@ -54,7 +61,11 @@ class StandInAgent:
         self.credentials = credentials
         self.known: set[uuid.UUID] = set()
         self.requests: Counter[uuid.UUID] = Counter()
+        self.received: Counter[uuid.UUID] = Counter()
+        self.direct = direct
+        self.endpoints: dict[uuid.UUID, layout.ServingEndpoint] = {}
         self._runner: web.AppRunner | None = None
+        self._containers: dict[uuid.UUID, web.AppRunner] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -84,9 +95,24 @@ class StandInAgent:
         await web.TCPSite(self._runner, self.ip, self.port).start()
 
     async def stop_http(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """The node's agent and containers stop answering (they stay Running in ZooKeeper)."""
+        runners = [self._runner, *self._containers.values()]
+        self._runner, self._containers = None, {}
+        for runner in runners:
+            if runner is not None:
+                await runner.cleanup()
+
+    async def _start_container_http(self, cid: uuid.UUID) -> layout.ServingEndpoint:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, cid)
+
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", serve)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, self.ip, 0).start()
+        self._containers[cid] = runner
+        return layout.ServingEndpoint(self.ip, runner.addresses[0][1])
 
     async def stop(self) -> None:
         """The node goes away: HTTP closed, session closed (``alive`` disappears)."""
@@ -129,12 +155,15 @@ class StandInAgent:
     async def _start_container(self, cid: uuid.UUID) -> None:
         if self.start_delay:
             await asyncio.sleep(self.start_delay)
+        if self.direct and cid not in self.endpoints:
+            self.endpoints[cid] = await self._start_container_http(cid)
         if self.status is not None and cid in self.known:
             await self.set_status(cid, self.status)
 
     async def set_status(self, cid: uuid.UUID, status: ContainerStatus) -> None:
         path = layout.status_path(self.ip, cid)
-        data = layout.encode_status(status)
+        endpoint = self.endpoints.get(cid) if status == ContainerStatus.RUNNING else None
+        data = layout.encode_status(status, endpoint)
         try:
             await self.zk.set(path, data)
         except NoNodeError:
@@ -149,9 +178,25 @@ class StandInAgent:
                 status=503,
                 headers={"X-Bismuth-Not-Forwarded": "1"},
             )
+        return await self._serve(request, cid, via_agent=True)
+
+    async def _serve(
+        self, request: web.Request, cid: uuid.UUID, via_agent: bool = False
+    ) -> web.StreamResponse:
+        """What container ``cid`` answers (through the agent or straight)."""
         self.requests[cid] += 1
         path = "/" + request.match_info.get("path", "")
         headers = {"X-Bismuth-Container-ID": str(cid)}
+        if path == "/accel":
+            return web.Response(
+                text="the container's own body",
+                headers={
+                    "X-Accel-Redirect": "/internal",
+                    "X-Accel-Buffering": "yes",
+                    "X-Bismuth-Container-ID": "00000000-0000-0000-0000-000000000000",
+                    "X-Bismuth-Not-Forwarded": "1",
+                },
+            )
         if path == "/stream":
             total = int(request.query.get("bytes", "0"))
             response = web.StreamResponse(headers=headers)
@@ -164,6 +209,14 @@ class StandInAgent:
                 sent += len(piece)
             await response.write_eof()
             return response
+        if path == "/digest":
+            digest = hashlib.sha256()
+            async for data in request.content.iter_any():
+                digest.update(data)
+                self.received[cid] += len(data)
+            return web.json_response(
+                {"length": self.received[cid], "sha256": digest.hexdigest()}, headers=headers
+            )
         if path == "/echo":
             response = web.StreamResponse(headers=headers)
             await response.prepare(request)
@@ -181,10 +234,8 @@ class StandInAgent:
                 "method": request.method,
                 "path": path,
                 "query": request.query_string,
-                # what a container would see: the agent drops the credential
-                "headers": {
-                    k: v for k, v in request.headers.items() if k.lower() != AGENT_HEADER.lower()
-                },
+                # what the container sees (through an agent: without the agent's credential)
+                "headers": _seen_by_container(request) if via_agent else dict(request.headers),
                 "body_length": len(body),
             },
             headers=headers,

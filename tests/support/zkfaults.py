@@ -30,8 +30,12 @@ class InterleavedSession(ZooKeeper):
 
 def expire_session(client: KazooClient, hosts: str, timeout: float = 10.0) -> None:
     """Expire ``client``'s session now: another connection with the same id closes it."""
-    session_id, password = client.client_id
-    twin = KazooClient(hosts=hosts, client_id=(session_id, password))
+    expire_session_id(client.client_id, hosts, timeout)
+
+
+def expire_session_id(client_id: tuple[int, bytes], hosts: str, timeout: float = 10.0) -> None:
+    """Expire the session ``client_id`` (even while its own client is cut off from it)."""
+    twin = KazooClient(hosts=hosts, client_id=client_id)
     twin.start(timeout)
     twin.stop()
     twin.close()

@@ -38,7 +38,7 @@ from bismuth_agent.network import Allocation
 from bismuth_agent.plan import TaskState
 from bismuth_agent.spec import IdMapping
 from bismuth_core.definition import parse_definition
-from bismuth_core.layout import ContainerStatus
+from bismuth_core.layout import ContainerStatus, ServingEndpoint
 
 A, B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 FUNCTION = uuid.UUID(int=0xF)
@@ -116,6 +116,8 @@ class FakeRuntime:
 class FakePresence:
     wanted: dict[uuid.UUID, DesiredContainer] = field(default_factory=dict)
     statuses: dict[uuid.UUID, ContainerStatus] = field(default_factory=dict)
+    endpoints: dict[uuid.UUID, ServingEndpoint | None] = field(default_factory=dict)
+    writes: list[tuple[uuid.UUID, ContainerStatus]] = field(default_factory=list)
     announced: list[int] = field(default_factory=list)
     connected: bool = True
 
@@ -128,8 +130,12 @@ class FakePresence:
     async def desired(self) -> dict[uuid.UUID, DesiredContainer]:
         return dict(self.wanted)
 
-    async def set_status(self, cid: uuid.UUID, status: ContainerStatus) -> None:
+    async def set_status(
+        self, cid: uuid.UUID, status: ContainerStatus, endpoint: ServingEndpoint | None = None
+    ) -> None:
         self.statuses[cid] = status
+        self.endpoints[cid] = endpoint
+        self.writes.append((cid, status))
 
     async def announce(self, containers: int | None = None) -> None:
         self.announced.append(containers or 0)
@@ -280,3 +286,29 @@ async def test_a_server_is_running_once_its_port_accepts_connections(tmp_path):
         node.presence.wanted = {A: DesiredContainer(A, FUNCTION, server)}
         await node.pass_()
         assert node.presence.statuses[A] == ContainerStatus.RUNNING
+        # where frontends connect to it straight
+        assert node.presence.endpoints[A] == ServingEndpoint("127.77.0.2", port)
+
+
+async def test_an_adopted_server_keeps_running_in_zookeeper_while_it_is_checked(tmp_path):
+    """After an agent restart, frontends keep sending traffic to an adopted Server-mode
+    container: its status is never reported Starting, however many passes run before its
+    port answers the agent's check."""
+    with socket.create_server(("127.77.0.2", 0)) as probe:
+        port = probe.getsockname()[1]  # free again below: the check is refused for now
+    server = parse_definition(
+        {"image": "i", "cpu": 0.1, "memory": 1 << 26, "invoke_mode": {"Server": [["/s"], port]}}
+    )
+    runtime = FakeRuntime(tasks={A: RUNNING}, address="127.77.0.2")
+    node = make_node(tmp_path, runtime, set())
+    node.presence.wanted = {A: DesiredContainer(A, FUNCTION, server)}
+    await node.agent.reconcile()  # adopts it; its check starts, and is refused
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        await node.agent.reconcile()  # later passes report what they know
+    assert runtime.calls == [("adopt", A)]
+    assert node.presence.writes == []
+    with socket.create_server(("127.77.0.2", port)):
+        await node.settle()
+    assert node.presence.writes == [(A, ContainerStatus.RUNNING)]
+    assert node.presence.endpoints[A] == ServingEndpoint("127.77.0.2", port)

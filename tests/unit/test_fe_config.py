@@ -17,7 +17,9 @@ def test_defaults_are_the_single_node_layout():
         "default",
         8001,
     )
-    assert (config.max_body_size, config.retries, config.max_headers) == (10485760, 2, 100)
+    assert (config.max_body_size, config.retries, config.max_header_size) == (10485760, 2, 8192)
+    assert str(config.control_socket) == "/run/bismuth/fe/control.sock"
+    assert config.trusted_proxies == ()
 
 
 def test_flags_override_environment_and_file(tmp_path):
@@ -59,6 +61,11 @@ def test_flags_override_environment_and_file(tmp_path):
         ({"BISMUTH_AGENT_PORT": "70000"}, "agent_port"),
         ({"BISMUTH_BIND": "127.0.0.1:port"}, "bind"),
         ({"BISMUTH_ADMIN_BIND": ":8003"}, "admin_bind"),
+        ({"BISMUTH_TRUSTED_PROXIES": "10.0.0.0/8,not-a-network"}, "trusted_proxies"),
+        ({"BISMUTH_RUN_DIR": "run"}, "run_dir"),
+        ({"BISMUTH_MAX_HEADER_SIZE": "100"}, "max_header_size"),
+        ({"BISMUTH_NGINX_USER": "root; daemon on"}, "nginx_user"),
+        ({"BISMUTH_CLIENT_TIMEOUT": "0"}, "client_timeout"),
     ],
 )
 def test_bad_values_name_the_key(env, key):

@@ -1,4 +1,4 @@
-"""Routing table and Host normalization: pure, table-driven."""
+"""The routing table and what nginx is given of it: pure, table-driven."""
 
 from __future__ import annotations
 
@@ -6,15 +6,9 @@ import uuid
 
 import pytest
 
-from bismuth_core.errors import NotFound, Unavailable
-from bismuth_core.layout import Backend, ContainerStatus
-from bismuth_fe.routing import (
-    ClusterSnapshot,
-    RoutingTable,
-    build_table,
-    eligible_backends,
-    normalize_host,
-)
+from bismuth_core.layout import Backend, ContainerStatus, ServingEndpoint
+from bismuth_fe.control import nginx_route
+from bismuth_fe.routing import ClusterSnapshot, Route, RoutingTable, build_table, eligible_backends
 
 RUNNING, STARTING, FAILED = (
     ContainerStatus.RUNNING,
@@ -25,28 +19,6 @@ A = Backend("10.0.0.1", uuid.UUID(int=1))
 B = Backend("10.0.0.2", uuid.UUID(int=2))
 C = Backend("10.0.0.3", uuid.UUID(int=3))
 FID = uuid.UUID(int=100)
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("app.example", "app.example"),
-        ("App.Example", "app.example"),
-        ("app.example.", "app.example"),
-        ("APP.example.:8000", "app.example"),
-        ("app.example:", "app.example"),
-        (" app.example ", "app.example"),
-        ("[::1]:8000", "::1"),
-        ("[::1]", "::1"),
-        ("127.0.0.1:80", "127.0.0.1"),
-        ("app.example:http", "app.example:http"),  # not a port: left for the lookup to miss
-        ("", None),
-        (":80", None),
-        (None, None),
-    ],
-)
-def test_normalize_host(raw, expected):
-    assert normalize_host(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -71,23 +43,21 @@ def test_eligible_backends_ignores_duplicates():
 
 def test_build_table_maps_every_host_of_a_function():
     other = uuid.UUID(int=200)
+    endpoint = ServingEndpoint("10.160.0.2", 8000)
     table = build_table(
         ClusterSnapshot(
             routes={"a.test": FID, "www.a.test": FID, "b.test": other, "gone.test": uuid.uuid4()},
             backends={FID: (A, B), other: (C,)},
             statuses={A: RUNNING, B: RUNNING, C: STARTING},
             live_nodes=frozenset({A.ip, B.ip, C.ip}),
+            endpoints={A: endpoint, C: ServingEndpoint("10.160.1.2", 8000)},
         )
     )
-    assert table.lookup("a.test") == table.lookup("www.a.test")
-    assert table.lookup("a.test").function_id == FID
-    assert table.lookup("a.test").backends == (A, B)
-    with pytest.raises(Unavailable, match=str(other)):
-        table.lookup("b.test")
-    with pytest.raises(Unavailable, match=r"gone\.test"):
-        table.lookup("gone.test")  # route to a function that is not (or no longer) there
-    with pytest.raises(NotFound, match=r"'c\.test'"):
-        table.lookup("c.test")
+    assert table.routes["a.test"] == table.routes["www.a.test"]
+    assert table.routes["a.test"] == Route(FID, (A, B), {A: endpoint})
+    assert table.routes["b.test"] == Route(other, (), {})  # C is not Running
+    assert table.routes["gone.test"].backends == ()  # a function that is not (or no longer) there
+    assert "c.test" not in table.routes
     assert table.serving_backends == 2
 
 
@@ -95,3 +65,13 @@ def test_tables_compare_by_value():
     snapshot = ClusterSnapshot({"a.test": FID}, {FID: (A,)}, {A: RUNNING}, frozenset({A.ip}))
     assert build_table(snapshot) == build_table(snapshot)
     assert build_table(ClusterSnapshot()) == RoutingTable()
+
+
+def test_nginx_route_sends_endpoints_straight_and_the_rest_through_agents():
+    endpoint = ServingEndpoint("10.160.0.2", 8080)
+    route = Route(FID, (A, B), {A: endpoint})
+    assert nginx_route(route, 8001) == {
+        "function": str(FID),
+        "direct": [{"address": "10.160.0.2", "port": 8080, "container": str(A.container_id)}],
+        "agent": [{"address": B.ip, "port": 8001, "container": str(B.container_id)}],
+    }

@@ -258,7 +258,12 @@ def test_any_container_znode_of_16_bytes_or_more_decodes(data: bytes) -> None:
 
 def test_node_alive_round_trip() -> None:
     alive = NodeAlive(
-        cpus=2.5, memory=8 << 30, version="0.1.0", containers=3, container_overhead=96 << 20
+        cpus=2.5,
+        memory=8 << 30,
+        version="0.1.0",
+        containers=3,
+        container_overhead=96 << 20,
+        pool="10.1.0.0/20",
     )
     assert NodeAlive.decode(alive.encode()) == alive
     assert json.loads(alive.encode()) == {
@@ -267,9 +272,46 @@ def test_node_alive_round_trip() -> None:
         "version": "0.1.0",
         "containers": 3,
         "container_overhead": 96 << 20,
+        "pool": "10.1.0.0/20",
     }
     older = NodeAlive.decode(b'{"cpus": 2, "memory": 1024}')  # an agent from before overhead
     assert older.container_overhead == 0
+
+
+@pytest.mark.parametrize(
+    ("pool", "read"),
+    [("10.1.0.0/20", "10.1.0.0/20"), ("10.1.0.1/20", ""), ("nope", ""), (7, ""), (None, "")],
+)
+def test_alive_pool_is_an_ipv4_network_or_none(pool: object, read: str) -> None:
+    assert NodeAlive.decode(json.dumps({"pool": pool}).encode()).pool == read
+
+
+def test_status_znode_carries_the_serving_endpoint() -> None:
+    endpoint = layout.ServingEndpoint("10.160.0.2", 8080)
+    data = layout.encode_status(ContainerStatus.RUNNING, endpoint)
+    assert layout.decode_status(data) == ContainerStatus.RUNNING
+    assert layout.decode_endpoint(data) == endpoint
+    assert layout.encode_status(ContainerStatus.STARTING) == b"\x01"
+    assert layout.decode_endpoint(b"\x01") is None
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",
+        b"junk",
+        b"[]",
+        b'{"address": "x", "port": 80}',
+        b'{"address": "10.0.0.2"}',
+        b'{"address": "10.0.0.2", "port": 0}',
+        b'{"address": "10.0.0.2", "port": true}',
+        b'{"address": "10.0.0.2", "port": 70000}',
+        b"[" * 100_000,
+    ],
+)
+def test_malformed_endpoint_reads_as_none(tail: bytes) -> None:
+    assert layout.decode_endpoint(b"\x02" + tail) is None
+    assert layout.decode_status(b"\x02" + tail) == ContainerStatus.RUNNING
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from bismuth_agent.network.ruleset import (
 )
 
 SETTINGS = NetworkSettings(firewall_id="t1", interface_group=0xB150)
-BASE_CHAINS = ("prerouting", "input", "forward", "postrouting")
+BASE_CHAINS = ("prerouting", "input", "forward", "output", "postrouting")
 ALLOCATION = Allocation("3f2a9c1d-4e5b-4a6c-8d7e-9f0a1b2c3d4e", IPv4Network("10.253.0.4/30"))
 
 
@@ -32,15 +32,40 @@ def rules(script: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("masquerade", [False, True])
 def test_base_chains_only_touch_container_interfaces(masquerade: bool) -> None:
     """The host's own traffic never matches: every hooked rule first checks the group, except
-    the one that keeps other hosts away from the providers (the pool's provider port)."""
+    the one that keeps other hosts away from the providers (the pool's provider port) and
+    those refusing traffic to the pool that would leave through another interface."""
     settings = NetworkSettings(firewall_id="t1", interface_group=0xB150, masquerade=masquerade)
     script = install_script(settings)
     hooked = [rule for chain, rule in rules(script) if chain in BASE_CHAINS]
     assert hooked
     providers_only = f'iifname != "lo" ip daddr {settings.pool} tcp dport 9000 drop'
+    pool_only = f"meta nfproto ipv4 ip daddr {settings.pool} oifgroup != 45392"
     assert [r for r in hooked if not r.startswith(("iifgroup 45392 ", "oifgroup 45392 "))] == [
-        providers_only
+        providers_only,
+        f"{pool_only} reject",
+        f'{pool_only} oifname != "lo" reject',
     ]
+
+
+def test_frontends_reach_serving_ports_only() -> None:
+    settings = NetworkSettings(
+        firewall_id="t1", interface_group=0xB150, frontends=("10.250.0.11", "10.250.0.12/32")
+    )
+    script = install_script(settings)
+    assert "add element inet bismuth_t1 frontend_sources { 10.250.0.11/32, 10.250.0.12/32 }" in (
+        script
+    )
+    assert (
+        "to_container",
+        "ip saddr @frontend_sources oifname . ip daddr . tcp dport @serving_endpoints accept",
+    ) in rules(script)
+    assert "frontend_sources {" not in install_script(SETTINGS).split("flush set")[-1]
+    attached = attach_script(SETTINGS.table, ALLOCATION, 8080)
+    assert (
+        'add element inet bismuth_t1 serving_endpoints { "bth3f2a9c1d4e5b" . 10.253.0.6 . 8080 }'
+        in (attached)
+    )
+    assert "serving_endpoints" not in attach_script(SETTINGS.table, ALLOCATION)
     assert "policy accept" in script and "policy drop" not in script
 
 
@@ -86,7 +111,12 @@ def test_metadata_address_is_dnated_to_the_containers_own_provider() -> None:
 def test_install_refreshes_rules_but_keeps_container_elements() -> None:
     script = install_script(SETTINGS)
     assert "flush set inet bismuth_t1 blocked_destinations" in script
-    for name in ("provider_by_iface", "provider_endpoints", "container_sources"):
+    for name in (
+        "provider_by_iface",
+        "provider_endpoints",
+        "container_sources",
+        "serving_endpoints",
+    ):
         assert f"flush set inet bismuth_t1 {name}" not in script
         assert f"flush map inet bismuth_t1 {name}" not in script
     assert "delete table" not in script
@@ -139,6 +169,12 @@ def test_elements_are_read_from_nft_json() -> None:
             {"map": {"name": "provider_by_iface", "elem": [["bthx", "10.253.0.5"]]}},
             {"set": {"name": "provider_endpoints", "elem": [{"concat": ["bthx", "10.253.0.5"]}]}},
             {"set": {"name": "container_sources"}},
+            {
+                "set": {
+                    "name": "serving_endpoints",
+                    "elem": [{"concat": ["bthx", "10.253.0.6", 80]}],
+                }
+            },
             {"set": {"name": "blocked_destinations", "elem": [{"prefix": {"addr": "10.0.0.0"}}]}},
         ]
     }
@@ -146,4 +182,5 @@ def test_elements_are_read_from_nft_json() -> None:
         "provider_by_iface": [("bthx", "10.253.0.5")],
         "provider_endpoints": [("bthx", "10.253.0.5")],
         "container_sources": [],
+        "serving_endpoints": [("bthx", "10.253.0.6", "80")],
     }

@@ -1,16 +1,9 @@
-"""W3C Trace Context (``traceparent``): keep the caller's trace, add the frontend's span.
-
-A valid incoming ``traceparent`` keeps its trace-id and flags and gets a new span id (the
-frontend's span, which becomes the parent of whatever the container does); anything else
-starts a new trace. The result is sent upstream and returned on the response. See
-https://www.w3.org/TR/trace-context/#traceparent-header.
-"""
+"""W3C ``traceparent`` as the specification reads it: the reference the frontend's
+answers are checked against (https://www.w3.org/TR/trace-context/#traceparent-header)."""
 
 from __future__ import annotations
 
 import re
-import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 VERSION = "00"
@@ -29,10 +22,6 @@ class TraceContext:
     @property
     def header(self) -> str:
         return f"{VERSION}-{self.trace_id}-{self.span_id}-{self.flags}"
-
-    def child(self) -> TraceContext:
-        """A new span in the same trace."""
-        return TraceContext(self.trace_id, _random_id(8), self.flags)
 
 
 def parse_traceparent(value: str | None) -> TraceContext | None:
@@ -65,29 +54,5 @@ def parse_traceparent(value: str | None) -> TraceContext | None:
     return TraceContext(trace_id, span_id, flags)
 
 
-def new_trace() -> TraceContext:
-    return TraceContext(_random_id(16), _random_id(8), SAMPLED)
-
-
-def frontend_span(incoming: Sequence[str]) -> tuple[TraceContext, bool]:
-    """The frontend's span for a request's ``traceparent`` header values.
-
-    Returns ``(context, continued)``; ``continued`` is False when a new trace was started
-    (no header, several headers, or an invalid one), in which case ``tracestate`` must not
-    be passed on.
-    """
-    parent = parse_traceparent(incoming[0]) if len(incoming) == 1 else None
-    if parent is None:
-        return new_trace(), False
-    return parent.child(), True
-
-
 def _is_hex(text: str) -> bool:
     return bool(_HEX.match(text))
-
-
-def _random_id(size: int) -> str:
-    while True:
-        value = secrets.token_hex(size)
-        if value.strip("0"):
-            return value
