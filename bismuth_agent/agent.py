@@ -295,7 +295,13 @@ class Agent:
         self._spawn(self._health(sup))
 
     async def _remove(self, cid: uuid.UUID) -> None:
+        sup = self.containers.get(cid)
         try:
+            if sup is not None and sup.status == ContainerStatus.RUNNING:
+                # Frontends learn of its removal from the same change in ZooKeeper as this
+                # agent: it serves on while they stop sending to it (a drain period, not a
+                # wait for a condition this agent could see), then it gets SIGTERM.
+                await asyncio.sleep(self.config.stop_drain)
             await self.runtime.remove(cid, grace=self.config.stop_grace)
         finally:
             self.containers.pop(cid, None)

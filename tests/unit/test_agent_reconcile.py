@@ -280,3 +280,18 @@ async def test_a_server_is_running_once_its_port_accepts_connections(tmp_path):
         node.presence.wanted = {A: DesiredContainer(A, FUNCTION, server)}
         await node.pass_()
         assert node.presence.statuses[A] == ContainerStatus.RUNNING
+
+
+async def test_a_running_container_serves_through_its_drain_before_it_is_removed(tmp_path):
+    runtime = FakeRuntime()
+    node = make_node(tmp_path, runtime, {A}, stop_drain=0.3)
+    await node.pass_()
+    node.presence.wanted = {}
+    await node.agent.reconcile()
+    await asyncio.sleep(0.1)
+    serving = node.agent.lookup(A)
+    assert serving is not None and serving.serving()
+    assert ("remove", A) not in runtime.calls
+    await node.settle()
+    assert runtime.calls[-1] == ("remove", A)
+    assert node.agent.lookup(A) is None
