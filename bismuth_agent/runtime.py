@@ -62,6 +62,8 @@ from .providers import (
     Launch,
     ProviderSupervisor,
     cap_log,
+    confined,
+    default_command,
     local_storage_root,
     provider_identity,
 )
@@ -69,6 +71,7 @@ from .repos import RepoSettings
 from .secretserver import SecretSource
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
 from .timeline import CONTAINER, IMAGE, NETWORK, PROVIDER, STARTED, TASK, Timelines
+from .zygote import ProviderZygote
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ _TASK_STATES = {  # containerd's task status -> what the planner knows
 }
 ID_RANGES_FILE = "idranges.json"
 PROVIDERS_CGROUP = "providers"
+ZYGOTE = "zygote"  # the providers' zygote: its cgroup (under providers/)
+ZYGOTE_LOG = "provider-zygote.log"
 
 
 def cluster_box(key_file: str) -> SecretBox | None:
@@ -123,8 +128,8 @@ class ContainerRuntime:
                 f"config init_path: {config.init_path} is not an executable file"
                 ' (Debian package tini; "" runs containers without an init)'
             )
-        self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
+        self.providers = ProviderSupervisor(config.provider_command, zygote=self._zygote())
         self.secrets = SecretSource(zk, cluster_box(config.cluster_key_file))
         self.secrets_socket = Path(config.state_dir) / secretserver.SOCKET
         self._serving = contextlib.AsyncExitStack()
@@ -132,6 +137,21 @@ class ContainerRuntime:
         self._image_locks: dict[str, asyncio.Lock] = {}
         self.repo_settings = RepoSettings(
             config.repo_http_hosts, config.git_ca_file, config.repo_max_bytes, config.repo_timeout
+        )
+
+    def _zygote(self) -> ProviderZygote | None:
+        """The providers' zygote (``provider_zygote``): as their user, in a cgroup of its own
+        with their limits."""
+        config = self.config
+        if not config.provider_zygote:
+            return None
+        cgroup = Cgroup(f"{config.cgroup_root}/{PROVIDERS_CGROUP}/{ZYGOTE}")
+        command = [*(config.provider_command or default_command()), "--zygote"]
+        return ProviderZygote(
+            confined(command, self.provider_user, cgroup),
+            Path(config.state_dir) / ZYGOTE_LOG,
+            cgroup,
+            Limits(config.provider_memory, config.provider_pids),
         )
 
     def dir(self, cid: uuid.UUID) -> Path:
@@ -146,6 +166,7 @@ class ContainerRuntime:
         await self._stream.ready()
         await self.firewall.install(await self.network.host_view())
         self.secrets_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.providers.prepare()
         group = self.provider_user[1] if self.provider_user is not None else None
         await self._serving.enter_async_context(
             secretserver.serving(self.secrets_socket, self.secrets, self.providers.asker, group)

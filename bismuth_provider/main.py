@@ -2,7 +2,7 @@
 
 The agent starts it with its settings in ``BISMUTH_*`` environment variables; it reads the
 token file, opens the storage backend, binds the container's host-side address and serves
-until SIGTERM.
+until SIGTERM. ``bismuth-provider --zygote`` forks providers instead (:mod:`.zygote`).
 """
 
 from __future__ import annotations
@@ -79,6 +79,12 @@ async def serve(config: ProviderConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if (sys.argv[1:] if argv is None else argv) == ["--zygote"]:
+        from .zygote import main as fork_providers
+
+        fork_providers()  # see bismuth_provider.zygote
+        return
+
     def load() -> ProviderConfig:
         args = parse_args(argv)
         return load_config(ProviderConfig, file=args.config, overrides=flag_overrides(args))
