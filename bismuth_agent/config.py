@@ -41,6 +41,9 @@ class AgentConfig:
     id_map_start: int = 1_000_000
     id_map_size: int = 65536
     id_map_count: int = 1024
+    # Free ranges kept remapped ahead of need for each image started on this node (in the
+    # background, at the lowest priority): a new range costs a start seconds otherwise.
+    id_map_spare: int = 2
     # Capacity advertised for scheduling (0 = all of this machine's cpus / memory).
     cpus: float = 0.0
     memory: int = 0

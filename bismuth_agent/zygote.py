@@ -52,6 +52,7 @@ class ProviderZygote:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = asyncio.Lock()
+        self._closed = False  # let go for good (the agent stops): its cgroup may go
 
     @property
     def pid(self) -> int | None:
@@ -61,7 +62,8 @@ class ProviderZygote:
         """Start the zygote unless it runs; it imports while the agent goes on."""
         if self._process is not None and self._process.poll() is None:
             return
-        self.close()
+        self._let_go()
+        self._closed = False
         if self.cgroup is not None and self.limits is not None:
             self.cgroup.create(self.limits)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -80,19 +82,25 @@ class ProviderZygote:
 
     async def fork(self, env: dict[str, str], token: str, log_file: Path) -> tuple[int, int]:
         """A new provider, held until its go pipe gets a byte: (its PID, the pipe's write
-        end, which the caller owns)."""
-        async with self._lock:
-            self.start()
-            go_read, go_write = os.pipe()
-            try:
+        end, which the caller owns). Cancelled, it lets the zygote answer (one exchange at a
+        time on its socket) and closes the go pipe: a child forked meanwhile exits."""
+        go_read, go_write = os.pipe()
+        exchange = asyncio.ensure_future(self._exchange(env, token, log_file, go_read))
+        exchange.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.shield(exchange), go_write
+        except BaseException:
+            os.close(go_write)
+            raise
+
+    async def _exchange(self, env: dict[str, str], token: str, log_file: Path, go: int) -> int:
+        try:
+            async with self._lock:
+                self.start()
                 with open(log_file, "ab") as out:
-                    pid = await asyncio.to_thread(self._ask, env, token, out.fileno(), go_read)
-            except BaseException:
-                os.close(go_write)
-                raise
-            finally:
-                os.close(go_read)
-            return pid, go_write
+                    return await asyncio.to_thread(self._ask, env, token, out.fileno(), go)
+        finally:
+            os.close(go)
 
     def _ask(self, env: dict[str, str], token: str, log_fd: int, go_fd: int) -> int:
         control = self._control
@@ -104,10 +112,10 @@ class ProviderZygote:
             socket.send_fds(control, [message], [log_fd, go_fd])
             reply = control.recv(REPLY_MAX)
         except OSError as exc:
-            self.close()
+            self._let_go()
             raise ZygoteUnavailable(f"the zygote did not answer: {exc!r}") from None
         if not reply:
-            self.close()
+            self._let_go()
             raise ZygoteUnavailable("the zygote exited; see its log")
         answer = json.loads(reply)
         if "pid" not in answer:
@@ -115,7 +123,12 @@ class ProviderZygote:
         return int(answer["pid"])
 
     def close(self) -> None:
-        """Let the zygote go (it exits when its socket closes); its providers run on."""
+        """Let the zygote go (it exits when its socket closes; its cgroup goes after it);
+        the providers it forked run on."""
+        self._closed = True
+        self._let_go()
+
+    def _let_go(self) -> None:
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -126,8 +139,9 @@ class ProviderZygote:
             ).start()
 
     def _reap(self, process: subprocess.Popen[bytes]) -> None:
-        """Wait for the zygote to go, then remove its cgroup (unless a new one uses it)."""
+        """Wait for the zygote to go; then, if the agent let it go for good, remove its
+        cgroup (a zygote started again meanwhile keeps it: it would refuse to go)."""
         process.wait()
-        if self.cgroup is not None and self._process is None:
+        if self.cgroup is not None and self._closed:
             with contextlib.suppress(OSError):
                 self.cgroup.remove()

@@ -103,6 +103,7 @@ def agent_config(path: str) -> OperationMeta:
         provider_memory=host.data.provider_memory,
         provider_pids=host.data.provider_pids,
         provider_zygote=host.data.provider_zygote,
+        id_map_spare=host.data.id_map_spare,
     )
 
 
