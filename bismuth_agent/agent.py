@@ -188,11 +188,18 @@ class Agent:
 
     async def reconcile(self) -> None:
         """One pass: observe, plan, apply; then report statuses and the container count."""
+        observing = asyncio.ensure_future(self.observe())  # containerd, while ZooKeeper answers
         try:
             desired = await self.presence.desired()
-        except Unavailable:
-            return  # ZooKeeper away: keep running what runs
-        observed = await self.observe()
+        except BaseException as exc:
+            observing.cancel()
+            await asyncio.wait([observing])
+            if not observing.cancelled():
+                observing.exception()
+            if isinstance(exc, Unavailable):
+                return  # ZooKeeper away: keep running what runs
+            raise
+        observed = await observing
         for sup in self.containers.values():  # definitions may change on a redeploy
             if sup.desired.container_id in desired:
                 sup.desired = desired[sup.desired.container_id]
@@ -263,8 +270,10 @@ class Agent:
     async def _create(self, sup: Supervised, leftovers: bool) -> None:
         cid = sup.desired.container_id
         self.timelines.begin(cid, sup.desired.committed_at if sup.failures == 0 else None)
+        # Written while the container is made (sent first, so applied before any later
+        # status of this session's): not a step of the start.
+        self._spawn(self._set_status(sup, ContainerStatus.STARTING))
         try:
-            await self._set_status(sup, ContainerStatus.STARTING)
             if leftovers:
                 await self.runtime.remove(cid, keep_logs=True, grace=self.config.stop_grace)
             sup.made, sup.exited_at = None, None

@@ -59,6 +59,7 @@ class ImageSnapshots:
         self.spare = spare
         self._pulls: dict[str, asyncio.Lock] = {}
         self._remaps: dict[tuple[str, int], asyncio.Lock] = {}
+        self._known: dict[tuple[str, str, int], str] = {}  # (image, digest, range) -> key
         self._wanted: dict[str, None] = {}  # images to make spare ranges for, in order
         self._ahead: asyncio.Task[None] | None = None
         self._background: ThreadPoolExecutor | None = None
@@ -66,15 +67,22 @@ class ImageSnapshots:
 
     async def snapshot(self, reference: str, ids: IdMapping) -> str:
         """The top snapshot of ``reference`` remapped to ``ids``, pulling the image if it is
-        missing; ``SetupFailed`` if it cannot be had."""
-        await self._pulled(reference)
-        return await self._remapped(reference, ids)
+        missing; ``SetupFailed`` if it cannot be had. A snapshot found before for the same
+        image content and range is checked with one call instead of resolving the image's
+        layers again."""
+        seen = (reference, await self._pulled(reference), ids.host_start)
+        known = self._known.get(seen)
+        if known is not None and await self.ctrd.snapshots.exists(known):
+            return known
+        key = await self._remapped(reference, ids)
+        self._known[seen] = key
+        return key
 
-    async def _pulled(self, reference: str) -> None:
+    async def _pulled(self, reference: str) -> str:
+        """The image's digest, once it is here."""
         async with self._pulls.setdefault(reference, asyncio.Lock()):
             try:
-                await self.ctrd.images.get(reference)
-                return
+                return (await self.ctrd.images.get(reference)).target.digest
             except NotFound:
                 pass
             host = reference.split("/", 1)[0]
@@ -83,6 +91,7 @@ class ImageSnapshots:
             except (ContainerdError, BismuthError, OSError) as exc:
                 why = exc.message if isinstance(exc, BismuthError) else repr(exc)
                 raise SetupFailed(f"image {reference} is not available: {why}") from exc
+            return (await self.ctrd.images.get(reference)).target.digest
 
     async def _remapped(
         self, reference: str, ids: IdMapping, executor: ThreadPoolExecutor | None = None
