@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,7 +282,7 @@ class Update:
 
     served: float
     gone: float
-    failed: int
+    failed: Counter[str]
 
 
 async def update(http: aiohttp.ClientSession, cluster: Cluster, fid: str, host: str) -> Update:
@@ -289,21 +290,20 @@ async def update(http: aiohttp.ClientSession, cluster: Cluster, fid: str, host: 
     async with http.get(f"{cluster.api}/function/{fid}", headers=auth) as r:
         (old,) = [b["backend"]["container_id"] for b in (await r.json())["backends"]]
     first: dict[str, float] = {}
-    failed = 0
+    failed: Counter[str] = Counter()
     stopping = asyncio.Event()
 
     async def calls() -> None:
-        nonlocal failed
         while not stopping.is_set():
             try:
                 async with http.get(cluster.frontend + "/", headers={"Host": host}) as r:
-                    await r.read()
+                    body = await r.read()
                     if r.status != 200:
-                        failed += 1
+                        failed[f"{r.status} {body[:80]!r}"] += 1
                     else:
                         first.setdefault(r.headers["X-Bismuth-Container-ID"], time.time())
-            except aiohttp.ClientError:
-                failed += 1
+            except aiohttp.ClientError as exc:
+                failed[type(exc).__name__] += 1
 
     loops = [asyncio.create_task(calls()) for _ in range(2)]
     put = time.time()
@@ -352,7 +352,8 @@ def update_report(done: list[Update]) -> str:
             f"{'':<44} {'p50':>8} {'p99':>8}",
             f"{'PUT -> the new container serves':<44} {s50:>8.1f} {s99:>8.1f}",
             f"{'the new container serves -> old task gone':<44} {a50:>8.1f} {a99:>8.1f}",
-            f"failed requests during the updates: {sum(u.failed for u in done)}",
+            f"failed requests during the updates: {sum(sum(u.failed.values()) for u in done)}",
+            *(f"  {n} x {what}" for what, n in sum((u.failed for u in done), Counter()).items()),
         ]
     )
 

@@ -200,11 +200,18 @@ class Agent:
 
     async def reconcile(self) -> None:
         """One pass: observe, plan, apply; then report statuses and the container count."""
+        observing = asyncio.ensure_future(self.observe())  # containerd, while ZooKeeper answers
         try:
             desired = await self.presence.desired()
-        except Unavailable:
-            return  # ZooKeeper away: keep running what runs
-        observed = await self.observe()
+        except BaseException as exc:
+            observing.cancel()
+            await asyncio.wait([observing])
+            if not observing.cancelled():
+                observing.exception()
+            if isinstance(exc, Unavailable):
+                return  # ZooKeeper away: keep running what runs
+            raise
+        observed = await observing
         for sup in self.containers.values():  # definitions may change on a redeploy
             if sup.desired.container_id in desired:
                 sup.desired = desired[sup.desired.container_id]
@@ -275,8 +282,10 @@ class Agent:
     async def _create(self, sup: Supervised, leftovers: bool) -> None:
         cid = sup.desired.container_id
         self.timelines.begin(cid, sup.desired.committed_at if sup.failures == 0 else None)
+        # Written while the container is made (sent first, so applied before any later
+        # status of this session's): not a step of the start.
+        self._spawn(self._set_status(sup, ContainerStatus.STARTING))
         try:
-            await self._set_status(sup, ContainerStatus.STARTING)
             if leftovers:
                 await self.runtime.remove(cid, keep_logs=True, grace=self.config.stop_grace)
             sup.made, sup.exited_at = None, None
@@ -307,7 +316,13 @@ class Agent:
         self._spawn(self._health(sup))
 
     async def _remove(self, cid: uuid.UUID) -> None:
+        sup = self.containers.get(cid)
         try:
+            if sup is not None and sup.status == ContainerStatus.RUNNING:
+                # Frontends learn of its removal from the same change in ZooKeeper as this
+                # agent: it serves on while they stop sending to it (a drain period, not a
+                # wait for a condition this agent could see), then it gets SIGTERM.
+                await asyncio.sleep(self.config.stop_drain)
             await self.runtime.remove(cid, grace=self.config.stop_grace)
         finally:
             self.containers.pop(cid, None)

@@ -97,6 +97,14 @@ class Cgroup:
         script = f'{moves} && shift {len(procs)} && exec "$@"'
         return ["/bin/sh", "-c", script, "sh", *procs, *argv]
 
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` here (made first, with :meth:`create`)."""
+        try:
+            for directory in self.directories():
+                (directory / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError as exc:
+            raise CgroupError(f"cannot move process {pid} into cgroup {self.path}: {exc}") from None
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for directory in self.directories():

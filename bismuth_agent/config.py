@@ -41,6 +41,9 @@ class AgentConfig:
     id_map_start: int = 1_000_000
     id_map_size: int = 65536
     id_map_count: int = 1024
+    # Free ranges kept remapped ahead of need for each image started on this node (in the
+    # background, at the lowest priority): a new range costs a start seconds otherwise.
+    id_map_spare: int = 2
     # Capacity advertised for scheduling (0 = all of this machine's cpus / memory).
     cpus: float = 0.0
     memory: int = 0
@@ -49,6 +52,9 @@ class AgentConfig:
     # tini): it hands signals to the function's process and reaps orphans. "" = none (the
     # function's process is PID 1, which ignores SIGTERM unless it handles it).
     init_path: str = "/usr/bin/tini-static"
+    # Seconds a Running container that is no longer wanted serves on before its SIGTERM, so
+    # that frontends (told by the same ZooKeeper change) stop sending to it first.
+    stop_drain: float = 0.5
     # Seconds: SIGTERM to SIGKILL on removal; restart backoff after a task exits.
     stop_grace: float = 10.0
     restart_backoff: float = 1.0
@@ -106,6 +112,10 @@ class AgentConfig:
     # announces it per container) and processes.
     provider_memory: int = 96 << 20
     provider_pids: int = 64
+    # Fork providers from one zygote that has imported them (as their user, in a cgroup of
+    # its own with their limits): a provider answers in milliseconds instead of after a
+    # Python start. false: each provider is a new Python process.
+    provider_zygote: bool = True
     provider_log_level: str = "info"
     # File with the cluster key that opens function secrets ("" = secrets unavailable).
     cluster_key_file: str = ""

@@ -59,6 +59,12 @@ class IdPool:
             f"all {self.count} host id ranges are in use (id_map_count): no room for a container"
         )
 
+    def free(self, count: int) -> list[IdMapping]:
+        """The ``count`` ranges the next allocations hand out (the lowest free ones)."""
+        used = set(self._held.values())
+        starts = (self.start + index * self.size for index in range(self.count))
+        return [IdMapping(s, self.size) for s in starts if s not in used][:count]
+
     def claim(self, cid: uuid.UUID, mapping: IdMapping) -> IdMapping:
         """Record a range found in use by ``cid``; :class:`Conflict` if another holds it."""
         if mapping.size != self.size:
@@ -105,6 +111,9 @@ class IdRangeStore:
         self._save()
         log.info("host ids %d+ found in use", mapping.host_start, extra={"container_id": cid})
         return mapping
+
+    def free(self, count: int) -> list[IdMapping]:
+        return self.pool.free(count)
 
     def release(self, cid: uuid.UUID) -> None:
         if self.pool.release(cid) is not None:

@@ -41,15 +41,18 @@ import aiohttp
 
 from bismuth_core.config import ConfigError
 from bismuth_core.errors import BismuthError
+from bismuth_core.eventloop import reraise_if_cancelling
 
-from .cgroups import Cgroup, Limits
+from .cgroups import Cgroup, CgroupError, Limits
 from .secretserver import Asker
+from .zygote import ProviderZygote, ZygoteUnavailable
 
 log = logging.getLogger(__name__)
 
 PID_FILE = "provider.pid"
 LOG_FILE = "provider.log"
 STABLE_AFTER = 30.0
+READY_POLL = 0.005  # seconds between a starting provider's health checks
 LOG_MAX_BYTES = 1 << 20  # a provider's log, kept in two halves (provider.log and .log.1)
 PROCESS_NAMES = (b"bismuth_provider", b"bismuth-provider")  # in the provider's command line
 
@@ -95,8 +98,10 @@ class ProviderSupervisor:
         ready_timeout: float = 15.0,
         backoff: float = 0.5,
         backoff_cap: float = 30.0,
+        zygote: ProviderZygote | None = None,
     ) -> None:
-        self.command = command or (sys.executable, "-m", "bismuth_provider")
+        self.command = command or default_command()
+        self.zygote = zygote
         self.ready_timeout = ready_timeout
         self.backoff, self.backoff_cap = backoff, backoff_cap
         self._watched: dict[uuid.UUID, _Watched] = {}
@@ -114,9 +119,14 @@ class ProviderSupervisor:
                 return Asker(cid, launch.function_id, launch.token)
         return None
 
+    def prepare(self) -> None:
+        """Start the zygote, if there is one: it imports while the agent starts."""
+        if self.zygote is not None:
+            self.zygote.start()
+
     async def start(self, launch: Launch) -> None:
         """Launch the provider and wait until it answers; ``ProviderFailed`` if it does not."""
-        pid = self._spawn(launch)
+        pid = await self._spawn(launch)
         watched = self._watch(launch, pid)
         try:
             await self._ready(watched)
@@ -162,6 +172,8 @@ class ProviderSupervisor:
         for task in self._restarts.values():
             task.cancel()
         self._restarts.clear()
+        if self.zygote is not None:
+            self.zygote.close()
         loop = asyncio.get_running_loop()
         for watched in self._watched.values():
             if watched.fd >= 0:
@@ -172,7 +184,41 @@ class ProviderSupervisor:
 
     # --- processes ------------------------------------------------------------------------
 
-    def _spawn(self, launch: Launch) -> int:
+    async def _spawn(self, launch: Launch) -> int:
+        """Fork the provider from the zygote; without one (or if it fails), run it."""
+        if self.zygote is not None:
+            try:
+                return await self._fork(launch, self.zygote)
+            except (ZygoteUnavailable, CgroupError, OSError) as exc:
+                reraise_if_cancelling(exc)
+                why = exc.message if isinstance(exc, BismuthError) else repr(exc)
+                log.warning(
+                    "provider zygote: %s; running the provider on its own",
+                    why,
+                    extra={"container_id": launch.container_id},
+                )
+        return self._run(launch)
+
+    async def _fork(self, launch: Launch, zygote: ProviderZygote) -> int:
+        """A provider forked by the zygote, moved into its cgroup before it may run."""
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **launch.env}
+        pid, go = await zygote.fork(env, launch.token, launch.directory / LOG_FILE)
+        try:
+            if launch.cgroup is not None and launch.limits is not None:
+                launch.cgroup.create(launch.limits)
+                launch.cgroup.add(pid)
+            os.write(go, b"1")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            os.close(go)
+        _record_pid(launch.directory, pid)
+        log.info("forked provider %d", pid, extra={"container_id": launch.container_id})
+        return pid
+
+    def _run(self, launch: Launch) -> int:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **launch.env}
         with open(launch.directory / LOG_FILE, "ab") as out:
             process = subprocess.Popen(
@@ -193,15 +239,9 @@ class ProviderSupervisor:
 
     def _argv(self, launch: Launch) -> list[str]:
         """The provider's command, as its user, in its cgroup (made here, if it is not)."""
-        argv = list(self.command)
-        if launch.user is not None:
-            uid, gid = launch.user
-            switch = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-            argv = [*switch, "--no-new-privs", "--", *argv]
         if launch.cgroup is not None and launch.limits is not None:
             launch.cgroup.create(launch.limits)
-            argv = launch.cgroup.join_command(argv)
-        return argv
+        return confined(list(self.command), launch.user, launch.cgroup)
 
     def _watch(self, launch: Launch, pid: int) -> _Watched:
         watched = _Watched(launch, pid, time.monotonic())
@@ -241,7 +281,7 @@ class ProviderSupervisor:
         await asyncio.sleep(delay)  # the backoff itself, not a wait for a condition
         self._restarts.pop(launch.container_id, None)
         try:
-            pid = self._spawn(launch)
+            pid = await self._spawn(launch)
             watched = self._watch(launch, pid)
             watched.failures = failures
             await self._ready(watched)
@@ -264,10 +304,27 @@ class ProviderSupervisor:
                         if response.status == 200:
                             return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watched.exited.wait(), 0.05)
+                    await asyncio.wait_for(watched.exited.wait(), READY_POLL)
         raise ProviderFailed(
             f"the provider did not answer on {launch.url} within {self.ready_timeout} s"
         )
+
+
+def default_command() -> tuple[str, ...]:
+    """The provider as this Python runs it."""
+    return (sys.executable, "-m", "bismuth_provider")
+
+
+def confined(argv: list[str], user: tuple[int, int] | None, cgroup: Cgroup | None) -> list[str]:
+    """``argv`` run as ``user`` (uid, gid; no supplementary groups, no new privileges) in
+    ``cgroup``, which a shell joins before it execs the rest (same PID)."""
+    if user is not None:
+        uid, gid = user
+        switch = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        argv = [*switch, "--no-new-privs", "--", *argv]
+    if cgroup is not None:
+        argv = cgroup.join_command(argv)
+    return argv
 
 
 def cap_log(directory: Path, max_bytes: int = LOG_MAX_BYTES) -> None:

@@ -1,10 +1,12 @@
 """Making and unmaking one container, as a sequence of idempotent steps.
 
-Setup: a host id range of its own → files (/etc files, token, the repo fetched into its
-tmpfs) → image (pulled or imported, unpacked, its top layer remapped to that range once per
-image and range) → containerd container and rootfs snapshot → task created (runc made the
+Setup: a host id range of its own and a subnet → the provider started (it answers on the
+subnet's host address once the veth exists; awaited before the task starts) → files (/etc
+files, token, the repo fetched into its tmpfs) → image (pulled or imported, unpacked, its top
+layer remapped to that range once per image and range: :mod:`.images`, which also remaps
+spare ranges ahead) → containerd container and rootfs snapshot → task created (runc made the
 namespaces, process not started; output to the log file) → veth into the task's network
-namespace → firewall elements → provider started and answering → task started.
+namespace → firewall elements → provider answering → task started.
 Teardown runs every step's undo in reverse, each safe when its setup never ran ("not found"
 is success): SIGTERM, a grace period, SIGKILL; task, provider, container, snapshot,
 firewall, veth, the repo's tmpfs, files, and (once the container is no longer wanted) its
@@ -28,8 +30,7 @@ from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
 from bismuth_agent.containerd.events import EventStream, TaskExit, TaskOOM
 from bismuth_agent.containerd.process import OutputTooLarge, exec_process
-from bismuth_agent.containerd.registry import pull
-from bismuth_agent.containerd.remap import remapped_snapshot, with_metacopy
+from bismuth_agent.containerd.remap import with_metacopy
 from bismuth_agent.containerd.types import Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
 from bismuth_core.config import ConfigError
@@ -43,6 +44,7 @@ from . import files, repos, seccomp, secretserver
 from .cgroups import Cgroup, Limits
 from .config import AgentConfig
 from .idranges import IdRangeStore, mapping_of
+from .images import ImageSnapshots
 from .logstore import LogStore
 from .model import (
     DesiredContainer,
@@ -63,6 +65,8 @@ from .providers import (
     Launch,
     ProviderSupervisor,
     cap_log,
+    confined,
+    default_command,
     local_storage_root,
     provider_identity,
 )
@@ -70,6 +74,7 @@ from .repos import RepoSettings
 from .secretserver import SecretSource
 from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
 from .timeline import CONTAINER, IMAGE, NETWORK, PROVIDER, STARTED, TASK, Timelines
+from .zygote import ProviderZygote
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ _TASK_STATES = {  # containerd's task status -> what the planner knows
 }
 ID_RANGES_FILE = "idranges.json"
 PROVIDERS_CGROUP = "providers"
+ZYGOTE = "zygote"  # the providers' zygote: its cgroup (under providers/)
+ZYGOTE_LOG = "provider-zygote.log"
 
 
 def cluster_box(key_file: str) -> SecretBox | None:
@@ -124,15 +131,32 @@ class ContainerRuntime:
                 f"config init_path: {config.init_path} is not an executable file"
                 ' (Debian package tini; "" runs containers without an init)'
             )
-        self.providers = ProviderSupervisor(config.provider_command)
         self.provider_user = provider_identity(config.provider_user)
+        self.providers = ProviderSupervisor(config.provider_command, zygote=self._zygote())
         self.secrets = SecretSource(zk, cluster_box(config.cluster_key_file))
         self.secrets_socket = Path(config.state_dir) / secretserver.SOCKET
         self._serving = contextlib.AsyncExitStack()
         self._stream: EventStream | None = None
-        self._image_locks: dict[str, asyncio.Lock] = {}
+        self.images = ImageSnapshots(
+            ctrd, self.id_ranges, config.plain_http_registries, config.id_map_spare
+        )
         self.repo_settings = RepoSettings(
             config.repo_http_hosts, config.git_ca_file, config.repo_max_bytes, config.repo_timeout
+        )
+
+    def _zygote(self) -> ProviderZygote | None:
+        """The providers' zygote (``provider_zygote``): as their user, in a cgroup of its own
+        with their limits."""
+        config = self.config
+        if not config.provider_zygote:
+            return None
+        cgroup = Cgroup(f"{config.cgroup_root}/{PROVIDERS_CGROUP}/{ZYGOTE}")
+        command = [*(config.provider_command or default_command()), "--zygote"]
+        return ProviderZygote(
+            confined(command, self.provider_user, cgroup),
+            Path(config.state_dir) / ZYGOTE_LOG,
+            cgroup,
+            Limits(config.provider_memory, config.provider_pids),
         )
 
     def dir(self, cid: uuid.UUID) -> Path:
@@ -147,6 +171,7 @@ class ContainerRuntime:
         await self._stream.ready()
         await self.firewall.install(await self.network.host_view())
         self.secrets_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.providers.prepare()
         group = self.provider_user[1] if self.provider_user is not None else None
         await self._serving.enter_async_context(
             secretserver.serving(self.secrets_socket, self.secrets, self.providers.asker, group)
@@ -154,9 +179,11 @@ class ContainerRuntime:
         await self.reap({str(cid) for cid in await self._containers()})
 
     async def close(self) -> None:
-        """Stop watching providers and answering them; containers and providers run on."""
+        """Stop watching providers and answering them, and making spare snapshots;
+        containers and providers run on."""
         self.providers.close()
         await self._serving.aclose()
+        await self.images.close()
 
     # --- observing --------------------------------------------------------------------
 
@@ -223,12 +250,41 @@ class ContainerRuntime:
             raise SetupFailed(why) from exc
 
     async def _create(self, desired: DesiredContainer) -> Made:
-        cid, definition = desired.container_id, desired.definition
+        """The steps in order, but the provider: it starts first (its addresses are
+        reserved before the namespace exists) and is waited for before the task starts."""
+        cid = desired.container_id
+        await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
         ids = self.id_ranges.allocate(cid)
+        token = self._token(self.dir(cid))
+        allocation = await self.network.reserve(str(cid))
+        launch = self._launch(desired, allocation, token)
+        provider = asyncio.ensure_future(self.providers.start(launch))
+        try:
+            pid = await self._task(desired, ids, token, allocation)
+            await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
+            await self.firewall.attach(allocation, serving_port(desired))
+            self.timelines.stamp(cid, NETWORK)
+            await provider
+            self.timelines.stamp(cid, PROVIDER)
+        except BaseException:
+            provider.cancel()
+            await asyncio.wait([provider])  # its own failure, if any, is not the news
+            if not provider.cancelled():
+                provider.exception()
+            raise
+        await self.ctrd.tasks.start(str(cid))
+        self.timelines.stamp(cid, STARTED)
+        self.images.prepare_ahead(desired.definition.image)
+        return Made(cid, pid, allocation, token, ids)
+
+    async def _task(
+        self, desired: DesiredContainer, ids: IdMapping, token: str, allocation: Allocation
+    ) -> int:
+        """Files, repo, image, containerd container and its task (not started): its PID."""
+        cid, definition = desired.container_id, desired.definition
         directory = self.dir(cid)
-        token = self._token(directory)
-        dns = files.nameservers()
-        etc = files.write_etc_files(directory, cid, None, dns)
+        address = str(allocation.container_address)
+        etc = files.write_etc_files(directory, cid, address, files.nameservers())
         repo_dir = None
         if definition.repo:
             url, branch = definition.repo
@@ -237,9 +293,8 @@ class ContainerRuntime:
             repo_dir = await repos.fetch(
                 directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
             )
-        parent = await self._image(definition.image, ids)
-        stamp = self.timelines.stamp
-        stamp(cid, IMAGE)
+        parent = await self.images.snapshot(definition.image, ids)
+        self.timelines.stamp(cid, IMAGE)
         plan = ContainerPlan(
             container_id=cid,
             function_id=desired.function_id,
@@ -253,31 +308,21 @@ class ContainerRuntime:
             seccomp=self.seccomp,
             init=self.config.init_path or None,
         )
+        labels = {"bismuth.function": str(desired.function_id), NODE_LABEL: self.config.node_ip}
         mounts = await self.ctrd.create_container(
             str(cid),
             spec=container_spec(plan),
             parent=parent,
             image=definition.image,
-            labels={
-                "bismuth.function": str(desired.function_id),
-                NODE_LABEL: self.config.node_ip,
-            },
+            labels=labels,
         )
-        stamp(cid, CONTAINER)
+        self.timelines.stamp(cid, CONTAINER)
         uri = self.logs.uri(cid)
         pid = await self.ctrd.tasks.create(
             str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
         )
-        stamp(cid, TASK)
-        allocation = await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
-        await self.firewall.attach(allocation, serving_port(desired))
-        files.write_etc_files(directory, cid, str(allocation.container_address), dns)
-        stamp(cid, NETWORK)
-        await self.providers.start(self._launch(desired, allocation, token))
-        stamp(cid, PROVIDER)
-        await self.ctrd.tasks.start(str(cid))
-        stamp(cid, STARTED)
-        return Made(cid, pid, allocation, token, ids)
+        self.timelines.stamp(cid, TASK)
+        return pid
 
     def _launch(self, desired: DesiredContainer, allocation: Allocation, token: str) -> Launch:
         """How this container's provider runs: its address, scope, quotas and storage; its
@@ -330,27 +375,6 @@ class ContainerRuntime:
         path.touch(mode=0o600)
         path.write_text(token)
         return token
-
-    async def _image(self, reference: str, ids: IdMapping) -> str:
-        """The top snapshot of ``reference`` remapped to ``ids``, pulling the image if it is
-        missing: made once per image and range, reused by every container the range goes to."""
-        lock = self._image_locks.setdefault(reference, asyncio.Lock())
-        async with lock:
-            try:
-                await self.ctrd.images.get(reference)
-            except NotFound:
-                try:
-                    await pull(self.ctrd, reference, plain_http=self._plain_http(reference))
-                except (ContainerdError, BismuthError, OSError) as exc:
-                    why = exc.message if isinstance(exc, BismuthError) else repr(exc)
-                    raise SetupFailed(f"image {reference} is not available: {why}") from exc
-            return await remapped_snapshot(
-                self.ctrd, reference, ids.host_start, ids.host_start, ids.size
-            )
-
-    def _plain_http(self, reference: str) -> bool:
-        host = reference.split("/", 1)[0]
-        return host in self.config.plain_http_registries
 
     # --- running containers ---------------------------------------------------------------
 
@@ -449,7 +473,8 @@ class ContainerRuntime:
 
     async def reap(self, known: set[str]) -> None:
         """Forget what containers containerd no longer has (``known``: those it has) left:
-        veths, firewall elements and host id ranges of an agent killed mid-removal."""
+        veths, subnets, firewall elements, host id ranges, providers and files of an agent
+        killed mid-removal or mid-setup."""
         for found in await self.network.list():
             if found.container_id is not None and found.container_id not in known:
                 log.info(
@@ -458,7 +483,21 @@ class ContainerRuntime:
                 )
                 await self.firewall.detach(found.ifname)
                 await self.network.teardown(found.container_id)
+        await self.network.release_others(known)
         self.id_ranges.keep_only(cid for cid in map(_uuid, known) if cid is not None)
+        await self._reap_providers(known)
+
+    async def _reap_providers(self, known: set[str]) -> None:
+        """Providers (and files) of containers containerd never made: an agent stopped
+        between starting a provider and making its container."""
+        top = Path(self.config.state_dir) / "containers"
+        for directory in top.iterdir() if top.is_dir() else ():
+            cid = _uuid(directory.name)
+            if cid is not None and directory.name not in known:
+                await self.providers.stop(cid, directory)
+                self.provider_cgroup(cid).remove()
+                await repos.remove(directory)
+                files.remove(directory)
 
 
 def _uuid(text: str) -> uuid.UUID | None:

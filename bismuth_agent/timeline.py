@@ -16,7 +16,7 @@ Stages, in order (the runtime may skip those its container does not need):
 ``container``           the containerd container and its rootfs snapshot
 ``task``                the task created: namespaces made, process not yet started
 ``network``             veth and address in the task's network namespace, firewall
-``provider``            the container's provider answers
+``provider``            its provider answers (started first, waited for here)
 ``started``             the task's process started
 ``listening``           the entrypoint accepts connections (Server mode)
 ``running``             status ``Running`` written to ZooKeeper

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -62,12 +63,18 @@ def _exit(name: str, message: str, code: int) -> NoReturn:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, host: str, port: int, **site: Any) -> AsyncIterator[None]:
-    """Serve ``app`` on ``host:port`` for the body of the ``with``; clean up after."""
+async def serving(
+    app: web.Application, host: str, port: int, sock: socket.socket | None = None, **site: Any
+) -> AsyncIterator[None]:
+    """Serve ``app`` on ``host:port`` (or on the listening ``sock``) for the body of the
+    ``with``; clean up after."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, **site).start()
+        if sock is not None:
+            await web.SockSite(runner, sock).start()
+        else:
+            await web.TCPSite(runner, host, port, **site).start()
         yield
     finally:
         await runner.cleanup()

@@ -31,7 +31,7 @@ from .routing import ClusterSnapshot, RoutingTable, build_table
 
 log = logging.getLogger(__name__)
 
-COALESCE_WINDOW = 0.01  # seconds of events gathered into one rebuild
+COALESCE_WINDOW = 0.01  # seconds: at most one rebuild per window during a burst of events
 INITIAL_SYNC_TIMEOUT = 30.0
 
 
@@ -123,11 +123,13 @@ class RouteCache:
         self._dirty.set()
 
     async def _follow(self) -> None:
+        """Rebuild at once on a change (a status turning Running routes now), then at most
+        once per window while a burst goes on (its rest is in the next rebuild)."""
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(COALESCE_WINDOW)  # gather the rest of a burst
             self._dirty.clear()
             self._rebuild()
+            await asyncio.sleep(COALESCE_WINDOW)
 
     def _rebuild(self) -> None:
         try:

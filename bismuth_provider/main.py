@@ -2,13 +2,14 @@
 
 The agent starts it with its settings in ``BISMUTH_*`` environment variables; it reads the
 token file, opens the storage backend, binds the container's host-side address and serves
-until SIGTERM.
+until SIGTERM. ``bismuth-provider --zygote`` forks providers instead (:mod:`.zygote`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from .secretstore import SecretReader
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; Python names it from 3.12 on
+BACKLOG = 128
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,9 +68,25 @@ def _s3_settings(config: ProviderConfig) -> object | None:
     return S3Settings.from_table(config.s3)
 
 
+def listener(host: str, port: int) -> socket.socket:
+    """The listening socket: bound with IP_FREEBIND, so the agent may start the provider
+    while the container's veth (which holds ``host``) is still being made; connections
+    arrive once it is."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve(config: ProviderConfig) -> None:
     host, port = split_hostport(config.bind, 9000)
-    async with serving(create_app(build_deps(config)), host, port, reuse_address=True):
+    async with serving(create_app(build_deps(config)), host, port, sock=listener(host, port)):
         log.info(
             "serving on %s:%d (group %s, storage %s)",
             host,
@@ -79,6 +99,12 @@ async def serve(config: ProviderConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if (sys.argv[1:] if argv is None else argv) == ["--zygote"]:
+        from .zygote import main as fork_providers
+
+        fork_providers()  # see bismuth_provider.zygote
+        return
+
     def load() -> ProviderConfig:
         args = parse_args(argv)
         return load_config(ProviderConfig, file=args.config, overrides=flag_overrides(args))

@@ -108,6 +108,8 @@ def agent_config(path: str) -> OperationMeta:
         provider_command=provider_command(),
         provider_memory=host.data.provider_memory,
         provider_pids=host.data.provider_pids,
+        provider_zygote=host.data.provider_zygote,
+        id_map_spare=host.data.id_map_spare,
     )
 
 

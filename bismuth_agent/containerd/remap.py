@@ -26,6 +26,7 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 from bismuth_agent.containerd.client import ContainerdClient
@@ -106,9 +107,11 @@ async def remapped_snapshot(
     uid_offset: int,
     gid_offset: int,
     size: int = 65536,
+    executor: Executor | None = None,
     snapshotter: str = DEFAULT_SNAPSHOTTER,
 ) -> str:
-    """The key of the image's top layer remapped by these offsets, made if it is missing."""
+    """The key of the image's top layer remapped by these offsets, made if it is missing
+    (the entries chowned on ``executor``'s threads, or the loop's default ones)."""
     layers = await image_layers(client, image)
     snapshots = SnapshotService(client.conn, snapshotter)
     if not await snapshots.exists(layers.top):
@@ -121,7 +124,7 @@ async def remapped_snapshot(
         work = f"{key}/work-{uuid.uuid4().hex}"
         mounts = await leased_snapshots.prepare(work, layers.top)
         try:
-            count = await _chown_mounted(mounts, uid_offset, gid_offset)
+            count = await _chown_mounted(mounts, uid_offset, gid_offset, executor)
             with contextlib.suppress(AlreadyExists):  # made concurrently: same content
                 await leased_snapshots.commit(key, work)
                 log.info("snapshot remapped", extra={"snapshot": key, "entries": count})
@@ -132,11 +135,14 @@ async def remapped_snapshot(
     return key
 
 
-async def _chown_mounted(mounts: Sequence[Mount], uid_offset: int, gid_offset: int) -> int:
+async def _chown_mounted(
+    mounts: Sequence[Mount], uid_offset: int, gid_offset: int, executor: Executor | None
+) -> int:
     with tempfile.TemporaryDirectory(prefix="bismuth-remap-") as tmp:
         target = Path(tmp)
         await mount_all(with_metacopy(mounts), target)
         try:
-            return await asyncio.to_thread(chown_tree, target, uid_offset, gid_offset)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, chown_tree, target, uid_offset, gid_offset)
         finally:
             await unmount(target)

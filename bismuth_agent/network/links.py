@@ -64,6 +64,17 @@ class NetworkAdapter:
             settings.state_file, settings.pool_network
         )
 
+    async def reserve(self, container_id: str) -> Allocation:
+        """The container's subnet (reserved now if it has none): known before its veth."""
+        return await asyncio.to_thread(self.allocations.reserve, container_id)
+
+    async def release_others(self, known: set[str]) -> None:
+        """Release subnets reserved for containers not in ``known`` (an agent that stopped
+        between a reservation and the veth); a container with a veth is reaped instead."""
+        for allocation in self.allocations.allocations():
+            if allocation.container_id not in known:
+                await self.teardown(allocation.container_id)
+
     async def setup(self, container_id: str, netns_path: str) -> Allocation:
         """Wire the namespace at ``netns_path`` (``/proc/<pid>/ns/net`` or a netns file)."""
         return await asyncio.to_thread(self._setup, container_id, netns_path)

@@ -115,8 +115,14 @@ class SysctlChange:
 class ContainerNetwork(Protocol):
     """Veth, addresses, routes and rate limits of containers (netlink side)."""
 
+    async def reserve(self, container_id: str) -> Allocation:
+        """The container's subnet and addresses, before its namespace exists; idempotent."""
+
     async def setup(self, container_id: str, netns_path: str) -> Allocation:
-        """Wire the container's network namespace; idempotent."""
+        """Wire the container's network namespace (on its reserved subnet); idempotent."""
+
+    async def release_others(self, known: set[str]) -> None:
+        """Release the subnets of containers not in ``known`` that have no veth."""
 
     async def adopt(self, container_id: str, netns_path: str | None = None) -> Allocation:
         """Verify (and touch up) an existing setup without recreating it; NotFound if absent."""

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import aiohttp
 import pytest
 
 from bismuth_agent.network import Firewall, NetworkAdapter
+from bismuth_agent.providers import recorded_pid
 from bismuth_agent.service import network_settings
 from bismuth_core import cluster, layout, operations
 from bismuth_core.layout import ContainerStatus, NodeAlive
@@ -129,6 +131,14 @@ async def test_image_that_does_not_exist_is_failed_with_a_reason(zk, agent):
     _status, body, _ = await get(f"{agent.url}/logs/{backend.container_id}")
     assert "bismuth.test/missing:1" in body
     assert await agent.ctrd.containers.list() == []
+    directory = Path(agent.config.state_dir) / "containers" / str(backend.container_id)
+
+    async def clean() -> bool:  # between two attempts of the restart backoff
+        links = await agent.runtime.network.list()
+        reserved = agent.runtime.network.allocations.allocations()
+        return not links and not reserved and recorded_pid(directory) is None
+
+    await eventually(clean, timeout=20, what="no provider, subnet or veth left")
 
 
 async def test_invoke_json_for_unknown_container(agent):
@@ -195,6 +205,35 @@ async def test_start_reaps_the_network_of_containers_that_are_gone(zk, node):
             await running.stop()
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=True)
+
+
+async def test_start_ends_providers_and_subnets_of_containers_never_made(zk, node):
+    """An agent stopped between starting a container's provider (and reserving its subnet)
+    and making the container leaves both; the next agent ends the one, releases the other
+    and removes the container's files."""
+    cid = str(uuid.uuid4())
+    directory = Path(node.state_dir) / "containers" / cid
+    directory.mkdir(parents=True)
+    stand_in = subprocess.Popen(  # a provider by its command line, as the agent checks
+        [sys.executable, "-c", "import time; time.sleep(120)", "bismuth_provider"],
+        start_new_session=True,
+    )
+    try:
+        start = Path(f"/proc/{stand_in.pid}/stat").read_text().rpartition(")")[2].split()[19]
+        (directory / "provider.pid").write_text(f"{stand_in.pid} {start}\n")
+        reserved = NetworkAdapter(network_settings(node))
+        await reserved.reserve(cid)
+        running = await start_agent(node)
+        try:
+            assert await asyncio.to_thread(stand_in.wait, 10) is not None
+            assert not directory.exists()
+            assert running.runtime.network.allocations.allocations() == []
+        finally:
+            await running.stop()
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
+            stand_in.wait()
 
 
 async def test_agent_stopped_in_the_middle_of_a_create_converges_after_restart(zk, node):

@@ -312,3 +312,19 @@ async def test_an_adopted_server_keeps_running_in_zookeeper_while_it_is_checked(
         await node.settle()
     assert node.presence.writes == [(A, ContainerStatus.RUNNING)]
     assert node.presence.endpoints[A] == ServingEndpoint("127.77.0.2", port)
+
+
+
+async def test_a_running_container_serves_through_its_drain_before_it_is_removed(tmp_path):
+    runtime = FakeRuntime()
+    node = make_node(tmp_path, runtime, {A}, stop_drain=0.3)
+    await node.pass_()
+    node.presence.wanted = {}
+    await node.agent.reconcile()
+    await asyncio.sleep(0.1)
+    serving = node.agent.lookup(A)
+    assert serving is not None and serving.serving()
+    assert ("remove", A) not in runtime.calls
+    await node.settle()
+    assert runtime.calls[-1] == ("remove", A)
+    assert node.agent.lookup(A) is None

@@ -32,6 +32,17 @@ def test_each_container_gets_the_lowest_free_range_and_keeps_it():
     assert p.allocate(D) == IdMapping(START + 2 * SIZE, SIZE)
 
 
+def test_free_ranges_are_those_the_next_allocations_hand_out():
+    p = pool(count=4)
+    p.allocate(A)
+    p.allocate(B)
+    p.release(A)
+    free = p.free(2)
+    assert free == [IdMapping(START, SIZE), IdMapping(START + 2 * SIZE, SIZE)]
+    assert [p.allocate(C), p.allocate(D)] == free
+    assert p.free(5) == [IdMapping(START + 3 * SIZE, SIZE)]  # no more than there are
+
+
 def test_an_exhausted_pool_says_so():
     p = pool(count=2)
     p.allocate(A)
