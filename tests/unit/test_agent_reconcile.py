@@ -314,7 +314,6 @@ async def test_an_adopted_server_keeps_running_in_zookeeper_while_it_is_checked(
     assert node.presence.endpoints[A] == ServingEndpoint("127.77.0.2", port)
 
 
-
 async def test_a_running_container_serves_through_its_drain_before_it_is_removed(tmp_path):
     runtime = FakeRuntime()
     node = make_node(tmp_path, runtime, {A}, stop_drain=0.3)

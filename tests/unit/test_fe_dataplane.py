@@ -8,12 +8,14 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bismuth_core.credentials import AGENT_HEADER, FrontendCredentials
+from bismuth_core.credentials import AGENT_HEADER, READER_USER, Digest, FrontendCredentials
 from bismuth_fe.config import FrontendConfig
 from bismuth_fe.controller import SyncState, plan_delta
 from bismuth_fe.metrics import ControllerView, exposition
 from bismuth_fe.nginxconf import LUA_DIR, duration, lua_table, render
 from bismuth_fe.noderoutes import plan_routes
+
+READER = Digest(READER_USER, "not-used-here")
 
 
 def route(fid: str, *containers: str) -> dict:
@@ -33,7 +35,7 @@ def test_rendered_config_carries_the_settings():
         workers=2,
         nginx_user="",
     )
-    text = render(config, FrontendCredentials("c2VjcmV0"))
+    text = render(config, FrontendCredentials("c2VjcmV0", READER))
     for line in (
         "listen 0.0.0.0:8080 default_server reuseport backlog=4096;",
         "listen unix:/run/x/control.sock;",
@@ -54,13 +56,13 @@ def test_rendered_config_carries_the_settings():
     assert text.count(f'proxy_set_header {AGENT_HEADER} "c2VjcmV0";') == 1
     assert text.count(f'proxy_set_header {AGENT_HEADER} "";') == 1
     assert "\nuser " not in text
-    defaults = render(FrontendConfig(), FrontendCredentials("x"))
+    defaults = render(FrontendConfig(), FrontendCredentials("x", READER))
     assert "user www-data;" in defaults and "worker_processes auto;" in defaults
 
 
 def test_a_credential_that_could_break_the_file_is_refused():
     with pytest.raises(ValueError):
-        render(FrontendConfig(), FrontendCredentials('x"; include /etc/shadow; "'))
+        render(FrontendConfig(), FrontendCredentials('x"; include /etc/shadow; "', READER))
 
 
 def test_lua_settings_and_durations():
