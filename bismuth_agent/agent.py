@@ -144,6 +144,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._work: set[asyncio.Task[None]] = set()
         self._announced: int | None = None
+        self._measured: set[uuid.UUID] = set()  # containers with cpu/memory series
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -469,7 +470,13 @@ class Agent:
                 sum(1 for s in self.containers.values() if s.status == status)
             )
         made = [cid for cid, s in self.containers.items() if s.made]
+        for gone in self._measured - set(made):  # a removed container's series go with it
+            for gauge in (self.metrics.cpu_seconds, self.metrics.memory_bytes):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(gone))
+        self._measured &= set(made)
         with contextlib.suppress(BismuthError):
             for used in await self.runtime.usage(made):
                 self.metrics.cpu_seconds.labels(str(used.container_id)).set(used.cpu_seconds)
                 self.metrics.memory_bytes.labels(str(used.container_id)).set(used.memory_bytes)
+                self._measured.add(used.container_id)

@@ -103,7 +103,7 @@ class FakeRuntime:
         return ExecResult(0, b"", b"")
 
     async def usage(self, cids: list[uuid.UUID]) -> list[Usage]:
-        return []
+        return [Usage(cid, 1.5, 1 << 20) for cid in cids]
 
     def cap_logs(self, cid: uuid.UUID) -> None:
         pass
@@ -327,3 +327,21 @@ async def test_a_running_container_serves_through_its_drain_before_it_is_removed
     await node.settle()
     assert runtime.calls[-1] == ("remove", A)
     assert node.agent.lookup(A) is None
+
+
+def _series(node: Node, name: str) -> set[str]:
+    families = node.agent.metrics.registry.collect()
+    return {s.labels["container_id"] for f in families for s in f.samples if s.name == name}
+
+
+async def test_a_removed_containers_usage_series_go_with_it(tmp_path):
+    node = make_node(tmp_path, FakeRuntime(), {A})
+    await node.pass_()
+    await node.agent.refresh_metrics()
+    assert _series(node, "bismuth_agent_container_memory_bytes") == {str(A)}
+    node.presence.wanted = {}
+    await node.pass_()
+    assert node.agent.lookup(A) is None
+    await node.agent.refresh_metrics()
+    assert _series(node, "bismuth_agent_container_memory_bytes") == set()
+    assert _series(node, "bismuth_agent_container_cpu_seconds") == set()
