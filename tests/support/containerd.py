@@ -196,13 +196,20 @@ async def sweep(client: ContainerdClient) -> None:
         with contextlib.suppress(NotFound):
             await client.images.delete(image.name, sync=True)
     snapshots = SnapshotService(client.conn)
-    for _ in range(8):  # children first: a parent with children cannot be removed
-        remaining = await snapshots.list()
-        if not remaining:
-            break
+    deadline = time.monotonic() + 30
+    while remaining := await snapshots.list():  # children first: parents wait for them
         parents = {s.parent for s in remaining}
         for leaf in (s for s in remaining if s.name not in parents):
-            await snapshots.discard(leaf.name)
+            # containerd's collector may still be removing a child we did not list: the
+            # parent then waits for the next round
+            try:
+                await snapshots.discard(leaf.name)
+            except ContainerdError as exc:
+                if exc.code != "FAILED_PRECONDITION":
+                    raise
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     with contextlib.suppress(ContainerdError):
         await client.delete_namespace()
 
