@@ -22,13 +22,14 @@ import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from bismuth_core.errors import BismuthError
 
 from .containerd.client import ContainerdClient
 from .containerd.errors import ContainerdError, NotFound
 from .containerd.registry import pull
-from .containerd.remap import remapped_snapshot
+from .containerd.remap import remapped_snapshot, sweep_mounts
 from .idranges import IdRangeStore
 from .model import SetupFailed
 from .spec import IdMapping
@@ -52,8 +53,10 @@ class ImageSnapshots:
         ranges: IdRangeStore,
         plain_http_registries: tuple[str, ...] = (),
         spare: int = 0,
+        mount_dir: Path | None = None,
     ) -> None:
         self.ctrd = ctrd
+        self.mount_dir = mount_dir  # where remaps mount layers; swept by start()
         self.ranges = ranges
         self.plain_http_registries = plain_http_registries
         self.spare = spare
@@ -98,8 +101,22 @@ class ImageSnapshots:
     ) -> str:
         async with self._remaps.setdefault((reference, ids.host_start), asyncio.Lock()):
             return await remapped_snapshot(
-                self.ctrd, reference, ids.host_start, ids.host_start, ids.size, executor
+                self.ctrd,
+                reference,
+                ids.host_start,
+                ids.host_start,
+                ids.size,
+                executor,
+                mount_dir=self.mount_dir,
             )
+
+    async def start(self) -> None:
+        """Clear what an agent killed during a remap left mounted (before any remap)."""
+        if self.mount_dir is None:
+            return
+        self.mount_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if found := await sweep_mounts(self.mount_dir):
+            log.warning("unmounted %d layer(s) a killed remap left", found)
 
     def prepare_ahead(self, reference: str) -> None:
         """Remap the next ``spare`` free ranges for ``reference`` in the background."""

@@ -138,7 +138,11 @@ class ContainerRuntime:
         self._serving = contextlib.AsyncExitStack()
         self._stream: EventStream | None = None
         self.images = ImageSnapshots(
-            ctrd, self.id_ranges, config.plain_http_registries, config.id_map_spare
+            ctrd,
+            self.id_ranges,
+            config.plain_http_registries,
+            config.id_map_spare,
+            mount_dir=Path(config.state_dir) / "remap",
         )
         self.repo_settings = RepoSettings(
             config.repo_http_hosts, config.git_ca_file, config.repo_max_bytes, config.repo_timeout
@@ -167,6 +171,7 @@ class ContainerRuntime:
         is observed), install the firewall, answer the providers' questions (secrets) on
         their socket, and reap what containers containerd no longer has left behind."""
         self.logs.install_logger(Path(self.config.state_dir))
+        await self.images.start()
         self._stream = self.ctrd.events.subscribe()
         await self._stream.ready()
         await self.firewall.install(await self.network.host_view())

@@ -101,6 +101,24 @@ async def unmount(target: Path) -> None:
     await _run("umount", "--recursive", str(target))
 
 
+async def sweep_mounts(mount_dir: Path) -> int:
+    """Unmount and remove what a process killed in a remap left in ``mount_dir`` (only one
+    process remaps there: the agent, before it makes any); the count of mounts found."""
+    if not mount_dir.is_dir():
+        return 0
+    points = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(f"{mount_dir}/")
+    ]
+    for point in reversed(points):  # nested last-mounted first
+        await _run("umount", point)
+    for entry in mount_dir.iterdir():
+        with contextlib.suppress(OSError):
+            entry.rmdir()
+    return len(points)
+
+
 async def remapped_snapshot(
     client: ContainerdClient,
     image: str,
@@ -109,9 +127,11 @@ async def remapped_snapshot(
     size: int = 65536,
     executor: Executor | None = None,
     snapshotter: str = DEFAULT_SNAPSHOTTER,
+    mount_dir: Path | None = None,
 ) -> str:
     """The key of the image's top layer remapped by these offsets, made if it is missing
-    (the entries chowned on ``executor``'s threads, or the loop's default ones)."""
+    (the entries chowned on ``executor``'s threads, or the loop's default ones, through a
+    mount in a new directory under ``mount_dir``, default the system's temporary one)."""
     layers = await image_layers(client, image)
     snapshots = SnapshotService(client.conn, snapshotter)
     if not await snapshots.exists(layers.top):
@@ -124,7 +144,7 @@ async def remapped_snapshot(
         work = f"{key}/work-{uuid.uuid4().hex}"
         mounts = await leased_snapshots.prepare(work, layers.top)
         try:
-            count = await _chown_mounted(mounts, uid_offset, gid_offset, executor)
+            count = await _chown_mounted(mounts, uid_offset, gid_offset, executor, mount_dir)
             with contextlib.suppress(AlreadyExists):  # made concurrently: same content
                 await leased_snapshots.commit(key, work)
                 log.info("snapshot remapped", extra={"snapshot": key, "entries": count})
@@ -136,9 +156,13 @@ async def remapped_snapshot(
 
 
 async def _chown_mounted(
-    mounts: Sequence[Mount], uid_offset: int, gid_offset: int, executor: Executor | None
+    mounts: Sequence[Mount],
+    uid_offset: int,
+    gid_offset: int,
+    executor: Executor | None,
+    mount_dir: Path | None,
 ) -> int:
-    with tempfile.TemporaryDirectory(prefix="bismuth-remap-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bismuth-remap-", dir=mount_dir) as tmp:
         target = Path(tmp)
         await mount_all(with_metacopy(mounts), target)
         try:

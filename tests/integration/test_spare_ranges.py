@@ -8,6 +8,7 @@ A real agent (in-process), the session's containerd, busybox containers.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -60,13 +61,13 @@ async def start_container(zk) -> uuid.UUID:
     return backend.container_id
 
 
-def leftovers(names) -> list[str]:
-    """Work snapshots of remaps and remap mounts that were not cleaned up."""
+def leftovers(config, names) -> list[str]:
+    """Work snapshots of remaps and remap mounts of this agent that were not cleaned up."""
     work = [n for n in names if n.startswith("bismuth-remap/") and "/work-" in n]
     mounts = [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if "bismuth-remap-" in line.split()[4]
+        if line.split()[4].startswith(f"{config.state_dir}/remap/")
     ]
     return work + mounts
 
@@ -81,7 +82,7 @@ async def test_the_next_containers_start_on_ranges_remapped_ahead(zk, config):
         assert agent.runtime.id_ranges.lookup(second).host_start == range_start(config, 1)
         assert (await snapshots(config))[str(second)] == keys[1]  # the prepared one
         await eventually(lambda: remapped(config, 3), timeout=30, what="the next spare")
-        assert not leftovers(await snapshots(config))
+        assert not leftovers(config, await snapshots(config))
     finally:
         await agent.stop()
 
@@ -93,7 +94,7 @@ async def test_spares_outlive_an_agent_restart_and_a_stop_leaves_nothing_half_ma
         keys = await eventually(lambda: remapped(config, 1, 2), timeout=30, what="spares")
     finally:
         await first.stop()
-    assert not leftovers(await snapshots(config))
+    assert not leftovers(config, await snapshots(config))
     second = await start_agent(config)
     try:
         cid = await start_container(zk)
@@ -101,4 +102,19 @@ async def test_spares_outlive_an_agent_restart_and_a_stop_leaves_nothing_half_ma
         assert (await snapshots(config))[str(cid)] == keys[1]
     finally:
         await second.stop()
-    assert not leftovers(await snapshots(config))
+    assert not leftovers(config, await snapshots(config))
+
+
+async def test_an_agent_start_clears_the_mounts_a_killed_remap_left(config):
+    """A remap mounts the layer in a directory of the agent's own; an agent killed in the
+    middle leaves that mount, and the next agent's start removes it before any remap."""
+    left = Path(config.state_dir) / "remap" / "bismuth-remap-killed"
+    left.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(left)], check=True)
+    assert leftovers(config, [])
+    agent = await start_agent(config)
+    try:
+        assert not leftovers(config, [])
+        assert not left.exists()
+    finally:
+        await agent.stop()
