@@ -326,7 +326,6 @@ def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> Ap
     """The API's parts; :class:`ConfigError` if the cluster key is missing or unusable."""
     key = cluster_key(config)
     secrets = SecretService(zk, SecretBox(key), config.max_secrets)
-    lock = asyncio.Lock()
     fleet = FleetCache(zk)
     leader = (
         Leader(
@@ -334,12 +333,11 @@ def build_deps(config: ApiConfig, zk: ZooKeeper, with_leader: bool = True) -> Ap
             grace=config.node_loss_grace,
             interval=config.leader_interval,
             nodes=fleet,
-            lock=lock,
         )
         if with_leader
         else None
     )
-    service = FunctionService(zk, config, fleet, lock)
+    service = FunctionService(zk, config, fleet)
     groups = GroupService(zk, service.scope)
     return ApiDeps(
         config,

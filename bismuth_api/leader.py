@@ -66,7 +66,7 @@ class Leader:
     ) -> None:
         self.zk = zk
         self.nodes = nodes or LiveNodes(zk)
-        self.lock = lock or asyncio.Lock()  # shared with the API's own scheduling
+        self.lock = lock or asyncio.Lock()  # one change of the leader's at a time
         self.grace = grace
         self.interval = interval
         self.is_leader = False

@@ -42,24 +42,30 @@ class FunctionService:
         zk: ZooKeeper,
         config: ApiConfig,
         nodes: NodeSource,
-        lock: asyncio.Lock | None = None,
     ) -> None:
         self.zk = zk
         self.config = config
         self.nodes = nodes
         self.scope = TenantScope(zk)
-        # Placements of this process are made one at a time: concurrent ones would all pick
-        # the same emptiest nodes and lose version races to each other. Other processes
-        # (replicas, bismuthctl) are still fenced off by the version checks.
-        self.lock = lock or asyncio.Lock()
+        # Placements need no lock: the fleet cache counts each multi-op's reservations as
+        # it is sent (and a placement reads the cache without yielding to other tasks), so
+        # concurrent creates pick from what the ones before them left, and their multi-ops
+        # reach ZooKeeper in that order. Other processes (replicas, bismuthctl) are fenced
+        # off by the version checks.
 
     async def limits(self, fresh: bool = False) -> DefinitionLimits:
         """Validation bounds: cpu and memory of the largest live node, else the defaults."""
-        alive = [n.alive for n in (await self.nodes.nodes(fresh)).values() if n.alive]
+        largest = None if fresh else self.nodes.largest()
+        if largest is None:
+            alive = [n.alive for n in (await self.nodes.nodes(fresh)).values() if n.alive]
+            largest = (
+                max((a.cpus for a in alive), default=0.0),
+                max((a.memory - a.container_overhead for a in alive), default=0),
+            )
         return DefinitionLimits(
-            cpu_max=max((a.cpus for a in alive), default=0.0) or self.config.default_cpu_max,
+            cpu_max=largest[0] or self.config.default_cpu_max,
             max_instances=self.config.max_instances,
-            memory_max=max((a.memory - a.container_overhead for a in alive), default=0) or None,
+            memory_max=largest[1] or None,
             repo_http_hosts=self.config.repo_http_hosts,
         )
 
@@ -80,7 +86,7 @@ class FunctionService:
         async def guards() -> list[Op]:
             return await groups.guard_ops(self.zk, owner, definition)
 
-        async with self.lock, self._no_node_big_enough(raw):
+        async with self._no_node_big_enough(raw):
             return await operations.create_function(
                 self.zk, definition, self.nodes, owner=owner, guards=guards
             )
@@ -127,7 +133,7 @@ class FunctionService:
                 self.zk, current.owner, definition, current.definition, fid
             )
 
-        async with self.lock, self._no_node_big_enough(raw):
+        async with self._no_node_big_enough(raw):
             view = await operations.update_function(
                 self.zk, fid, definition, self.nodes, guards=guards
             )

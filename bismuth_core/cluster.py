@@ -7,6 +7,7 @@ multi-ops in :mod:`bismuth_core.operations` against concurrent writers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import uuid
 from collections.abc import Iterable
@@ -48,6 +49,10 @@ class NodeView:
     reserved: Reservation = field(default_factory=Reservation)
 
     def capacity(self) -> NodeCapacity:
+        return self._capacity
+
+    @functools.cached_property
+    def _capacity(self) -> NodeCapacity:  # views are kept and read for every placement
         alive = self.alive or NodeAlive(0, 0)
         return NodeCapacity(
             ip=self.ip,

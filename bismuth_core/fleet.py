@@ -4,14 +4,17 @@ Placement needs every node's three own znodes (enabled byte, ``alive``, reservat
 a command-line tool, reading them afresh is fine (:class:`LiveNodes`). A control plane
 placing many functions keeps them in memory instead (:class:`FleetCache`): kazoo
 ChildrenWatch/DataWatch recipes keep it current, and what the control plane commits itself
-is written through at once, so its next placement does not wait for a watch to fire.
-Either way the multi-op is guarded by the reservation versions the decision was made on:
-a stale cache can cost a retry, never an over-commit.
+is counted at once, as the multi-op is sent (at the versions it will give the reservation
+znodes), so its next placement neither waits for the answer nor for a watch to fire:
+placements pipeline. Either way the multi-op is guarded by the reservation versions the
+decision was made on: a stale cache can cost a retry, never an over-commit; the nodes of a
+multi-op that failed are read again before the next placement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from . import layout
 from .cluster import NodeView, read_nodes
 from .layout import NodeAlive, Reservation
+from .scheduler import rank_key
 from .zk import Op, ZnodeStat, ZooKeeper
 
 log = logging.getLogger(__name__)
@@ -32,8 +36,26 @@ class NodeSource(Protocol):
         """Every node (without its containers); ``fresh`` after a lost race."""
         ...
 
+    def ranked(self) -> Sequence[tuple[float, str]] | None:
+        """Schedulable nodes as (-headroom, ip), best first, if the source keeps them so
+        (placements then stop at the first that fit); ``None`` otherwise."""
+        ...
+
+    def largest(self) -> tuple[float, int] | None:
+        """The most cpus and the most memory (less the per-container overhead) a live node
+        advertises, if the source keeps them; ``None`` otherwise."""
+        ...
+
+    def reserve(self, ops: Sequence[Op]) -> None:
+        """Count the reservations of a multi-op about to be committed (before the answer)."""
+        ...
+
     def committed(self, ops: Sequence[Op], results: Sequence[Any]) -> None:
         """Learn from a multi-op this process committed."""
+        ...
+
+    def rejected(self, ops: Sequence[Op]) -> None:
+        """A multi-op given to :meth:`reserve` failed: what it would have reserved is not."""
         ...
 
 
@@ -46,7 +68,19 @@ class LiveNodes:
     async def nodes(self, fresh: bool = False) -> dict[str, NodeView]:
         return await read_nodes(self.zk, with_containers=False)
 
+    def ranked(self) -> Sequence[tuple[float, str]] | None:
+        return None
+
+    def largest(self) -> tuple[float, int] | None:
+        return None
+
+    def reserve(self, ops: Sequence[Op]) -> None:
+        return None
+
     def committed(self, ops: Sequence[Op], results: Sequence[Any]) -> None:
+        return None
+
+    def rejected(self, ops: Sequence[Op]) -> None:
         return None
 
 
@@ -76,6 +110,11 @@ class FleetCache:
     def __init__(self, zk: ZooKeeper) -> None:
         self.zk = zk
         self._entries: dict[str, _Entry] = {}  # touched on the event loop only
+        self._views: dict[str, NodeView] = {}  # of the entries, kept as they change
+        self._stale: set[str] = set()  # nodes a failed multi-op had counted on
+        self._ranking: list[tuple[float, str]] = []  # schedulable nodes, best first
+        self._rank: dict[str, tuple[float, str]] = {}  # each one's place in it
+        self._largest: tuple[float, int] | None = None  # of live nodes; None: not known
         self._pending: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -89,25 +128,103 @@ class FleetCache:
             await asyncio.gather(*list(self._pending))
 
     async def nodes(self, fresh: bool = False) -> dict[str, NodeView]:
+        """A copy of the kept views: every placement reads all of them, so they are built
+        as nodes change, not per call."""
         if fresh:
             views = await read_nodes(self.zk, with_containers=False)
             self._sync_children(set(views))
+            self._stale.clear()
             for ip, view in views.items():
-                entry = self._entries[ip]
-                entry.enabled, entry.alive = view.enabled, view.alive
-                entry.reserved, entry.version = view.reserved, view.containers_version
-        return {ip: v for ip, e in self._entries.items() if (v := e.view(ip)) is not None}
+                self._update(
+                    ip,
+                    self._entries[ip],
+                    enabled=view.enabled,
+                    alive=view.alive,
+                    reserved=view.reserved,
+                    version=view.containers_version,
+                )
+        elif self._stale:
+            await self._reread_stale()
+        return dict(self._views)
+
+    def _update(self, ip: str, entry: _Entry, **fields: Any) -> None:
+        if self._entries.get(ip) is not entry:
+            return  # the node was removed meanwhile
+        for name, value in fields.items():
+            setattr(entry, name, value)
+        if "alive" in fields or "enabled" in fields:
+            self._largest = None
+        view = entry.view(ip)
+        if view is None:
+            self._views.pop(ip, None)
+        else:
+            self._views[ip] = view
+        self._rerank(ip, view)
+
+    def _rerank(self, ip: str, view: NodeView | None) -> None:
+        old = self._rank.pop(ip, None)
+        if old is not None:
+            del self._ranking[bisect.bisect_left(self._ranking, old)]
+        capacity = view.capacity() if view is not None else None
+        if capacity is not None and capacity.schedulable:
+            key = self._rank[ip] = rank_key(capacity)
+            bisect.insort(self._ranking, key)
+
+    def ranked(self) -> Sequence[tuple[float, str]]:
+        return tuple(self._ranking)
+
+    def largest(self) -> tuple[float, int]:
+        if self._largest is None:
+            alive = [v.alive for v in self._views.values() if v.alive is not None]
+            self._largest = (
+                max((a.cpus for a in alive), default=0.0),
+                max((a.memory - a.container_overhead for a in alive), default=0),
+            )
+        return self._largest
+
+    async def _reread_stale(self) -> None:
+        stale = sorted(self._stale)
+        self._stale.clear()
+        found = await asyncio.gather(
+            *(self.zk.get_or_none(layout.containers_path(ip)) for ip in stale)
+        )
+        for ip, got in zip(stale, found, strict=True):
+            entry = self._entries.get(ip)
+            if entry is not None and ip not in self._stale:
+                reserved = Reservation.decode(got[0]) if got else None
+                version = got[1].version if got else None
+                self._update(ip, entry, reserved=reserved, version=version)
+
+    def reserve(self, ops: Sequence[Op]) -> None:
+        """Count a multi-op's reservations at once, at the versions they will have: placements
+        decided before ZooKeeper answers build on them, and their multi-ops, sent after this
+        one on the same session, are applied after it."""
+        for op in ops:
+            ip, entry = self._reservation_entry(op)
+            if entry is not None:
+                version = op.version + 1 if op.kind == "set" and op.version >= 0 else 0
+                self._update(ip, entry, reserved=Reservation.decode(op.data), version=version)
 
     def committed(self, ops: Sequence[Op], results: Sequence[Any]) -> None:
         """Write through the reservations this process just committed."""
         for op, result in zip(ops, results, strict=False):
-            ip = layout.containers_owner(op.path)
-            entry = self._entries.get(ip) if ip else None
-            if entry is None or op.kind not in ("set", "create"):
+            ip, entry = self._reservation_entry(op)
+            if entry is None:
                 continue
             version = result.version if isinstance(result, ZnodeStat) else 0
             if entry.version is None or version > entry.version:
-                entry.reserved, entry.version = Reservation.decode(op.data), version
+                self._update(ip, entry, reserved=Reservation.decode(op.data), version=version)
+
+    def rejected(self, ops: Sequence[Op]) -> None:
+        """The nodes of a failed multi-op are read again before the next placement."""
+        for op in ops:
+            ip, entry = self._reservation_entry(op)
+            if entry is not None:
+                self._stale.add(ip)
+
+    def _reservation_entry(self, op: Op) -> tuple[str, _Entry | None]:
+        ip = layout.containers_owner(op.path) or ""
+        return ip, self._entries.get(ip) if op.kind in ("set", "create") else None
 
     # --- watch callbacks: kazoo threads hand everything to the event loop --------------
 
@@ -129,6 +246,10 @@ class FleetCache:
             future.add_done_callback(self._pending.discard)
         for ip in set(self._entries) - ips:
             self._entries.pop(ip).watching = False
+            self._views.pop(ip, None)
+            self._stale.discard(ip)
+            self._rerank(ip, None)
+            self._largest = None
 
     # A fresh read may add nodes before their ChildrenWatch event; the event then finds them
     # known. A removal seen by a fresh read is left to the watch.
@@ -142,16 +263,17 @@ class FleetCache:
             return on_data
 
         def set_enabled(data: bytes | None, stat: ZnodeStat | None) -> None:
-            entry.enabled = None if stat is None else layout.decode_enabled(data)
+            enabled = None if stat is None else layout.decode_enabled(data)
+            self._update(ip, entry, enabled=enabled)
 
         def set_alive(data: bytes | None, stat: ZnodeStat | None) -> None:
-            entry.alive = None if stat is None else NodeAlive.decode(data)
+            self._update(ip, entry, alive=None if stat is None else NodeAlive.decode(data))
 
         def set_reserved(data: bytes | None, stat: ZnodeStat | None) -> None:
             if stat is None:
-                entry.reserved, entry.version = None, None
+                self._update(ip, entry, reserved=None, version=None)
             elif entry.version is None or stat.version >= entry.version:
-                entry.reserved, entry.version = Reservation.decode(data), stat.version
+                self._update(ip, entry, reserved=Reservation.decode(data), version=stat.version)
 
         DataWatch(self.zk.client, layout.node_path(ip), watcher(set_enabled))
         DataWatch(self.zk.client, layout.alive_path(ip), watcher(set_alive))

@@ -9,9 +9,10 @@ function first), then to the node with the most free capacity.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .errors import InsufficientCapacity
 
@@ -29,27 +30,29 @@ class NodeCapacity:
     alive: bool = True
     containers: int = 0  # what it holds now
     overhead: int = 0  # memory per container beyond the container's own (its provider)
+    # Derived once (every placement reads them for every node):
+    free_cpu: float = field(init=False, repr=False, compare=False)
+    free_memory: int = field(init=False, repr=False, compare=False)
+    schedulable: bool = field(init=False, repr=False, compare=False)
+    room: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def free_cpu(self) -> float:
-        return self.cpus - self.reserved_cpu
-
-    @property
-    def free_memory(self) -> int:
-        return self.memory - self.reserved_memory - self.overhead * self.containers
-
-    @property
-    def schedulable(self) -> bool:
-        return self.enabled and self.alive
+    def __post_init__(self) -> None:
+        free_cpu = self.cpus - self.reserved_cpu
+        free_memory = self.memory - self.reserved_memory - self.overhead * self.containers
+        room = 0.0
+        if self.cpus > 0 and self.memory > 0:
+            room = min(free_cpu / self.cpus, free_memory / self.memory)
+        object.__setattr__(self, "free_cpu", free_cpu)
+        object.__setattr__(self, "free_memory", free_memory)
+        object.__setattr__(self, "schedulable", self.enabled and self.alive)
+        object.__setattr__(self, "room", room)
 
     def fits(self, cpu: float, memory: int) -> bool:
         return self.free_cpu + _EPSILON >= cpu and self.free_memory >= memory + self.overhead
 
     def headroom(self) -> float:
         """Smallest free share of cpu or memory, 0..1: the node's room for more work."""
-        if self.cpus <= 0 or self.memory <= 0:
-            return 0.0
-        return min(self.free_cpu / self.cpus, self.free_memory / self.memory)
+        return self.room
 
     def reserve(self, cpu: float, memory: int) -> NodeCapacity:
         return replace(
@@ -77,16 +80,56 @@ def place(
     """
     pool = {n.ip: n for n in nodes if n.schedulable and n.ip not in exclude}
     spread: Counter[str] = Counter(replicas or {})
+    # Best first: fewest replicas of the function, most headroom, then the address. Only a
+    # chosen node's key changes, so one heap serves every pick (no pass per container).
+    need_cpu, need_memory = cpu - _EPSILON, memory
+    ranked = [
+        (spread[n.ip], -n.room, n.ip)
+        for n in pool.values()
+        if n.free_cpu >= need_cpu and n.free_memory >= need_memory + n.overhead
+    ]
+    heapq.heapify(ranked)
     chosen: list[str] = []
     for _ in range(count):
-        fitting = [n for n in pool.values() if n.fits(cpu, memory)]
-        if not fitting:
+        if not ranked:
             raise InsufficientCapacity(_shortfall(pool.values(), count, len(chosen), cpu, memory))
-        best = min(fitting, key=lambda n: (spread[n.ip], -n.headroom(), n.ip))
-        pool[best.ip] = best.reserve(cpu, memory)
-        spread[best.ip] += 1
-        chosen.append(best.ip)
+        _, _, ip = heapq.heappop(ranked)
+        best = pool[ip] = pool[ip].reserve(cpu, memory)
+        spread[ip] += 1
+        chosen.append(ip)
+        if best.fits(cpu, memory):
+            heapq.heappush(ranked, (spread[ip], -best.headroom(), ip))
     return chosen
+
+
+def place_in_order(
+    ranked: Iterable[NodeCapacity],
+    count: int,
+    cpu: float,
+    memory: int,
+    *,
+    exclude: Collection[str] = (),
+    replicas: Mapping[str, int] | None = None,
+) -> list[str] | None:
+    """What :func:`place` chooses, found without ranking every node: ``ranked`` yields the
+    nodes by most headroom first, then address (as a cache keeps them), and the walk stops
+    at the first ``count`` that fit and hold no replica of the function. ``None`` when there
+    are fewer such nodes than ``count``: then :func:`place` decides."""
+    spread = replicas or {}
+    chosen: list[str] = []
+    for node in ranked:
+        if len(chosen) == count:
+            break
+        if node.ip in exclude or spread.get(node.ip) or not node.schedulable:
+            continue
+        if node.fits(cpu, memory):
+            chosen.append(node.ip)
+    return chosen if len(chosen) == count else None
+
+
+def rank_key(node: NodeCapacity) -> tuple[float, str]:
+    """Where ``node`` stands in the order :func:`place_in_order` walks."""
+    return (-node.room, node.ip)
 
 
 def _shortfall(

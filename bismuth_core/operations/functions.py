@@ -28,6 +28,7 @@ from ..zk import (
 )
 from .function_secrets import secret_removal_ops
 from .placement import (
+    commit_placement,
     container_ops,
     new_backends,
     place_on,
@@ -109,7 +110,7 @@ async def create_function(
             *(create(layout.route_path(h), layout.encode_route(fid)) for h in definition.routes),
         ]
         try:
-            source.committed(ops, await zk.commit(ops))
+            await commit_placement(zk, source, ops)
         except TransactionFailed as exc:
             route_conflict(exc, ops)
             _tenant_gone(exc, ops, owner)
@@ -171,7 +172,7 @@ async def update_function(
             ),
         ]
         try:
-            source.committed(ops, await zk.commit(ops))
+            await commit_placement(zk, source, ops)
         except TransactionFailed as exc:
             route_conflict(exc, ops)
             raise

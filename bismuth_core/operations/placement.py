@@ -19,7 +19,7 @@ from ..definition import FunctionDefinition
 from ..errors import InsufficientCapacity
 from ..fleet import NodeSource
 from ..layout import Backend, ContainerRecord, Reservation
-from ..scheduler import place
+from ..scheduler import place, place_in_order
 from ..zk import (
     Op,
     ZooKeeper,
@@ -130,6 +130,12 @@ async def place_on(
     confirmed from fresh reads before the shortfall is reported.
     """
     nodes = await source.nodes(fresh=tries > 1)
+    ranked = source.ranked() if tries == 1 else None
+    if ranked is not None:
+        in_order = (nodes[ip].capacity() for _, ip in ranked if ip in nodes)
+        chosen = place_in_order(in_order, count, cpu, memory, **constraints)
+        if chosen is not None:
+            return nodes, chosen
     try:
         return nodes, place(
             (n.capacity() for n in nodes.values()), count, cpu, memory, **constraints
@@ -139,6 +145,19 @@ async def place_on(
             raise
     nodes = await source.nodes(fresh=True)
     return nodes, place((n.capacity() for n in nodes.values()), count, cpu, memory, **constraints)
+
+
+async def commit_placement(zk: ZooKeeper, source: NodeSource, ops: Sequence[Op]) -> None:
+    """Commit ``ops``, which place containers: the source counts their reservations from
+    the moment they are sent, so placements decided meanwhile build on them instead of
+    waiting for this answer (a failure makes the source read those nodes again)."""
+    source.reserve(ops)
+    try:
+        results = await zk.commit(ops)
+    except BaseException:
+        source.rejected(ops)
+        raise
+    source.committed(ops, results)
 
 
 def new_backends(ips: Iterable[str]) -> list[Backend]:

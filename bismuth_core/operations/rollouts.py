@@ -24,6 +24,7 @@ from ..zk import (
 )
 from .placement import (
     add_delta,
+    commit_placement,
     container_ops,
     new_backends,
     place_on,
@@ -120,7 +121,7 @@ async def move_container(
             *await reservation_ops(zk, deltas, nodes),
             *container_ops([fresh], view.id, d),
         ]
-        source.committed(ops, await zk.commit(ops))
+        await commit_placement(zk, source, ops)
         log.info(
             "moved container to %s",
             ip,

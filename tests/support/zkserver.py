@@ -38,8 +38,9 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 class ZooKeeperServer:
     """One standalone ZooKeeper process; ``stop``/``start`` keep its data directory."""
 
-    def __init__(self, port: int | None = None, tick_ms: int = 500) -> None:
+    def __init__(self, port: int | None = None, tick_ms: int = 500, heap: str = "256m") -> None:
         self.port = port or free_port()
+        self.heap = heap
         self.dir = Path(tempfile.mkdtemp(prefix="bismuth-zk-"))
         (self.dir / "data").mkdir()
         (self.dir / "zoo.cfg").write_text(
@@ -50,7 +51,7 @@ class ZooKeeperServer:
             "maxClientCnxns=0\n"
             "minSessionTimeout=1000\n"
             "admin.enableServer=false\n"
-            "4lw.commands.whitelist=ruok,stat,mntr\n"
+            "4lw.commands.whitelist=ruok,stat,mntr,wchs\n"
             "forceSync=no\n"
         )
         (self.dir / "log4j.properties").write_text(
@@ -71,7 +72,7 @@ class ZooKeeperServer:
         self.proc = subprocess.Popen(
             [
                 java,
-                "-Xmx256m",
+                f"-Xmx{self.heap}",
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                 "-Dzookeeper.jmx.log4j.disable=true",
                 "-cp",

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bismuth_core.errors import InsufficientCapacity
-from bismuth_core.scheduler import NodeCapacity, place
+from bismuth_core.scheduler import NodeCapacity, place, place_in_order, rank_key
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -267,3 +267,34 @@ def test_placing_counts_the_overhead_of_every_new_container() -> None:
     assert place(nodes, 5, 0.1, 100) == ["a"] * 5  # 5 * (100 + 100) = 1000
     with pytest.raises(InsufficientCapacity):
         place(nodes, 5, 0.1, 101)
+
+
+@given(
+    fleets(),
+    st.integers(1, 4),
+    st.integers(1, 40).map(lambda k: k / 20),
+    st.integers(0, 32).map(lambda m: m * MiB),
+    st.sets(st.integers(0, 5), max_size=2),
+    st.dictionaries(st.integers(0, 5), st.integers(0, 2), max_size=3),
+)
+@settings(max_examples=300, deadline=None)
+def test_walking_nodes_in_rank_order_chooses_what_place_chooses(
+    fleet, count, cpu, memory, excluded, held
+):
+    nodes = fleet[0]
+    ips = [n.ip for n in nodes]
+    exclude = {ips[i] for i in excluded if i < len(ips)}
+    replicas = {ips[i]: c for i, c in held.items() if i < len(ips)}
+    walked = place_in_order(
+        sorted(nodes, key=rank_key), count, cpu, memory, exclude=exclude, replicas=replicas
+    )
+    if walked is None:
+        return  # place decides alone
+    assert walked == place(nodes, count, cpu, memory, exclude=exclude, replicas=replicas)
+
+
+def test_walking_gives_way_to_place_when_too_few_nodes_hold_no_replica():
+    nodes = [NodeCapacity(f"10.0.0.{i}", 4.0, 4 * GiB) for i in range(3)]
+    walked = place_in_order(nodes, 2, 1.0, GiB, replicas={"10.0.0.0": 1, "10.0.0.1": 1})
+    assert walked is None
+    assert place(nodes, 2, 1.0, GiB, replicas={"10.0.0.0": 1, "10.0.0.1": 1})[0] == "10.0.0.2"
