@@ -317,6 +317,7 @@ def connect(config: ApiConfig, **session: Any) -> ZooKeeper:
     :class:`ConfigError` if the cluster key is missing or unusable.
     """
     credentials = ClusterCredentials.from_cluster_key(cluster_key(config))
+    session = {"session_timeout": config.zookeeper_session_timeout, **session}
     return ZooKeeper(
         config.zookeeper, config.zookeeper_env, access=writer_access(credentials), **session
     )

@@ -13,6 +13,9 @@ class ApiConfig:
     log_level: str = "info"
     # Seconds a node's ``alive`` znode must stay gone before its containers move elsewhere.
     node_loss_grace: float = 10.0
+    # Seconds of the API's ZooKeeper session: a replica that dies (or is cut off) keeps its
+    # leadership this long before a standby takes over. ZooKeeper grants 2-20 of its ticks.
+    zookeeper_session_timeout: float = 4.0
     # Seconds between the leader's full passes (watches wake it sooner).
     leader_interval: float = 1.0
     # Port every agent serves /invoke and /logs on (its node's address).

@@ -53,6 +53,10 @@ class NodeLossTracker:
                 del self._dead_since[ip]
         return sorted(ip for ip, t in self._dead_since.items() if now - t >= self.grace)
 
+    def lost_since(self, ip: str) -> float | None:
+        """Since when (clock time) node ``ip`` has been seen without a live agent, if it is."""
+        return self._dead_since.get(ip)
+
 
 class Leader:
     def __init__(
@@ -74,6 +78,10 @@ class Leader:
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._stopping = False
+        # Fed by every replica, leading or not: a standby that takes over knows since when
+        # each node has been gone, so a node lost just before a failover waits out its grace
+        # from the loss, not from the takeover.
+        self.tracker = NodeLossTracker(grace)
         self._status_changed: Callable[..., None] = lambda *_: None  # set once leading
         self._election = Election(zk.client, layout.API_LEADER, identifier=str(uuid.uuid4()))
 
@@ -85,6 +93,22 @@ class Leader:
         def lead_blocking() -> None:
             asyncio.run_coroutine_threadsafe(self._lead(), loop).result()
 
+        watching = asyncio.create_task(self._watch_nodes())
+        try:
+            await self._contend(lead_blocking)
+        finally:
+            watching.cancel()
+
+    async def _watch_nodes(self) -> None:
+        """Follow the nodes' liveness while another replica leads."""
+        while not self._stopping:
+            if not self.is_leader:
+                with contextlib.suppress(BismuthError):
+                    nodes = await self.nodes.nodes()
+                    self.tracker.observe({ip: n.alive is not None for ip, n in nodes.items()})
+            await asyncio.sleep(self.interval)
+
+    async def _contend(self, lead_blocking: Callable[[], None]) -> None:
         while not self._stopping:
             try:
                 await asyncio.to_thread(self._election.run, lead_blocking)
@@ -108,7 +132,6 @@ class Leader:
         self.is_leader = True
         self._lost.clear()
         log.info("this API replica leads background work")
-        tracker = NodeLossTracker(self.grace)
         # One watcher for every status watched: ZooKeeper keeps it once per path.
         self._status_changed = self.zk.threadsafe(lambda *_: self._wake.set())
         unwatch = await self.zk.watch_children(layout.ROLLOUTS, self._wake.set)
@@ -120,7 +143,7 @@ class Leader:
                 if self._lost.is_set() or self._stopping:
                     break
                 try:
-                    await self.run_pass(tracker)
+                    await self.run_pass(self.tracker)
                 except BismuthError as exc:
                     log.warning("leader pass incomplete: %s", exc.message)
         finally:

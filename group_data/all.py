@@ -73,6 +73,10 @@ fe_client_timeout = 30.0
 fe_node_routes: bool | None = None
 agent_port = 8001  # bismuthd's port on every node's IP
 node_loss_grace = 10.0  # seconds a node may be gone before its containers are replaced
+# Seconds of each API replica's ZooKeeper session: how long a replica that died keeps leading
+# (finishing rollouts, replacing lost nodes' containers) before a standby takes over. At
+# least 2 ZooKeeper ticks (zookeeper_tick_ms); ZooKeeper raises shorter requests to that.
+api_session_timeout = 4.0
 log_level = "info"  # debug, info, warning or error
 # Seconds the deploy waits for the agent to be alive and for the sample function to answer.
 start_wait = 180

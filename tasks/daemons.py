@@ -68,6 +68,7 @@ def api(restart_on: Sequence[OperationMeta | None] = ()) -> None:
         bind=host.data.api_bind,
         agent_port=host.data.agent_port,
         node_loss_grace=host.data.node_loss_grace,
+        zookeeper_session_timeout=host.data.api_session_timeout,
         log_level=host.data.log_level,
         cluster_key_file=cluster_key_file(),
         repo_http_hosts=host.data.repo_http_hosts,

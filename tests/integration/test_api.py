@@ -229,6 +229,28 @@ async def test_lost_node_containers_move_within_grace(api, standins, http):
     assert node.containers == {}
 
 
+async def test_a_standby_counts_a_lost_nodes_grace_from_the_loss(api, api_config, standins, http):
+    """A node lost before a failover is not given a new grace period by the new leader."""
+    a, b = await standins.add(), await standins.add()
+    _, body = await call(http, "POST", f"{api.url}/function", definition(max_instances=1))
+    fid = body["id"]
+    placed = await eventually(lambda: running(http, api, fid), what="Running")
+    victim = a if placed["backends"][0]["backend"]["ip"] == a.ip else b
+    standby = Api(replace(api_config, node_loss_grace=30.0))
+    await standby.start()
+    try:
+        await eventually(lambda: api.deps.leader.is_leader, what="the first API leads")
+        await victim.stop()
+        tracker = standby.deps.leader.tracker
+        await eventually(lambda: tracker.lost_since(victim.ip) is not None, what="loss seen")
+        seen = tracker.lost_since(victim.ip)
+        await api.stop()  # the leader goes: the standby takes over
+        await eventually(lambda: standby.deps.leader.is_leader, what="the standby leads")
+        assert tracker.lost_since(victim.ip) == seen  # counted from the loss, not the takeover
+    finally:
+        await standby.stop()
+
+
 async def test_zookeeper_unreachable_gives_503_json_then_recovers(api_config, standins, http):
     await standins.add()
     proxy = TcpProxy(int(api_config.zookeeper.rsplit(":", 1)[1]))
