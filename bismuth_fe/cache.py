@@ -1,9 +1,12 @@
 """Keeps the routing table current from ZooKeeper, using kazoo's ``TreeCache`` recipe.
 
 One ``TreeCache`` follows each of ``/route``, ``/function`` and ``/node`` of the
-environment's chroot. Their callbacks run on kazoo threads and only wake the event loop;
-there, after a short coalescing window, the whole state is read from the caches and a new
-immutable :class:`~bismuth_fe.routing.RoutingTable` replaces the old one.
+environment's chroot. Their callbacks run on kazoo threads and only hand the changed path
+to the event loop; there, at once or after a short coalescing window during a burst, the
+routing state re-reads those paths from the caches (:mod:`.routestate`) and a new immutable
+:class:`~bismuth_fe.routing.RoutingTable` replaces the old one, sharing every route the
+change did not touch. The whole state is read afresh at start and after every new load of
+the caches (a new session), or when a read raced a cache update.
 
 While ZooKeeper is unreachable the caches keep their contents and the last table keeps
 serving. On reconnect (same or new session) ``TreeCache`` re-reads every znode it holds;
@@ -16,18 +19,16 @@ import asyncio
 import contextlib
 import functools
 import logging
-import uuid
-from dataclasses import dataclass, field
 
 from kazoo.client import KazooState
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from bismuth_core import layout
 from bismuth_core.errors import Unavailable
-from bismuth_core.layout import Backend, ContainerStatus, ServingEndpoint
 from bismuth_core.zk import ZooKeeper
 
-from .routing import ClusterSnapshot, RoutingTable, build_table
+from .routestate import RoutingState
+from .routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class RouteCache:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._subscribers: list[asyncio.Event] = []
+        self._state = RoutingState()
+        self._changed: set[str] = set()  # paths changed since the last rebuild
+        self._full = True  # the next rebuild reads everything
         self.reloads = 0  # times ZooKeeper's state was loaded afresh (start, new sessions)
 
     @property
@@ -67,7 +71,7 @@ class RouteCache:
         for root in layout.ROUTING_ROOTS:
             tree = TreeCache(self._zk.client, root)
             wake = self._zk.threadsafe(functools.partial(self._on_tree_event, root))
-            tree.listen(lambda event, wake=wake: wake(event.event_type))
+            tree.listen(lambda event, wake=wake: wake(event.event_type, _path(event)))
             tree.listen_fault(self._zk.threadsafe(self._on_fault))
             self._trees[root] = tree
         await asyncio.to_thread(self._start_trees)
@@ -97,7 +101,11 @@ class RouteCache:
 
     # --- events (on the event loop) --------------------------------------------------
 
-    def _on_tree_event(self, root: str, kind: int) -> None:
+    def _on_tree_event(self, root: str, kind: int, path: str | None = None) -> None:
+        if path is not None and kind in _NODE_EVENTS:
+            self._changed.add(path)
+        else:
+            self._full = True
         if kind == TreeEvent.INITIALIZED:
             self._synced.add(root)
             self.reloads += 1
@@ -116,10 +124,12 @@ class RouteCache:
             log.warning("ZooKeeper session expired: serving from the last routing table")
         elif state == KazooState.CONNECTED:
             log.info("ZooKeeper connected: reloading routing state")
+        self._full = True
         self._dirty.set()
 
     def _on_fault(self, exc: Exception) -> None:
         log.warning("ZooKeeper cache error: %r", exc, extra={"error": type(exc).__name__})
+        self._full = True
         self._dirty.set()
 
     async def _follow(self) -> None:
@@ -132,100 +142,50 @@ class RouteCache:
             await asyncio.sleep(COALESCE_WINDOW)
 
     def _rebuild(self) -> None:
+        full, changed = self._full, self._changed
+        self._full, self._changed = False, set()
         try:
-            snapshot = self._snapshot()
+            table = self._next_table(full, changed)
         except (KeyError, RuntimeError) as exc:
-            # a kazoo thread changed a cache while it was read: read it again shortly
+            # a kazoo thread changed a cache while it was read: read it all again shortly
             log.debug("routing snapshot raced a cache update: %r", exc)
+            self._full = True
             self._dirty.set()
             return
         except Exception:
             log.exception("cannot read routing state; keeping the last routing table")
+            self._full = True
             return
-        table = build_table(snapshot)
-        if table != self._table:
+        if table is not self._table and table != self._table:
             log.debug(
-                "routing table rebuilt: %d route(s), %d serving backend(s)",
+                "routing table rebuilt: %d route(s), %d change(s) read",
                 len(table.routes),
-                table.serving_backends,
+                len(changed),
             )
             self._table = table
             for event in self._subscribers:
                 event.set()
 
-    # --- reading the caches ------------------------------------------------------------
+    def _next_table(self, full: bool, changed: set[str]) -> RoutingTable:
+        if full:
+            self._state = RoutingState.load(self)
+            return self._state.table()
+        hosts, nodes = self._state.apply(self, changed)
+        return self._state.table_after(self._table, hosts, nodes)
 
-    def _snapshot(self) -> ClusterSnapshot:
-        nodes = self._nodes()
-        return ClusterSnapshot(
-            self._routes(),
-            self._backends(),
-            nodes.statuses,
-            frozenset(nodes.pools),
-            nodes.endpoints,
-            frozenset(nodes.names),
-            {ip: pool for ip, pool in nodes.pools.items() if pool},
-        )
+    # --- reading the caches (RoutingState's Reader) ----------------------------------------
 
-    def _data(self, root: str, path: str) -> bytes | None:
-        node = self._trees[root].get_data(path)
+    def data(self, path: str) -> bytes | None:
+        node = self._trees["/" + path.split("/")[1]].get_data(path)
         return None if node is None else node.data  # type: ignore[no-any-return]
 
-    def _children(self, root: str, path: str) -> frozenset[str]:
-        return self._trees[root].get_children(path, frozenset())  # type: ignore[no-any-return]
-
-    def _routes(self) -> dict[str, uuid.UUID]:
-        routes = {}
-        for host in self._children(layout.ROUTES, layout.ROUTES):
-            fid = layout.decode_route(self._data(layout.ROUTES, layout.route_path(host)))
-            if fid is not None:
-                routes[host] = fid
-        return routes
-
-    def _backends(self) -> dict[uuid.UUID, tuple[Backend, ...]]:
-        backends = {}
-        for name in self._children(layout.FUNCTIONS, layout.FUNCTIONS):
-            fid = layout.parse_uuid(name)
-            if fid is None:
-                continue
-            raw = self._data(layout.FUNCTIONS, layout.backends_path(fid))
-            if raw is None:
-                continue
-            try:
-                backends[fid] = layout.unpack_backends(raw)
-            except ValueError as exc:
-                log.warning("ignoring malformed backends: %s", exc, extra={"function_id": fid})
-        return backends
-
-    def _nodes(self) -> NodesView:
-        view = NodesView()
-        for name in self._children(layout.NODES, layout.NODES):
-            ip = layout.parse_ipv4(name)
-            if ip is None:
-                continue
-            view.names.add(ip)
-            alive = self._trees[layout.NODES].get_data(layout.alive_path(ip))
-            if alive is not None:
-                view.pools[ip] = layout.NodeAlive.decode(alive.data).pool
-            for child in self._children(layout.NODES, layout.containers_path(ip)):
-                cid = layout.parse_uuid(child)
-                if cid is None:
-                    continue
-                raw = self._data(layout.NODES, layout.status_path(ip, cid))
-                if raw is not None:
-                    backend = Backend(ip, cid)
-                    view.statuses[backend] = layout.decode_status(raw)
-                    endpoint = layout.decode_endpoint(raw)
-                    if endpoint is not None:
-                        view.endpoints[backend] = endpoint
-        return view
+    def children(self, path: str) -> frozenset[str]:
+        return self._trees["/" + path.split("/")[1]].get_children(path, frozenset())  # type: ignore[no-any-return]
 
 
-@dataclass
-class NodesView:
-    """What ``/node`` says: provisioned nodes, live ones' pools, containers' statuses."""
+_NODE_EVENTS = (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED)
 
-    names: set[str] = field(default_factory=set)
-    pools: dict[str, str] = field(default_factory=dict)  # live node -> pool ("" if none)
-    statuses: dict[Backend, ContainerStatus] = field(default_factory=dict)
-    endpoints: dict[Backend, ServingEndpoint] = field(default_factory=dict)
+
+def _path(event: TreeEvent) -> str | None:
+    data = event.event_data
+    return data.path if data is not None else None  # type: ignore[no-any-return]

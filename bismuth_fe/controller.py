@@ -43,6 +43,22 @@ def plan_delta(
     return changed, deleted
 
 
+def delta_since(
+    before: RoutingTable, after: RoutingTable, pushed: Mapping[str, NginxRoute], agent_port: int
+) -> tuple[dict[str, NginxRoute], list[str]]:
+    """What :func:`plan_delta` finds from ``pushed`` (made from ``before``) to ``after``,
+    looking only at the routes that are not the very same objects in both: the cache
+    rebuilds only the routes a change touched and shares the rest."""
+    changed = {}
+    for host, route in after.routes.items():
+        if before.routes.get(host) is not route:
+            wanted = nginx_route(route, agent_port)
+            if pushed.get(host) != wanted:
+                changed[host] = wanted
+    deleted = sorted(h for h in pushed if h not in after.routes)
+    return changed, deleted
+
+
 @dataclass
 class SyncState:
     """What the controller knows of nginx's table (for health and metrics)."""
@@ -73,6 +89,7 @@ class Controller:
         self.state = SyncState()
         self.routed = RouteTimes()  # when backends became routable in nginx (cold starts)
         self._pushed: dict[str, NginxRoute] | None = None
+        self._pushed_table = RoutingTable()  # the routing table ``_pushed`` was made from
         self._reloads = -1
         self._changed = cache.subscribe()
 
@@ -100,12 +117,12 @@ class Controller:
     async def sync(self) -> None:
         """Bring nginx's table up to date: a delta if possible, else the whole table."""
         table = self.cache.table
-        desired = desired_routes(table, self.agent_port)
         if self._pushed is None or self.state.table is None or self._reloads != self.cache.reloads:
             await self._replace(table)
             return
-        changed, deleted = plan_delta(self._pushed, desired)
+        changed, deleted = delta_since(self._pushed_table, table, self._pushed, self.agent_port)
         if not changed and not deleted:
+            self._pushed_table = table
             return
         try:
             await self.nginx.update(self.state.table, changed, deleted)
@@ -113,9 +130,13 @@ class Controller:
             log.warning("nginx does not hold the expected table (%s): sending all of it", exc)
             await self._replace(table)
             return
-        self._pushed = desired
-        self.routed.observe(table)
-        self.state.routes = len(desired)
+        pushed = self._pushed
+        pushed.update(changed)
+        for host in deleted:
+            pushed.pop(host, None)
+        self.routed.observe_change(self._pushed_table, table)
+        self._pushed_table = table
+        self.state.routes = len(pushed)
         self.state.deltas += 1
         self.state.synced_at = time.monotonic()
         log.debug("nginx: %d route(s) set, %d deleted", len(changed), len(deleted))
@@ -140,7 +161,7 @@ class Controller:
         desired = desired_routes(routing, self.agent_port)
         table = uuid.uuid4().hex
         status = await self.nginx.replace(table, desired)
-        self._pushed, self._reloads = desired, reloads
+        self._pushed, self._reloads, self._pushed_table = desired, reloads, routing
         self.routed.observe(routing)
         self.state.table, self.state.routes = table, status.routes
         self.state.full_syncs += 1

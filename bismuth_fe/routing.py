@@ -15,7 +15,7 @@ connected to straight; the others through their node's agent.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from bismuth_core.layout import Backend, ContainerStatus, ServingEndpoint
@@ -58,7 +58,7 @@ class RoutingTable:
 def eligible_backends(
     backends: tuple[Backend, ...],
     statuses: Mapping[Backend, ContainerStatus],
-    live_nodes: frozenset[str],
+    live_nodes: Container[str],
 ) -> tuple[Backend, ...]:
     """``Running`` backends, those on live nodes only unless none of them is."""
     running = tuple(
@@ -66,6 +66,18 @@ def eligible_backends(
     )
     on_live_nodes = tuple(b for b in running if b.ip in live_nodes)
     return on_live_nodes or running
+
+
+def build_route(
+    fid: uuid.UUID,
+    backends: tuple[Backend, ...],
+    statuses: Mapping[Backend, ContainerStatus],
+    live_nodes: Container[str],
+    endpoints: Mapping[Backend, ServingEndpoint],
+) -> Route:
+    """The route of a hostname of function ``fid`` (whose backends are ``backends``)."""
+    eligible = eligible_backends(backends, statuses, live_nodes)
+    return Route(fid, eligible, {b: endpoints[b] for b in eligible if b in endpoints})
 
 
 def build_table(snapshot: ClusterSnapshot) -> RoutingTable:

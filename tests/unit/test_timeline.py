@@ -65,3 +65,21 @@ def test_a_backend_is_routed_when_a_table_first_holds_it_again():
     times.observe(table(one, two))
     assert times.as_json()[str(A)]["routed"] >= first
     assert list(times.as_json()) == [str(B), str(A)]
+
+
+def test_a_delta_stamps_only_backends_no_route_held_before():
+    one, two = Backend("10.0.0.1", A), Backend("10.0.0.1", B)
+    fid = uuid.uuid4()
+    kept = Route(uuid.uuid4(), (one,))
+    before = RoutingTable({"h.test": Route(fid, (one,)), "k.test": kept})
+    times = RouteTimes()
+    times.observe(before)
+    first = times.as_json()[str(A)]["routed"]
+    after = RoutingTable({"h.test": Route(fid, (one, two)), "k.test": kept})
+    times.observe_change(before, after)
+    assert times.as_json()[str(A)]["routed"] == first  # still routed: not stamped again
+    assert list(times.as_json()) == [str(A), str(B)]
+    gone = RoutingTable({"h.test": Route(fid, (two,))})
+    times.observe_change(after, gone)
+    times.observe_change(gone, after)
+    assert list(times.as_json()) == [str(B), str(A)]  # A was unrouted, then routed again
