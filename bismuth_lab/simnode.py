@@ -24,11 +24,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooState
+from kazoo.recipe.watchers import ChildrenWatch
 
 from bismuth_core import jsondoc, layout, operations
 from bismuth_core.cluster import STORED_LIMITS
@@ -82,22 +83,28 @@ class SimNode:
         self.last_running = 0.0
         self._definitions: dict[uuid.UUID, bool] = {}  # function id -> definition readable
         self._wake = asyncio.Event()
+        self._children: list[str] | None = None  # as the watch last delivered them
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unwatch: Callable[[], None] = lambda: None
+        self._watching = True
 
     async def start(self) -> None:
         await self.zk.start()
         await operations.provision(self.zk, self.ip)  # as the deploy does for a new host
         self.zk.add_listener(self._on_state)
         await self._announce()
-        self._unwatch = await self.zk.watch_children(
-            layout.containers_path(self.ip), self._wake.set
-        )
+        delivered = self.zk.threadsafe(self._delivered)
+
+        def on_children(children: list[str]) -> bool:
+            delivered(children)
+            return self._watching  # False ends the watch
+
+        path = layout.containers_path(self.ip)
+        await asyncio.to_thread(ChildrenWatch, self.zk.client, path, on_children)
         self._spawn(self._follow())
 
     async def stop(self) -> None:
         """The node is lost: work ends, the session closes (``alive`` is deleted)."""
-        self._unwatch()
+        self._watching = False
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -120,12 +127,15 @@ class SimNode:
         data = layout.encode_status(status, endpoint)
         path = layout.status_path(self.ip, cid)
         try:
-            await self.zk.set(path, data)
-        except NoNodeError:
-            try:
-                await self.zk.create(path, data)
-            except NoNodeError:  # the container znode is gone: nothing to report on
-                return
+            if self.statuses[cid] == ContainerStatus.INVALID:  # none written yet: one op
+                try:
+                    await self.zk.create(path, data)
+                except NodeExistsError:  # written before this session
+                    await self.zk.set(path, data)
+            else:
+                await self.zk.set(path, data)
+        except NoNodeError:  # the container znode is gone: nothing to report on
+            return
         self.statuses[cid] = status
         if status == ContainerStatus.RUNNING:
             self.last_running = time.time()
@@ -150,14 +160,23 @@ class SimNode:
             await self._announce()
         self._wake.set()
 
+    def _delivered(self, children: list[str]) -> None:
+        self._children = children
+        self._wake.set()
+
     async def _follow(self) -> None:
+        """Start what is new among the containers the watch delivers (it reads the children
+        as it sets itself again: no read of our own), forget what is gone; after a new
+        session, read them afresh."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            try:
-                names = await self.zk.children(layout.containers_path(self.ip))
-            except BismuthError:
-                continue
+            names, self._children = self._children, None
+            if names is None:
+                try:
+                    names = await self.zk.children(layout.containers_path(self.ip))
+                except BismuthError:
+                    continue
             current = {cid for cid in map(layout.parse_uuid, names) if cid is not None}
             for cid in set(self.statuses) - current:
                 del self.statuses[cid]
