@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 
@@ -152,10 +153,11 @@ def _any_changed(configs: Sequence[OperationMeta]) -> bool:
 def _supervisor_program(spec: Program, configs: Sequence[OperationMeta]) -> Started:
     ctl, name = supervisorctl(), shlex.quote(spec.name)
     log_file = f"{host.data.log_dir}/{spec.name}.log"
+    unit_path = f"{host.data.etc_dir}/supervisor.d/{spec.name}.conf"
     unit = template_file(
         f"Supervisor program {spec.name}",
         "supervisor-program.conf.j2",
-        f"{host.data.etc_dir}/supervisor.d/{spec.name}.conf",
+        unit_path,
         "644",
         program=spec,
         log_file=log_file,
@@ -166,15 +168,25 @@ def _supervisor_program(spec: Program, configs: Sequence[OperationMeta]) -> Star
         commands=[f"{ctl} reread", f"{ctl} update {name}"],
         _if=unit.did_change,
     )
-    was_running = supervisord_running()
+    restart = f"{ctl} restart {name} || {{ tail -n 30 {shlex.quote(log_file)} >&2; exit 1; }}"
+    # A program of an earlier deploy whose supervisord this run starts (make down, then
+    # make up) already runs by then, or retries, with its earlier unit and configuration:
+    # restarted with this run's.
+    revived = not supervisord_running() and host.get_fact(File, path=unit_path) is not None
     changes = [load]
+    if revived:
+        changes.append(
+            server.shell(
+                name=f"Restart {spec.name} of the earlier deploy with this one's configuration",
+                commands=[restart],
+            )
+        )
+    was_running = supervisord_running()
     if was_running:
         changes.append(
             server.shell(
                 name=f"Restart {spec.name} for its new configuration",
-                commands=[
-                    f"{ctl} restart {name} || {{ tail -n 30 {shlex.quote(log_file)} >&2; exit 1; }}"
-                ],
+                commands=[restart],
                 _if=lambda: unit.did_not_change() and _any_changed(configs),
             )
         )
