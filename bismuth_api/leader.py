@@ -23,13 +23,17 @@ from kazoo.client import KazooState
 from kazoo.recipe.election import Election
 
 from bismuth_core import layout, operations
-from bismuth_core.cluster import read_function_or_none
+from bismuth_core.cluster import read_function_or_none, read_node
 from bismuth_core.errors import BismuthError, InsufficientCapacity
 from bismuth_core.fleet import LiveNodes, NodeSource
 from bismuth_core.layout import Backend
 from bismuth_core.zk import ZooKeeper
 
 log = logging.getLogger(__name__)
+
+# Functions whose lost containers are replaced at once: their multi-ops pipeline (the fleet
+# cache counts each placement as it is sent); one function's containers go one by one.
+REPLACE_CONCURRENCY = 16
 
 
 class NodeLossTracker:
@@ -162,11 +166,26 @@ class Leader:
                     await operations.finish_rollout(self.zk, fid)
         nodes = await self.nodes.nodes()
         lost = tracker.observe({ip: n.alive is not None for ip, n in nodes.items()})
-        for ip in lost:
-            for name in sorted(await self.zk.children(layout.containers_path(ip))):
-                cid = layout.parse_uuid(name)
-                if cid is not None:
-                    await self._replace(Backend(ip, cid))
+        if lost:
+            await self._replace_lost(lost)
+
+    async def _replace_lost(self, ips: list[str]) -> None:
+        """Replace every container of the lost nodes ``ips``: each node read once, the
+        functions' containers moved one function at a time, several functions at once."""
+        views = await asyncio.gather(*(read_node(self.zk, ip) for ip in ips))
+        by_function: dict[uuid.UUID | None, list[Backend]] = {}
+        for view in (v for v in views if v is not None):
+            for cid, container in sorted(view.containers.items()):
+                fid = container.record.function_id if container.record else None
+                by_function.setdefault(fid, []).append(Backend(view.ip, cid))
+        limit = asyncio.Semaphore(REPLACE_CONCURRENCY)
+
+        async def one_function(fid: uuid.UUID | None, backends: list[Backend]) -> None:
+            async with limit:
+                for backend in backends:
+                    await self._replace(backend, fid)
+
+        await asyncio.gather(*(one_function(f, b) for f, b in by_function.items()))
 
     async def _watch_statuses(self, fid: uuid.UUID) -> None:
         """Wake on the next change of a status the rollout of ``fid`` waits for: its new
@@ -177,12 +196,11 @@ class Leader:
             path = layout.status_path(backend.ip, backend.container_id)
             await self.zk.exists(path, watch=self._status_changed)
 
-    async def _replace(self, backend: Backend) -> None:
+    async def _replace(self, backend: Backend, fid: uuid.UUID | None) -> None:
         try:
-            async with self.lock:
-                fresh = await operations.move_container(
-                    self.zk, backend, lost=True, source=self.nodes
-                )
+            fresh = await operations.move_container(
+                self.zk, backend, lost=True, source=self.nodes, function_id=fid
+            )
         except InsufficientCapacity as exc:
             log.warning(
                 "cannot replace container of lost node: %s",

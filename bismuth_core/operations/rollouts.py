@@ -70,13 +70,20 @@ async def finish_rollout(zk: ZooKeeper, fid: uuid.UUID) -> bool:
 
 
 async def move_container(
-    zk: ZooKeeper, backend: Backend, *, lost: bool, source: NodeSource | None = None
+    zk: ZooKeeper,
+    backend: Backend,
+    *,
+    lost: bool,
+    source: NodeSource | None = None,
+    function_id: uuid.UUID | None = None,
 ) -> Backend | None:
     """Start a replacement for ``backend`` elsewhere; the new backend, or None if dropped.
 
     ``lost``: the node is gone, so the old container is removed at once; otherwise it
     retires once its replacement runs (drain). A backend no function lists is removed.
-    Raises :class:`InsufficientCapacity` when no other node can take it.
+    ``function_id``: the container's function, when the caller has read its node already
+    (a first try then reads only the function). Raises :class:`InsufficientCapacity` when
+    no other node can take it.
     """
     source = source or LiveNodes(zk)
     tries = 0
@@ -84,11 +91,12 @@ async def move_container(
     async def attempt() -> Backend | None:
         nonlocal tries
         tries += 1
-        node = await read_node(zk, backend.ip)
-        container = node.containers.get(backend.container_id) if node else None
-        view = None
-        if container is not None and container.record is not None:
-            view = await read_function_or_none(zk, container.record.function_id)
+        fid = function_id if tries == 1 else None
+        if fid is None:
+            node = await read_node(zk, backend.ip)
+            container = node.containers.get(backend.container_id) if node else None
+            fid = container.record.function_id if container and container.record else None
+        view = await read_function_or_none(zk, fid) if fid is not None else None
         if view is None or backend not in view.backends:
             await zk.commit(await remove_containers_ops(zk, [backend]))
             return None

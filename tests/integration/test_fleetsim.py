@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bismuth_core import layout
+from bismuth_core import cluster, layout
 from bismuth_core.layout import NodeAlive
 from bismuth_core.zk import ZooKeeper
 from bismuth_lab.fleetsim import Fleet, sim_ips
@@ -112,24 +112,29 @@ async def test_new_containers_follow_the_nodes_behaviour(fleet, api, http):
     assert (await fleet.stats()).failed == 2
 
 
-async def test_a_lost_nodes_containers_run_elsewhere(fleet, api, http, zk: ZooKeeper):
-    fids = [await create(http, api, f"move{i}.test", replicas=2) for i in range(3)]
+async def test_lost_nodes_containers_run_elsewhere(fleet, api, http, zk: ZooKeeper):
+    fids = [await create(http, api, f"move{i}.test", replicas=2) for i in range(4)]
     await eventually(lambda: all_running(http, api, fids), timeout=20, what="all Running")
     held: dict[str, int] = {}
     for fid in fids:
         for b in await backends(http, api, fid):
             held[b["backend"]["ip"]] = held.get(b["backend"]["ip"], 0) + 1
-    lost = max(held, key=lambda ip: held[ip])
-    await fleet.stop([lost])
-    assert await zk.exists(layout.alive_path(lost)) is None  # the session closed
-    assert lost not in fleet.nodes
+    lost = sorted(held, key=lambda ip: -held[ip])[:2]  # two at once
+    await fleet.stop(lost)
+    for ip in lost:
+        assert await zk.exists(layout.alive_path(ip)) is None  # the session closed
+        assert ip not in fleet.nodes
 
     async def moved() -> bool:
         if not await all_running(http, api, fids):
             return False
-        ips = [b["backend"]["ip"] for fid in fids for b in await backends(http, api, fid)]
-        return len(ips) == 6 and lost not in ips
+        placed = [[b["backend"]["ip"] for b in await backends(http, api, fid)] for fid in fids]
+        return all(len(ips) == 2 and not set(ips) & set(lost) for ips in placed)
 
     await eventually(moved, timeout=api.config.node_loss_grace + 20, what="rescheduled")
-    assert (await fleet.stats()).running == 6
-    assert await zk.children(layout.containers_path(lost)) == []
+    assert (await fleet.stats()).running == 8
+    for ip in lost:
+        assert await zk.children(layout.containers_path(ip)) == []
+    for ip in fleet.nodes:  # what each node reserves is what it holds
+        node = await cluster.read_node(zk, ip)
+        assert node is not None and node.reserved.containers == len(node.containers)
