@@ -33,7 +33,7 @@ from .routing import RoutingTable
 log = logging.getLogger(__name__)
 
 COALESCE_WINDOW = 0.01  # seconds: at most one rebuild per window during a burst of events
-INITIAL_SYNC_TIMEOUT = 30.0
+INITIAL_SYNC_TIMEOUT = 30.0  # seconds without a znode read before a first load gives up
 
 
 class RouteCache:
@@ -46,6 +46,7 @@ class RouteCache:
         self._synced: set[str] = set()
         self._dirty = asyncio.Event()
         self._initial_sync = asyncio.Event()
+        self._progress = 0.0  # loop time of the last cache event
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._subscribers: list[asyncio.Event] = []
@@ -66,7 +67,12 @@ class RouteCache:
         return event
 
     async def start(self, timeout: float = INITIAL_SYNC_TIMEOUT) -> None:
-        """Start following ZooKeeper; return once the first complete table is built."""
+        """Start following ZooKeeper; return once the first complete table is built.
+
+        A large environment takes longer than ``timeout`` to load (about a minute for
+        100,000 znodes): the load gives up only after ``timeout`` seconds in which no znode
+        arrived.
+        """
         self._zk.add_listener(self._on_session_state)
         for root in layout.ROUTING_ROOTS:
             tree = TreeCache(self._zk.client, root)
@@ -74,14 +80,25 @@ class RouteCache:
             tree.listen(lambda event, wake=wake: wake(event.event_type, _path(event)))
             tree.listen_fault(self._zk.threadsafe(self._on_fault))
             self._trees[root] = tree
+        self._progress = asyncio.get_running_loop().time()
         await asyncio.to_thread(self._start_trees)
         try:
-            await asyncio.wait_for(self._initial_sync.wait(), timeout)
+            await self._until_loaded(timeout)
         except TimeoutError as exc:
             await self.close()
-            raise Unavailable(f"routing state not loaded from ZooKeeper within {timeout}s") from exc
+            raise Unavailable(
+                f"routing state not loaded from ZooKeeper: nothing read for {timeout}s"
+            ) from exc
         self._rebuild()
         self._task = asyncio.create_task(self._follow(), name="route-cache")
+
+    async def _until_loaded(self, stalled: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._initial_sync.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._initial_sync.wait(), min(1.0, stalled))
+            if not self._initial_sync.is_set() and loop.time() - self._progress > stalled:
+                raise TimeoutError
 
     def _start_trees(self) -> None:
         for tree in self._trees.values():
@@ -102,6 +119,7 @@ class RouteCache:
     # --- events (on the event loop) --------------------------------------------------
 
     def _on_tree_event(self, root: str, kind: int, path: str | None = None) -> None:
+        self._progress = asyncio.get_running_loop().time()
         if path is not None and kind in _NODE_EVENTS:
             self._changed.add(path)
         else:
