@@ -115,6 +115,8 @@ class Creator:
                 self.made.append(body["id"])
             else:
                 self.failures += 1
+                if self.failures <= 3:
+                    print(f"  (refused: {resp.status} {body.get('error')})")
 
 
 async def bare_creates(
@@ -165,11 +167,12 @@ async def load(
 ) -> None:
     have = len(await env.zk.children(layout.FUNCTIONS))
     missing = max(args.functions - have, 0)
+    failed = creator.failures
     took, _ = await timed_load(creator, missing, 3600, 16)
     total = len(await env.zk.children(layout.FUNCTIONS))
     print(
         f"loaded {total} functions ({missing} more through the API, concurrency 16, "
-        f"in {took:.1f} s)"
+        f"in {took:.1f} s, {creator.failures - failed} refused)"
     )
 
     async def settled() -> bool:
@@ -517,7 +520,10 @@ async def one_size(
     args: argparse.Namespace,
 ) -> None:
     took = await env.start(nodes)
-    print(f"--- {nodes} simulated nodes: alive in {took:.1f} s, {len(env.fleet.pids)} processes")
+    print(
+        f"--- {nodes} simulated nodes: alive in {took:.1f} s, {len(env.fleet.pids)} processes "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     await env.start_api(anonymous)
     if largest and not args.creates_only:
         await env.start_api(anonymous)  # a standby, for the leader's kill
@@ -536,6 +542,7 @@ async def one_size(
         await propagation(env, http, args)
         await leader_kill(env, http, creator.made, args)
         await node_loss(env, args)
+        print(f"(load average {os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:

@@ -88,16 +88,13 @@ async def create_function(
     """Create and place a function; ``owner`` is its tenant (None: an unowned function, as
     made before tenants). ``guards`` give ops (rebuilt on each try) that must hold too."""
     source = source or LiveNodes(zk)
-    tries = 0
     fid = uuid.uuid4()
 
     async def attempt() -> uuid.UUID:
-        nonlocal tries
-        tries += 1
         await check_routes_free(zk, definition.routes, fid)
         pinned = await guards()
         nodes, ips = await place_on(
-            source, tries, definition.max_instances, definition.cpu, definition.memory
+            source, definition.max_instances, definition.cpu, definition.memory
         )
         backends = new_backends(ips)
         ops = [
@@ -135,19 +132,17 @@ async def update_function(
     give ops (rebuilt on each try, from the function as read) that must hold too.
     """
     source = source or LiveNodes(zk)
-    tries = 0
 
     async def attempt() -> FunctionView:
-        nonlocal tries
-        tries += 1
         current = await read_function(zk, fid)
         new = definition or current.definition
         await check_routes_free(zk, new.routes, fid)
         pinned = await guards(current) if guards else []
-        nodes, ips = await place_on(source, tries, new.max_instances, new.cpu, new.memory)
-        fresh = new_backends(ips)
         old_routes, new_routes = set(current.definition.routes), set(new.routes)
         owners = await route_owners(zk, old_routes - new_routes)
+        # From the placement to the commit nothing waits: see commit_placement.
+        nodes, ips = await place_on(source, new.max_instances, new.cpu, new.memory)
+        fresh = new_backends(ips)
         ops = [
             set_data(
                 layout.function_path(fid), json.dumps(new.to_json()).encode(), current.version

@@ -118,7 +118,6 @@ def retiring_op(view: FunctionView, retiring: Sequence[Backend]) -> list[Op]:
 
 async def place_on(
     source: NodeSource,
-    tries: int,
     count: int,
     cpu: float,
     memory: int,
@@ -126,11 +125,12 @@ async def place_on(
 ) -> tuple[dict[str, NodeView], list[str]]:
     """Nodes as the source has them and a placement on them.
 
-    A first try may use cached nodes; if those cannot fit the request, the answer is
-    confirmed from fresh reads before the shortfall is reported.
+    Cached nodes are used first (a source that caches reads again the nodes of a multi-op
+    that failed); if those cannot fit the request, the answer is confirmed from fresh reads
+    before the shortfall is reported.
     """
-    nodes = await source.nodes(fresh=tries > 1)
-    ranked = source.ranked() if tries == 1 else None
+    nodes = await source.nodes()  # after a lost race, a cache reads the nodes it lost on
+    ranked = source.ranked()
     if ranked is not None:
         in_order = (nodes[ip].capacity() for _, ip in ranked if ip in nodes)
         chosen = place_in_order(in_order, count, cpu, memory, **constraints)
@@ -141,8 +141,7 @@ async def place_on(
             (n.capacity() for n in nodes.values()), count, cpu, memory, **constraints
         )
     except InsufficientCapacity:
-        if tries > 1:
-            raise
+        pass
     nodes = await source.nodes(fresh=True)
     return nodes, place((n.capacity() for n in nodes.values()), count, cpu, memory, **constraints)
 
@@ -150,7 +149,12 @@ async def place_on(
 async def commit_placement(zk: ZooKeeper, source: NodeSource, ops: Sequence[Op]) -> None:
     """Commit ``ops``, which place containers: the source counts their reservations from
     the moment they are sent, so placements decided meanwhile build on them instead of
-    waiting for this answer (a failure makes the source read those nodes again)."""
+    waiting for this answer (a failure makes the source read those nodes again).
+
+    Callers read everything they need before :func:`place_on` and build ``ops`` from its
+    nodes without awaiting any I/O in between: another placement that ran meanwhile would
+    have moved the reservations' versions past the ones ``ops`` are guarded by.
+    """
     source.reserve(ops)
     try:
         results = await zk.commit(ops)

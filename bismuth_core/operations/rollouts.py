@@ -106,20 +106,20 @@ async def move_container(
             return None
         d = view.definition
         others = Counter(b.ip for b in view.active if b != backend)
+        ops, freed = await removal_ops(zk, [backend]) if lost else ([], {})
+        # From the placement to the commit nothing waits: see commit_placement.
         nodes, (ip,) = await place_on(
-            source, tries, 1, d.cpu, d.memory, exclude={backend.ip}, replicas=others
+            source, 1, d.cpu, d.memory, exclude={backend.ip}, replicas=others
         )
         (fresh,) = new_backends([ip])
         deltas = placement_deltas([ip], d)
         if lost:
             backends = [fresh if b == backend else b for b in view.backends]
-            ops, freed = await removal_ops(zk, [backend])
             for node_ip, delta in freed.items():
                 add_delta(deltas, node_ip, *delta)
             retiring = list(view.retiring)
         else:
             backends = [*view.backends, fresh]
-            ops = []
             retiring = union(view.retiring, [backend])
         ops += [
             set_data(
