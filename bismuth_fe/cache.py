@@ -29,6 +29,7 @@ from bismuth_core.zk import ZooKeeper
 
 from .routestate import RoutingState
 from .routing import RoutingTable
+from .treecache import ListingTreeCache
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class RouteCache:
         """
         self._zk.add_listener(self._on_session_state)
         for root in layout.ROUTING_ROOTS:
-            tree = TreeCache(self._zk.client, root)
+            tree = ListingTreeCache(self._zk.client, root)
             wake = self._zk.threadsafe(functools.partial(self._on_tree_event, root))
             tree.listen(lambda event, wake=wake: wake(event.event_type, _path(event)))
             tree.listen_fault(self._zk.threadsafe(self._on_fault))
