@@ -1,16 +1,19 @@
 """Making and unmaking one container, as a sequence of idempotent steps.
 
 Setup: a host id range of its own and a subnet → the provider started (it answers on the
-subnet's host address once the veth exists; awaited before the task starts) → files (/etc
-files, token, the repo fetched into its tmpfs) → image (pulled or imported, unpacked, its top
-layer remapped to that range once per image and range: :mod:`.images`, which also remaps
-spare ranges ahead) → containerd container and rootfs snapshot → task created (runc made the
-namespaces, process not started; output to the log file) → veth into the task's network
-namespace → firewall elements → provider answering → task started.
+subnet's host address once the veth exists; awaited before the task starts) and the
+container's user and network namespaces made (:mod:`.namespaces`), then wired (veth,
+addresses, routes, firewall elements), both alongside the next steps → files (/etc files,
+token, the repo fetched into its tmpfs) → image (pulled or imported, unpacked, its top layer
+remapped to that range once per image and range: :mod:`.images`, which also remaps spare
+ranges ahead) → containerd container and rootfs snapshot → task created in those namespaces
+(runc made the others, process not started; output to the log file) → network wired and
+provider answering → task started.
 Teardown runs every step's undo in reverse, each safe when its setup never ran ("not found"
 is success): SIGTERM, a grace period, SIGKILL; task, provider, container, snapshot,
-firewall, veth, the repo's tmpfs, files, and (once the container is no longer wanted) its
-id range. A failed setup tears down what it made before the error is reported.
+firewall, veth, namespaces, the repo's tmpfs, files, and (once the container is no longer
+wanted) its id range. A failed setup lets the steps running alongside end, then tears down
+what it made before the error is reported.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from bismuth_agent.containerd.client import ContainerdClient
 from bismuth_agent.containerd.errors import ContainerdError, NotFound
@@ -60,6 +64,7 @@ from .model import (
     SetupFailed,
     Usage,
 )
+from .namespaces import NamespaceFiles, PreparedNamespaces
 from .plan import TaskState
 from .providers import (
     Launch,
@@ -92,6 +97,7 @@ ID_RANGES_FILE = "idranges.json"
 PROVIDERS_CGROUP = "providers"
 ZYGOTE = "zygote"  # the providers' zygote: its cgroup (under providers/)
 ZYGOTE_LOG = "provider-zygote.log"
+NAMESPACES_DIR = "namespaces"  # containers' user and network namespaces, kept as files
 
 
 def cluster_box(key_file: str) -> SecretBox | None:
@@ -126,6 +132,7 @@ class ContainerRuntime:
             config.id_map_count,
         )
         self.seccomp = seccomp.profile()
+        self.namespaces = PreparedNamespaces(Path(config.state_dir) / NAMESPACES_DIR)
         if config.init_path and not os.access(config.init_path, os.X_OK):
             raise ConfigError(
                 f"config init_path: {config.init_path} is not an executable file"
@@ -255,8 +262,10 @@ class ContainerRuntime:
             raise SetupFailed(why) from exc
 
     async def _create(self, desired: DesiredContainer) -> Made:
-        """The steps in order, but the provider: it starts first (its addresses are
-        reserved before the namespace exists) and is waited for before the task starts."""
+        """The steps in order, but three run alongside the image, container and task: the
+        provider (its addresses are reserved first), the container's user and network
+        namespaces (the task joins them) and their wiring (veth, addresses, firewall). The
+        task waits for the namespaces; its start waits for all three."""
         cid = desired.container_id
         await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
         ids = self.id_ranges.allocate(cid)
@@ -264,28 +273,44 @@ class ContainerRuntime:
         allocation = await self.network.reserve(str(cid))
         launch = self._launch(desired, allocation, token)
         provider = asyncio.ensure_future(self.providers.start(launch))
+        namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
+        wired = asyncio.ensure_future(self._wire(desired, allocation, namespaces))
         try:
-            pid = await self._task(desired, ids, token, allocation)
-            await self.network.setup(str(cid), f"/proc/{pid}/ns/net")
-            await self.firewall.attach(allocation, serving_port(desired))
+            pid = await self._task(desired, ids, token, allocation, namespaces)
+            await asyncio.shield(wired)  # a cancelled create still lets it end
             self.timelines.stamp(cid, NETWORK)
             await provider
             self.timelines.stamp(cid, PROVIDER)
         except BaseException:
-            provider.cancel()
-            await asyncio.wait([provider])  # its own failure, if any, is not the news
-            if not provider.cancelled():
-                provider.exception()
+            provider.cancel()  # namespaces and wiring end on their own: removal finds all
+            await _settled(provider, namespaces, wired)  # their failures are not the news
             raise
         await self.ctrd.tasks.start(str(cid))
         self.timelines.stamp(cid, STARTED)
         self.images.prepare_ahead(desired.definition.image)
         return Made(cid, pid, allocation, token, ids)
 
+    async def _wire(
+        self,
+        desired: DesiredContainer,
+        allocation: Allocation,
+        namespaces: asyncio.Future[NamespaceFiles],
+    ) -> None:
+        """Veth, addresses and routes into the container's network namespace; firewall."""
+        made = await asyncio.shield(namespaces)
+        await self.network.setup(str(desired.container_id), made.network)
+        await self.firewall.attach(allocation, serving_port(desired))
+
     async def _task(
-        self, desired: DesiredContainer, ids: IdMapping, token: str, allocation: Allocation
+        self,
+        desired: DesiredContainer,
+        ids: IdMapping,
+        token: str,
+        allocation: Allocation,
+        namespaces: asyncio.Future[NamespaceFiles],
     ) -> int:
-        """Files, repo, image, containerd container and its task (not started): its PID."""
+        """Files, repo, image, containerd container and its task (not started, in the
+        ``namespaces`` once they exist): its PID."""
         cid, definition = desired.container_id, desired.definition
         directory = self.dir(cid)
         address = str(allocation.container_address)
@@ -312,6 +337,7 @@ class ContainerRuntime:
             pids_limit=self.config.pids_limit,
             seccomp=self.seccomp,
             init=self.config.init_path or None,
+            joined=self.namespaces.files(str(cid)).by_type(),
         )
         labels = {"bismuth.function": str(desired.function_id), NODE_LABEL: self.config.node_ip}
         mounts = await self.ctrd.create_container(
@@ -323,6 +349,7 @@ class ContainerRuntime:
         )
         self.timelines.stamp(cid, CONTAINER)
         uri = self.logs.uri(cid)
+        await asyncio.shield(namespaces)
         pid = await self.ctrd.tasks.create(
             str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
         )
@@ -469,6 +496,7 @@ class ContainerRuntime:
         await self.ctrd.delete_container(str(cid))
         await self.firewall.detach(host_ifname(str(cid)))
         await self.network.teardown(str(cid))
+        await self.namespaces.remove(str(cid))
         await repos.remove(self.dir(cid))
         self._cgroup(cid).remove()  # made for its repo's fetch if runc never took it over
         if not keep_logs:
@@ -489,6 +517,7 @@ class ContainerRuntime:
                 await self.firewall.detach(found.ifname)
                 await self.network.teardown(found.container_id)
         await self.network.release_others(known)
+        await self.namespaces.keep_only(known)
         self.id_ranges.keep_only(cid for cid in map(_uuid, known) if cid is not None)
         await self._reap_providers(known)
 
@@ -503,6 +532,14 @@ class ContainerRuntime:
                 self.provider_cgroup(cid).remove()
                 await repos.remove(directory)
                 files.remove(directory)
+
+
+async def _settled(*steps: asyncio.Future[Any]) -> None:
+    """Wait until every step has ended, taking (and dropping) their errors."""
+    await asyncio.wait(steps)
+    for step in steps:
+        if not step.cancelled():
+            step.exception()
 
 
 def _uuid(text: str) -> uuid.UUID | None:

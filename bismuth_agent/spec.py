@@ -2,13 +2,14 @@
 
 Pure: :func:`container_spec` turns a :class:`ContainerPlan` into the JSON document runc
 runs, with no I/O. Every container gets new cgroup, ipc, mount, network, pid, user and uts
-namespaces; container ids 0..size-1 map onto an unprivileged host range; the process runs
-as uid/gid 1000 with no capabilities and no new privileges; cpu, memory and pids are
-limited by its own cgroup under the agent's parent; system calls are filtered by the
-seccomp profile of :mod:`bismuth_agent.seccomp`; kernel paths are masked or read-only;
-/etc/hosts, /etc/resolv.conf and /etc/hostname come from files the agent writes. The root
-filesystem is read-only: /tmp (a tmpfs inside the memory limit) and /dev/shm are the only
-writable places, and /repo is mounted read-only.
+namespaces (the user and network ones made by the agent beforehand, :mod:`.namespaces`, and
+joined by runc: ``ContainerPlan.joined``); container ids 0..size-1 map onto an unprivileged
+host range; the process runs as uid/gid 1000 with no capabilities and no new privileges;
+cpu, memory and pids are limited by its own cgroup under the agent's parent; system calls
+are filtered by the seccomp profile of :mod:`bismuth_agent.seccomp`; kernel paths are
+masked or read-only; /etc/hosts, /etc/resolv.conf and /etc/hostname come from files the
+agent writes. The root filesystem is read-only: /tmp (a tmpfs inside the memory limit) and
+/dev/shm are the only writable places, and /repo is mounted read-only.
 
 With an init (``ContainerPlan.init``: Debian's static ``tini``, as ``docker run --init``
 does), the host's binary is mounted read-only at :data:`INIT_PATH` and runs as PID 1 with
@@ -34,6 +35,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An Executable function's container idles in this while each request runs the program.
 IDLE_COMMAND = ("/bin/sleep", "infinity")
 INIT_PATH = "/dev/init"  # on /dev, a tmpfs: the image gains no mount point
+NAMESPACES = ("pid", "ipc", "uts", "mount", "network", "user", "cgroup")
 
 MASKED_PATHS = (
     "/proc/acpi",
@@ -84,6 +86,9 @@ class ContainerPlan:
     nofile_limit: int = 4096
     seccomp: Mapping[str, Any] | None = None  # the runtime spec's linux.seccomp
     init: str | None = None  # host path of a static init run as PID 1 (tini-static)
+    # Namespaces the agent made for the container, by type ("user", "network") -> their
+    # files: runc joins them instead of making new ones.
+    joined: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cgroup_path(self) -> str:
@@ -238,8 +243,8 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
             "uidMappings": plan.ids.to_json(),
             "gidMappings": plan.ids.to_json(),
             "namespaces": [
-                {"type": kind}
-                for kind in ("pid", "ipc", "uts", "mount", "network", "user", "cgroup")
+                {"type": kind, **({"path": plan.joined[kind]} if kind in plan.joined else {})}
+                for kind in NAMESPACES
             ],
             "resources": _resources(plan),
             "cgroupsPath": plan.cgroup_path,

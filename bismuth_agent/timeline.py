@@ -14,8 +14,8 @@ Stages, in order (the runtime may skip those its container does not need):
 ``seen``                the agent's reconcile pass planned its creation
 ``image``               the image's snapshot, remapped to the container's id range
 ``container``           the containerd container and its rootfs snapshot
-``task``                the task created: namespaces made, process not yet started
-``network``             veth and address in the task's network namespace, firewall
+``task``                the task created in its namespaces, not yet started
+``network``             veth, address, firewall (wired alongside, awaited here)
 ``provider``            its provider answers (started first, waited for here)
 ``started``             the task's process started
 ``listening``           the entrypoint accepts connections (Server mode)

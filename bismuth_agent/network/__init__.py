@@ -5,7 +5,8 @@ How the agent uses it (setup in this order, teardown in reverse; every step idem
 1. at start: ``Firewall.install(await adapter.host_view())`` creates or refreshes the
    table ``inet bismuth_<firewall_id>`` (keeping container elements) and turns IPv4
    forwarding on if it was off; ``NetworkAdapter.list()`` finds veths to adopt or reap;
-2. per container: ``allocation = await adapter.setup(cid, "/proc/<pid>/ns/net")``, then
+2. per container: ``allocation = await adapter.setup(cid, netns)`` (the file of the
+   network namespace the agent made for the container, or ``/proc/<pid>/ns/net``), then
    ``await firewall.attach(allocation)``; the provider listens on
    ``allocation.provider_address:<provider_port>``, which the container also reaches as
    ``<metadata_address>:<provider_port>``;

@@ -20,12 +20,23 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bismuth_agent.namespaces import PreparedNamespaces
 from bismuth_agent.network import Firewall, NetworkAdapter
 from bismuth_agent.providers import recorded_pid
+from bismuth_agent.runtime import NAMESPACES_DIR
 from bismuth_agent.service import network_settings
+from bismuth_agent.spec import IdMapping
 from bismuth_core import cluster, layout, operations
 from bismuth_core.layout import ContainerStatus, NodeAlive
-from tests.support.agenthost import get, httpd, running_backend, start_agent, statuses
+from tests.support.agenthost import (
+    SHELL,
+    get,
+    httpd,
+    run_in,
+    running_backend,
+    start_agent,
+    statuses,
+)
 from tests.support.clusterkey import AGENT_AUTH
 from tests.support.waiting import eventually
 
@@ -120,6 +131,37 @@ async def test_delete_leaves_nothing_behind(zk, agent):
     assert all(s.name != cid for s in snapshots)
 
 
+def namespace_files(config) -> list[str]:
+    """Containers whose user and network namespaces the node's agent keeps."""
+    top = Path(config.state_dir) / NAMESPACES_DIR
+    return sorted(p.name for p in top.iterdir()) if top.is_dir() else []
+
+
+async def test_task_joins_the_namespaces_the_agent_made(zk, agent):
+    """The agent makes a container's user and network namespaces (and wires the network)
+    while the task is being made; runc joins them: the task's namespaces are the files the
+    agent keeps, the container's sysfs shows its own interfaces only, its address is not
+    its to change, and deleting it lets go of the files."""
+    fid = await operations.create_function(zk, httpd(invoke_mode=SHELL))
+    backend = await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
+    cid = str(backend.container_id)
+    files = agent.runtime.namespaces.files(cid)
+    pid = (await agent.ctrd.tasks.get(cid)).pid
+    for kind, path in (("user", files.user), ("net", files.network)):
+        assert os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(path).st_ino
+    status, out = await run_in(agent, backend, "ls /sys/class/net")
+    assert status == 200 and out.split() == ["eth0", "lo"], out
+    status, out = await run_in(agent, backend, "ip addr add 10.1.2.3/32 dev eth0 2>&1; echo $?")
+    assert status == 200 and out.split()[-1] != "0", out
+    assert namespace_files(agent.config) == [cid]
+    await operations.delete_function(zk, fid)
+
+    async def let_go() -> bool:
+        return not namespace_files(agent.config) and not await agent.ctrd.tasks.list()
+
+    await eventually(let_go, timeout=20, what="namespace files removed")
+
+
 async def test_image_that_does_not_exist_is_failed_with_a_reason(zk, agent):
     fid = await operations.create_function(zk, httpd(image="bismuth.test/missing:1"))
 
@@ -136,9 +178,10 @@ async def test_image_that_does_not_exist_is_failed_with_a_reason(zk, agent):
     async def clean() -> bool:  # between two attempts of the restart backoff
         links = await agent.runtime.network.list()
         reserved = agent.runtime.network.allocations.allocations()
-        return not links and not reserved and recorded_pid(directory) is None
+        namespaces = namespace_files(agent.config)
+        return not links and not reserved and not namespaces and recorded_pid(directory) is None
 
-    await eventually(clean, timeout=20, what="no provider, subnet or veth left")
+    await eventually(clean, timeout=20, what="no provider, subnet, veth or namespace left")
 
 
 async def test_invoke_json_for_unknown_container(agent):
@@ -208,9 +251,9 @@ async def test_start_reaps_the_network_of_containers_that_are_gone(zk, node):
 
 
 async def test_start_ends_providers_and_subnets_of_containers_never_made(zk, node):
-    """An agent stopped between starting a container's provider (and reserving its subnet)
-    and making the container leaves both; the next agent ends the one, releases the other
-    and removes the container's files."""
+    """An agent stopped between starting a container's provider (reserving its subnet,
+    making its namespaces) and making the container leaves them; the next agent ends the
+    provider, releases the subnet, lets go of the namespaces and removes the files."""
     cid = str(uuid.uuid4())
     directory = Path(node.state_dir) / "containers" / cid
     directory.mkdir(parents=True)
@@ -223,10 +266,14 @@ async def test_start_ends_providers_and_subnets_of_containers_never_made(zk, nod
         (directory / "provider.pid").write_text(f"{stand_in.pid} {start}\n")
         reserved = NetworkAdapter(network_settings(node))
         await reserved.reserve(cid)
+        made = PreparedNamespaces(Path(node.state_dir) / NAMESPACES_DIR)
+        await made.prepare(cid, IdMapping(node.id_map_start))
+        assert namespace_files(node) == [cid]
         running = await start_agent(node)
         try:
             assert await asyncio.to_thread(stand_in.wait, 10) is not None
             assert not directory.exists()
+            assert namespace_files(node) == []
             assert running.runtime.network.allocations.allocations() == []
         finally:
             await running.stop()
@@ -256,6 +303,7 @@ async def test_agent_stopped_in_the_middle_of_a_create_converges_after_restart(z
         assert status == 200 and body == "hello from layer 2\n"
         links = await second.runtime.network.list()
         assert [i.container_id for i in links] == [str(backend.container_id)]
+        assert namespace_files(node) == [str(backend.container_id)]
         assert len(await second.ctrd.tasks.list()) == 1
         assert len(await second.ctrd.containers.list()) == 1
     finally:

@@ -40,6 +40,22 @@ def test_every_namespace_is_new_and_ids_are_mapped_to_an_unprivileged_range():
     assert spec["linux"]["uidMappings"] == mapping == spec["linux"]["gidMappings"]
 
 
+def test_namespaces_the_agent_made_are_joined_by_path():
+    joined = {"user": "/var/lib/bismuth/ns/u", "network": "/var/lib/bismuth/ns/n"}
+    spec = container_spec(dataclasses.replace(plan(), joined=joined))
+    paths = {ns["type"]: ns.get("path") for ns in spec["linux"]["namespaces"]}
+    assert paths == {
+        "cgroup": None,
+        "ipc": None,
+        "mount": None,
+        "network": "/var/lib/bismuth/ns/n",
+        "pid": None,
+        "user": "/var/lib/bismuth/ns/u",
+        "uts": None,
+    }
+    assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 200_000, "size": 65536}]
+
+
 def test_process_is_unprivileged_with_the_contract_environment():
     proc = container_spec(plan())["process"]
     assert proc["user"]["uid"] == 1000 and proc["user"]["gid"] == 1000
