@@ -81,28 +81,29 @@ class NodePresence:
             await self.announce()
 
     async def desired(self) -> dict[uuid.UUID, DesiredContainer]:
-        """This node's container znodes with their functions' definitions."""
+        """This node's container znodes with their functions' definitions (all read at once)."""
         names = await self.zk.children(layout.containers_path(self.ip))
         cids = [cid for cid in map(layout.parse_uuid, names) if cid is not None]
         records = await asyncio.gather(
             *(self.zk.get_or_none(layout.container_path(self.ip, c)) for c in cids)
         )
-        wanted: dict[uuid.UUID, DesiredContainer] = {}
-        definitions: dict[uuid.UUID, FunctionDefinition | None] = {}
+        found: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}
         for cid, got in zip(cids, records, strict=True):
             if got is None:
                 continue
             try:
-                fid = ContainerRecord.decode(got[0]).function_id
+                found[cid] = (ContainerRecord.decode(got[0]).function_id, got[1].ctime / 1000)
             except ValueError:
                 log.warning("undecodable container znode", extra={"container_id": cid})
-                continue
-            if fid not in definitions:
-                definitions[fid] = await self._definition(fid)
-            definition = definitions[fid]
-            if definition is not None:
-                wanted[cid] = DesiredContainer(cid, fid, definition, got[1].ctime / 1000)
-        return wanted
+        fids = sorted({fid for fid, _ in found.values()})
+        definitions = dict(
+            zip(fids, await asyncio.gather(*(self._definition(f) for f in fids)), strict=True)
+        )
+        return {
+            cid: DesiredContainer(cid, fid, definition, committed)
+            for cid, (fid, committed) in found.items()
+            if (definition := definitions[fid]) is not None
+        }
 
     async def _definition(self, fid: uuid.UUID) -> FunctionDefinition | None:
         got = await self.zk.get_or_none(layout.function_path(fid))
