@@ -145,7 +145,8 @@ def start_daemons(work: Path, zk_hosts: str, ctrd_server: ContainerdServer) -> l
                 "bind": NODE,
                 "port": agent_port,
                 "containerd_address": ctrd_server.address,
-                "state_dir": f"{work}/state",
+                # where mounts reach containerd's own mount namespace, as on a host
+                "state_dir": f"{ctrd_server.shared}/bench-state",
                 "log_dir": f"{work}/logs",
                 "cgroup_parent": f"{ctrd_server.cgroup_parent}/bench",
                 "network_pool": POOL,
