@@ -262,14 +262,27 @@ async def cold_start(http: aiohttp.ClientSession, cluster: Cluster, n: int) -> S
     stat = await cluster.zk.exists(layout.container_path(NODE, uuid.UUID(cid)))
     if stat is not None:
         at["committed"] = stat.ctime / 1000
-    async with http.get(f"{cluster.agent}/timeline?container={cid}", headers=AGENT_AUTH) as r:
-        at.update({k: v for k, v in (await r.json())[cid].items() if k != "committed"})
+    at.update(await agent_timeline(http, cluster, cid))
     async with http.get(f"{cluster.frontend_admin}/timeline") as r:
         at.update((await r.json()).get(cid, {}))
     async with http.delete(f"{cluster.api}/function/{fid}", headers=auth) as r:
         await r.read()
     await until(lambda: gone(cluster.ctrd), "the container removed", 60)
     return Start(at)
+
+
+async def agent_timeline(
+    http: aiohttp.ClientSession, cluster: Cluster, cid: str, timeout: float = 10.0
+) -> dict[str, float]:
+    """The agent's stamps of ``cid`` once ``running`` is among them: the agent stamps it when
+    its status write returns, which the frontend may have seen and routed a moment before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(f"{cluster.agent}/timeline?container={cid}", headers=AGENT_AUTH) as r:
+            stamps = {k: v for k, v in (await r.json())[cid].items() if k != "committed"}
+        if "running" in stamps or time.monotonic() > deadline:
+            return stamps
+        await asyncio.sleep(POLL)
 
 
 async def gone(ctrd: ContainerdClient) -> bool:
