@@ -114,6 +114,17 @@ if first:
 endef
 export STOP_PROVIDERS
 
+# Lets go of the user and network namespaces the agent made for its containers (kept as
+# files under its state dir while their tasks ran): their veths go with them. The next
+# `make up` makes them again for the containers it starts.
+define RELEASE_NAMESPACES
+import asyncio, sys
+from bismuth_agent.namespaces import PreparedNamespaces
+if found := asyncio.run(PreparedNamespaces.of_agent(sys.argv[1]).keep_only(set())):
+    print(f"released the namespaces of {found} container(s)")
+endef
+export RELEASE_NAMESPACES
+
 # Removes the agent's firewall table (read from its config), as the agent does: forwarding
 # goes off again on the interfaces where the agent had turned it on.
 define REMOVE_FIREWALL
@@ -129,7 +140,7 @@ export REMOVE_FIREWALL
 
 # First the agent stops (so it restarts nothing), then every function task in containerd's
 # namespace is killed and deleted (their containers stay: the next `make up` starts them
-# again), then the containers' providers and the agent's firewall table, then the rest: supervisord, shut down through its
+# again), then the containers' providers, namespaces and the agent's firewall table, then the rest: supervisord, shut down through its
 # own socket (which stops every daemon), waited for until it has exited; or the systemd
 # units where systemd is PID 1. Last, the deploy's host firewall table goes.
 down:
@@ -141,6 +152,7 @@ down:
 	stop_providers() { \
 	  [ -x $(VENV)/bin/python ] || return 0; \
 	  $(VENV)/bin/python -c "$$STOP_PROVIDERS" "$(AGENT_STATE_DIR)"; \
+	  $(VENV)/bin/python -c "$$RELEASE_NAMESPACES" "$(AGENT_STATE_DIR)"; \
 	  [ -f "$(ETC_DIR)/agent.toml" ] || return 0; \
 	  $(VENV)/bin/python -c "$$REMOVE_FIREWALL" "$(ETC_DIR)/agent.toml"; \
 	}; \

@@ -36,6 +36,7 @@ from .spec import IdMapping
 
 log = logging.getLogger(__name__)
 
+DIRECTORY = "namespaces"  # under the agent's state dir: <container id>/{user,net}
 HELPER = ("unshare", "--user", "--net", "--", "cat")
 KINDS = ("user", "net")  # namespace files under /proc/<pid>/ns/ that are kept
 MS_BIND = 0x1000
@@ -64,6 +65,11 @@ class PreparedNamespaces:
     def __init__(self, top: Path) -> None:
         self.top = top
 
+    @classmethod
+    def of_agent(cls, state_dir: str | Path) -> PreparedNamespaces:
+        """Those of the agent whose state directory is ``state_dir``."""
+        return cls(Path(state_dir) / DIRECTORY)
+
     def files(self, container_id: str) -> NamespaceFiles:
         """Where the container's namespaces are (or will be) kept."""
         directory = self.top / container_id
@@ -77,12 +83,15 @@ class PreparedNamespaces:
         """Let go of the container's namespaces (they end with its last process); idempotent."""
         await asyncio.to_thread(self._remove, container_id)
 
-    async def keep_only(self, known: set[str]) -> None:
-        """Remove the namespaces of containers not in ``known`` (an agent stopped mid-way)."""
-        for directory in sorted(self.top.iterdir()) if self.top.is_dir() else ():
-            if directory.name not in known:
-                log.info("removing namespaces of a container that is gone: %s", directory.name)
-                await self.remove(directory.name)
+    async def keep_only(self, known: set[str]) -> int:
+        """Remove the namespaces of containers not in ``known`` (an agent stopped mid-way,
+        or every container's when its tasks are gone); how many containers had some."""
+        found = sorted(self.top.iterdir()) if self.top.is_dir() else []
+        gone = [d.name for d in found if d.name not in known]
+        for name in gone:
+            log.info("removing namespaces of a container that is gone: %s", name)
+            await self.remove(name)
+        return len(gone)
 
     def _prepare(self, container_id: str, ids: IdMapping) -> NamespaceFiles:
         self._remove(container_id)

@@ -97,7 +97,6 @@ ID_RANGES_FILE = "idranges.json"
 PROVIDERS_CGROUP = "providers"
 ZYGOTE = "zygote"  # the providers' zygote: its cgroup (under providers/)
 ZYGOTE_LOG = "provider-zygote.log"
-NAMESPACES_DIR = "namespaces"  # containers' user and network namespaces, kept as files
 
 
 def cluster_box(key_file: str) -> SecretBox | None:
@@ -132,7 +131,7 @@ class ContainerRuntime:
             config.id_map_count,
         )
         self.seccomp = seccomp.profile()
-        self.namespaces = PreparedNamespaces(Path(config.state_dir) / NAMESPACES_DIR)
+        self.namespaces = PreparedNamespaces.of_agent(config.state_dir)
         if config.init_path and not os.access(config.init_path, os.X_OK):
             raise ConfigError(
                 f"config init_path: {config.init_path} is not an executable file"

@@ -23,7 +23,6 @@ import pytest
 from bismuth_agent.namespaces import PreparedNamespaces
 from bismuth_agent.network import Firewall, NetworkAdapter
 from bismuth_agent.providers import recorded_pid
-from bismuth_agent.runtime import NAMESPACES_DIR
 from bismuth_agent.service import network_settings
 from bismuth_agent.spec import IdMapping
 from bismuth_core import cluster, layout, operations
@@ -133,7 +132,7 @@ async def test_delete_leaves_nothing_behind(zk, agent):
 
 def namespace_files(config) -> list[str]:
     """Containers whose user and network namespaces the node's agent keeps."""
-    top = Path(config.state_dir) / NAMESPACES_DIR
+    top = PreparedNamespaces.of_agent(config.state_dir).top
     return sorted(p.name for p in top.iterdir()) if top.is_dir() else []
 
 
@@ -266,7 +265,7 @@ async def test_start_ends_providers_and_subnets_of_containers_never_made(zk, nod
         (directory / "provider.pid").write_text(f"{stand_in.pid} {start}\n")
         reserved = NetworkAdapter(network_settings(node))
         await reserved.reserve(cid)
-        made = PreparedNamespaces(Path(node.state_dir) / NAMESPACES_DIR)
+        made = PreparedNamespaces.of_agent(node.state_dir)
         await made.prepare(cid, IdMapping(node.id_map_start))
         assert namespace_files(node) == [cid]
         running = await start_agent(node)
