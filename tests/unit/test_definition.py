@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from typing import Any
 
@@ -672,10 +673,17 @@ def test_invalid_invoke_modes(mode: object, field: str, message: str) -> None:
 # --- properties ---------------------------------------------------------------------
 
 labels = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+
+
+def _numeric(label: str) -> bool:
+    """A last label that makes a name an IP address to a URL parser (decimal or hex)."""
+    return label.isdigit() or re.fullmatch(r"0x[0-9a-f]*", label) is not None
+
+
 hostnames = (
     st.lists(labels, min_size=1, max_size=4)
     .map(".".join)
-    .filter(lambda h: not h.rsplit(".", 1)[-1].isdigit() and "localhost" not in h)
+    .filter(lambda h: not _numeric(h.rsplit(".", 1)[-1]) and "localhost" not in h)
 )
 path_components = st.from_regex(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+){0,2}", fullmatch=True)
 images = st.builds(
