@@ -180,7 +180,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         config.write_text(
             f'zookeeper = "{zk_server.hosts}"\nzookeeper_env = "{ENV}"\nbind = "{NODE}"\n'
             f'port = {agent_port}\ncontainerd_address = "{ctrd_server.address}"\n'
-            f'state_dir = "{work}/state"\nlog_dir = "{work}/logs"\n'
+            f'state_dir = "{ctrd_server.shared}/bench-state"\nlog_dir = "{work}/logs"\n'
             f'cgroup_parent = "{ctrd_server.cgroup_parent}/bench"\nnetwork_pool = "{POOL}"\n'
             f'log_level = "info"\ncluster_key_file = "{cluster_key}"\n'
         )

@@ -150,7 +150,7 @@ def agent_toml(
         bind=NODE,
         port=free_port(),
         containerd_address=containerd.address,
-        state_dir=str(work / "state"),
+        state_dir=f"{containerd.shared}/bench-state",  # mounts reach containerd's namespace
         log_dir=str(work / "logs"),
         cgroup_parent=f"{containerd.cgroup_parent}/benchfe",
         network_pool=POOL,

@@ -342,7 +342,7 @@ def agent_config(
     path = work / "agent.toml"
     path.write_text(
         f'zookeeper = "{zookeeper}"\nzookeeper_env = "{ENV}"\nbind = "{NODE}"\nport = {port}\n'
-        f'containerd_address = "{ctrd.address}"\nstate_dir = "{work}/state"\n'
+        f'containerd_address = "{ctrd.address}"\nstate_dir = "{ctrd.shared}/bench-state"\n'
         f'log_dir = "{work}/logs"\ncgroup_parent = "{ctrd.cgroup_parent}/bench"\n'
         f'network_pool = "{pool}"\nexec_timeout = {exec_timeout}\n'
         f'provider_storage = "local://{work}/data"\nlog_level = "warning"\n'
