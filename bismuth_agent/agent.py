@@ -75,6 +75,8 @@ class Supervised:
     exited_at: float | None = None
     failures: int = 0
     seen_at: float = field(default_factory=time.monotonic)
+    # Status writes one at a time, so a slow earlier one never lands after a later one.
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def server(self) -> ServerMode | None:
@@ -415,18 +417,22 @@ class Agent:
         await self._write_status(sup)
 
     async def _write_status(self, sup: Supervised) -> None:
-        wanted, endpoint = sup.status, sup.endpoint
-        if (
-            not sup.decided
-            or (sup.reported, sup.reported_endpoint) == (wanted, endpoint)
-            or sup.desired.container_id not in self.containers
-        ):
-            return
-        try:
-            await self.presence.set_status(sup.desired.container_id, wanted, endpoint)
-            sup.reported, sup.reported_endpoint = wanted, endpoint
-        except Unavailable:
-            pass  # written by a later pass
+        """Bring the container's status znode to what this agent knows, in order: a status
+        decided while an earlier one was being written is written after it."""
+        async with sup.writing:
+            while True:
+                wanted, endpoint = sup.status, sup.endpoint
+                if (
+                    not sup.decided
+                    or (sup.reported, sup.reported_endpoint) == (wanted, endpoint)
+                    or sup.desired.container_id not in self.containers
+                ):
+                    return
+                try:
+                    await self.presence.set_status(sup.desired.container_id, wanted, endpoint)
+                except Unavailable:
+                    return  # written by a later pass
+                sup.reported, sup.reported_endpoint = wanted, endpoint
 
     async def _report(self) -> None:
         for sup in list(self.containers.values()):

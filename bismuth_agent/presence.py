@@ -129,5 +129,10 @@ class NodePresence:
         try:
             await self.zk.set(path, data)
         except NoNodeError:
-            with contextlib.suppress(NodeExistsError, NoNodeError):
+            try:
                 await self.zk.create(path, data)
+            except NodeExistsError:  # made meanwhile (an earlier agent's write): replace it
+                with contextlib.suppress(NoNodeError):
+                    await self.zk.set(path, data)
+            except NoNodeError:
+                pass  # the container znode is gone

@@ -345,3 +345,29 @@ async def test_a_removed_containers_usage_series_go_with_it(tmp_path):
     await node.agent.refresh_metrics()
     assert _series(node, "bismuth_agent_container_memory_bytes") == set()
     assert _series(node, "bismuth_agent_container_cpu_seconds") == set()
+
+
+async def test_status_writes_land_in_the_order_they_were_decided(tmp_path):
+    """A status decided while an earlier write is still on its way is written after it,
+    never lost behind it: ZooKeeper ends with the later one."""
+    node = make_node(tmp_path, FakeRuntime(), {A})
+    await node.pass_()
+    assert node.presence.statuses[A] == ContainerStatus.RUNNING
+    sup = node.agent.containers[A]
+    gate = asyncio.Event()
+    write = node.presence.set_status
+
+    async def slow_failed(cid, status, endpoint=None):
+        if status == ContainerStatus.FAILED:
+            await gate.wait()
+        await write(cid, status, endpoint)
+
+    node.presence.set_status = slow_failed
+    first = asyncio.create_task(node.agent._set_status(sup, ContainerStatus.FAILED))
+    await asyncio.sleep(0.01)  # its write is on its way
+    second = asyncio.create_task(node.agent._set_status(sup, ContainerStatus.RUNNING))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(first, second)
+    assert node.presence.statuses[A] == ContainerStatus.RUNNING
+    assert node.presence.writes[-2:] == [(A, ContainerStatus.FAILED), (A, ContainerStatus.RUNNING)]
