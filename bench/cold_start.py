@@ -46,6 +46,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from agent_paths import ARCHIVE, IMAGE, ensure_image  # noqa: E402
 
 from bismuth_agent.config import AgentConfig  # noqa: E402
 from bismuth_agent.containerd.client import ContainerdClient  # noqa: E402
@@ -61,8 +64,6 @@ from tests.support.clusterkey import ACCESS, AGENT_AUTH, write_key_files  # noqa
 from tests.support.containerd import ContainerdServer  # noqa: E402
 from tests.support.zkserver import ZooKeeperServer, free_port  # noqa: E402
 
-IMAGE = "bismuth.local/python:3.11"
-ARCHIVE = ROOT / "var" / "images" / "python-3.11.oci.tar"
 NODE = "127.0.78.1"
 ENV = "benchcold"
 POOL = "10.252.0.0/24"
@@ -462,15 +463,6 @@ def report(starts: list[Start], pass_times: list[float], server_times: list[floa
         f"{'ratio POST -> first 200 / ctr run (server)':<44} {f50 / c50:>8.2f} {f99 / c99:>8.2f}",
     ]
     return "\n".join(lines)
-
-
-def ensure_image() -> None:
-    if not ARCHIVE.exists():
-        subprocess.run(
-            [sys.executable, "-m", "bismuth_images.build", "--output", str(ARCHIVE)],
-            check=True,
-            cwd=ROOT,
-        )
 
 
 async def bench(args: argparse.Namespace, work: Path) -> None:

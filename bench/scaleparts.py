@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -23,6 +22,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loadgen import spawn, stop  # noqa: E402
 
 from bismuth_core import operations, tenancy  # noqa: E402
 from bismuth_core.tokens import Scope  # noqa: E402
@@ -95,26 +97,6 @@ def directory_size(path: Path) -> int:
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.environ.get("BENCH_STDERR", os.devnull), "ab"),
-        start_new_session=True,
-    )
-
-
-def end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def until(
@@ -239,7 +221,7 @@ class Environment:
 
     async def close(self) -> None:
         for proc in [*self.fe[::-1], *(a.proc for a in self.apis)]:
-            end(proc)
+            stop(proc, timeout=20)
         await self.fleet.close()
         await self.zk.stop()
         self.server.cleanup()
