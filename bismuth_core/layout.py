@@ -112,6 +112,19 @@ def frontend_readable(path: str) -> bool:
     return any(path == root or path.startswith(root + "/") for root in ROUTING_ROOTS)
 
 
+def routing_reads_data(path: str) -> bool:
+    """Whether a frontend's routing reads the data of the znode at ``path`` (a route, a
+    function's backends, a node, its ``alive``, a container's status) rather than only its
+    existence and children (a function's definition, a container's record)."""
+    parts = tuple(path.split("/")[1:])
+    root, depth = "/" + parts[0], len(parts)
+    if depth == 2:
+        return root in (ROUTES, NODES)
+    if depth == 3:
+        return (root, parts[2]) in ((FUNCTIONS, "backends"), (NODES, "alive"))
+    return depth == 5 and root == NODES and (parts[2], parts[4]) == ("container", "status")
+
+
 def function_path(fid: uuid.UUID) -> str:
     return f"{FUNCTIONS}/{fid}"
 

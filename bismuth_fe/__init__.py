@@ -7,7 +7,7 @@ running container, chosen by least outstanding requests. Modules:
 
 - :mod:`.config`   ``FrontendConfig`` and the command line
 - :mod:`.routing`  the immutable routing table, built from a ZooKeeper snapshot (pure)
-- :mod:`.cache`    kazoo ``TreeCache`` recipes that keep the table current
+- :mod:`.cache`    keeps the table current from ZooKeeper (:mod:`.subtree` mirrors)
 - :mod:`.balance`  least-outstanding choice among eligible backends
 - :mod:`.headers`  hop-by-hop filtering and ``X-Forwarded-*``
 - :mod:`.tracing`  W3C ``traceparent``

@@ -1,16 +1,17 @@
-"""Keeps the routing table current from ZooKeeper, using kazoo's ``TreeCache`` recipe.
+"""Keeps the routing table current from ZooKeeper, one persistent recursive watch per subtree.
 
-One ``TreeCache`` follows each of ``/route``, ``/function`` and ``/node`` of the
-environment's chroot. Their callbacks run on kazoo threads and only hand the changed path
-to the event loop; there, at once or after a short coalescing window during a burst, the
-routing state re-reads those paths from the caches (:mod:`.routestate`) and a new immutable
-:class:`~bismuth_fe.routing.RoutingTable` replaces the old one, sharing every route the
-change did not touch. The whole state is read afresh at start and after every new load of
-the caches (a new session), or when a read raced a cache update.
+One :class:`~.subtree.SubtreeMirror` follows each of ``/route``, ``/function`` and
+``/node`` of the environment's chroot: a change in ZooKeeper costs one read of the znode it
+names, never a new listing of the thousands of its siblings. The mirrors run on the event
+loop and hand each changed path to the cache; at once, or after a short coalescing window
+during a burst, the routing state re-reads those paths (:mod:`.routestate`) and a new
+immutable :class:`~bismuth_fe.routing.RoutingTable` replaces the old one, sharing every
+route the change did not touch. The whole state is read afresh at start and after every
+walk of the subtrees (at start and after each reconnect).
 
-While ZooKeeper is unreachable the caches keep their contents and the last table keeps
-serving. On reconnect (same or new session) ``TreeCache`` re-reads every znode it holds;
-the resulting events rebuild the table, so changes made meanwhile are picked up.
+While ZooKeeper is unreachable the mirrors keep their contents and the last table keeps
+serving. On reconnect (same or new session) each watch is added again and its subtree
+walked again, so changes made meanwhile are picked up.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Iterable
 
 from kazoo.client import KazooState
-from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from bismuth_core import layout
 from bismuth_core.errors import Unavailable
 from bismuth_core.zk import ZooKeeper
+from bismuth_core.zkwatch import PersistentWatches
 
 from .routestate import RoutingState
 from .routing import RoutingTable
-from .treecache import ListingTreeCache
+from .subtree import SubtreeMirror
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ class RouteCache:
     def __init__(self, zk: ZooKeeper) -> None:
         self._zk = zk
         self._table = RoutingTable()
-        self._trees: dict[str, TreeCache] = {}
+        self._watches: PersistentWatches | None = None
+        self._mirrors: dict[str, SubtreeMirror] = {}
         self._synced: set[str] = set()
         self._dirty = asyncio.Event()
         self._initial_sync = asyncio.Event()
@@ -74,22 +77,29 @@ class RouteCache:
         100,000 znodes): the load gives up only after ``timeout`` seconds in which no znode
         arrived.
         """
+        self._watches = PersistentWatches(self._zk.client)  # refuses an unfit kazoo
         self._zk.add_listener(self._on_session_state)
         for root in layout.ROUTING_ROOTS:
-            tree = ListingTreeCache(self._zk.client, root)
-            wake = self._zk.threadsafe(functools.partial(self._on_tree_event, root))
-            tree.listen(lambda event, wake=wake: wake(event.event_type, _path(event)))
-            tree.listen_fault(self._zk.threadsafe(self._on_fault))
-            self._trees[root] = tree
+            self._mirrors[root] = SubtreeMirror(
+                self._zk,
+                root,
+                wants_data=layout.routing_reads_data,
+                on_change=self._on_change,
+                on_loaded=functools.partial(self._on_loaded, root),
+            )
         self._progress = asyncio.get_running_loop().time()
-        await asyncio.to_thread(self._start_trees)
         try:
+            for mirror in self._mirrors.values():
+                await mirror.start(self._watches)
             await self._until_loaded(timeout)
         except TimeoutError as exc:
             await self.close()
             raise Unavailable(
                 f"routing state not loaded from ZooKeeper: nothing read for {timeout}s"
             ) from exc
+        except BaseException:
+            await self.close()
+            raise
         self._rebuild()
         self._task = asyncio.create_task(self._follow(), name="route-cache")
 
@@ -98,12 +108,9 @@ class RouteCache:
         while not self._initial_sync.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._initial_sync.wait(), min(1.0, stalled))
-            if not self._initial_sync.is_set() and loop.time() - self._progress > stalled:
+            progress = max([self._progress, *(m.progress for m in self._mirrors.values())])
+            if not self._initial_sync.is_set() and loop.time() - progress > stalled:
                 raise TimeoutError
-
-    def _start_trees(self) -> None:
-        for tree in self._trees.values():
-            tree.start()  # blocking: ensures the root path exists
 
     async def close(self) -> None:
         self._closed = True  # the session closing next is no outage
@@ -112,26 +119,28 @@ class RouteCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for tree in self._trees.values():
-            with contextlib.suppress(Exception):
-                tree.close()
-        self._trees.clear()
+        for mirror in self._mirrors.values():
+            mirror.close()
+        self._mirrors.clear()
+        if self._watches is not None:
+            self._watches.close()
+            self._watches = None
 
     # --- events (on the event loop) --------------------------------------------------
 
-    def _on_tree_event(self, root: str, kind: int, path: str | None = None) -> None:
-        self._progress = asyncio.get_running_loop().time()
-        if path is not None and kind in _NODE_EVENTS:
-            self._changed.add(path)
-        else:
-            self._full = True
-        if kind == TreeEvent.INITIALIZED:
-            self._synced.add(root)
-            self.reloads += 1
-            if self._initial_sync.is_set():
-                log.info("ZooKeeper subtree %s reloaded after the session was lost", root)
-            elif self._synced >= set(layout.ROUTING_ROOTS):
-                self._initial_sync.set()
+    def _on_change(self, path: str) -> None:
+        self._changed.add(path)
+        self._dirty.set()
+
+    def _on_loaded(self, root: str) -> None:
+        """A mirror walked its whole subtree: at start, or after a reconnect."""
+        self._full = True
+        self._synced.add(root)
+        self.reloads += 1
+        if self._initial_sync.is_set():
+            log.info("ZooKeeper subtree %s read again after a reconnect", root)
+        elif self._synced >= set(layout.ROUTING_ROOTS):
+            self._initial_sync.set()
         self._dirty.set()
 
     def _on_session_state(self, state: KazooState) -> None:
@@ -142,14 +151,7 @@ class RouteCache:
         elif state == KazooState.LOST:
             log.warning("ZooKeeper session expired: serving from the last routing table")
         elif state == KazooState.CONNECTED:
-            log.info("ZooKeeper connected: reloading routing state")
-        self._full = True
-        self._dirty.set()
-
-    def _on_fault(self, exc: Exception) -> None:
-        log.warning("ZooKeeper cache error: %r", exc, extra={"error": type(exc).__name__})
-        self._full = True
-        self._dirty.set()
+            log.info("ZooKeeper connected: reading the routing state again")
 
     async def _follow(self) -> None:
         """Rebuild at once on a change (a status turning Running routes now), then at most
@@ -165,12 +167,6 @@ class RouteCache:
         self._full, self._changed = False, set()
         try:
             table = self._next_table(full, changed)
-        except (KeyError, RuntimeError) as exc:
-            # a kazoo thread changed a cache while it was read: read it all again shortly
-            log.debug("routing snapshot raced a cache update: %r", exc)
-            self._full = True
-            self._dirty.set()
-            return
         except Exception:
             log.exception("cannot read routing state; keeping the last routing table")
             self._full = True
@@ -192,19 +188,10 @@ class RouteCache:
         hosts, nodes = self._state.apply(self, changed)
         return self._state.table_after(self._table, hosts, nodes)
 
-    # --- reading the caches (RoutingState's Reader) ----------------------------------------
+    # --- reading the mirrors (RoutingState's Reader) ---------------------------------------
 
     def data(self, path: str) -> bytes | None:
-        node = self._trees["/" + path.split("/")[1]].get_data(path)
-        return None if node is None else node.data  # type: ignore[no-any-return]
+        return self._mirrors["/" + path.split("/")[1]].data(path)
 
-    def children(self, path: str) -> frozenset[str]:
-        return self._trees["/" + path.split("/")[1]].get_children(path, frozenset())  # type: ignore[no-any-return]
-
-
-_NODE_EVENTS = (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED)
-
-
-def _path(event: TreeEvent) -> str | None:
-    data = event.event_data
-    return data.path if data is not None else None  # type: ignore[no-any-return]
+    def children(self, path: str) -> Iterable[str]:
+        return self._mirrors["/" + path.split("/")[1]].children(path)

@@ -14,9 +14,11 @@ import pytest
 from bismuth_api.config import ApiConfig
 from bismuth_core import tenancy
 from bismuth_core.tokens import Scope
-from bismuth_core.zk import ZooKeeper
+from bismuth_core.zk import ZkAccess, ZooKeeper
+from bismuth_core.zkwatch import PersistentWatches
 from bismuth_ctl.main import main as ctl_main
 from tests.support.apiserver import Api, bearer
+from tests.support.zkfaults import TcpProxy
 
 
 @pytest.fixture
@@ -89,3 +91,33 @@ def ctl(
         return Run(code, out, err)
 
     return run
+
+
+@dataclass
+class WatchedSession:
+    """A ZooKeeper session through a proxy that can cut it, with persistent watches."""
+
+    client: ZooKeeper
+    watches: PersistentWatches
+    proxy: TcpProxy
+
+
+@pytest.fixture
+async def watched_session(
+    zk_server, zk_env
+) -> AsyncIterator[Callable[[ZkAccess], Awaitable[WatchedSession]]]:
+    """Open a :class:`WatchedSession` on the test's environment as the given identity."""
+    opened: list[WatchedSession] = []
+
+    async def open_session(access: ZkAccess) -> WatchedSession:
+        proxy = TcpProxy(zk_server.port)
+        client = ZooKeeper(proxy.hosts, zk_env, access=access)
+        await client.start()
+        opened.append(WatchedSession(client, PersistentWatches(client.client), proxy))
+        return opened[-1]
+
+    yield open_session
+    for session in opened:
+        session.watches.close()
+        await session.client.stop()
+        session.proxy.close()

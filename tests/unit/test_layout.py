@@ -365,3 +365,30 @@ def test_route_round_trip() -> None:
 @pytest.mark.parametrize("data", [None, b"", b"\x00" * 15, b"\x00" * 17, FID.bytes + b"x"])
 def test_route_of_wrong_length_reads_as_none(data: bytes | None) -> None:
     assert layout.decode_route(data) is None
+
+
+# --- what a frontend's routing reads ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "reads_data"),
+    [
+        ("/route", False),
+        ("/route/a.example", True),
+        ("/function", False),
+        (f"/function/{FID}", False),  # the definition: routing never reads it
+        (f"/function/{FID}/backends", True),
+        ("/node", False),
+        ("/node/10.0.0.1", True),
+        ("/node/10.0.0.1/alive", True),
+        ("/node/10.0.0.1/container", False),
+        (f"/node/10.0.0.1/container/{CID}", False),  # the record: only its existence
+        (f"/node/10.0.0.1/container/{CID}/status", True),
+        (f"/node/10.0.0.1/container/{CID}/other", False),
+        ("/secret/x", False),
+        ("/token/x/y", False),
+        ("/rollout/x/alive", False),
+    ],
+)
+def test_which_znodes_routing_reads_the_data_of(path: str, reads_data: bool) -> None:
+    assert layout.routing_reads_data(path) is reads_data
