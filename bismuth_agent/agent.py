@@ -341,6 +341,12 @@ class Agent:
             return
         cid = sup.desired.container_id
         self.timelines.stamp(cid, LISTENING)
+        try:
+            self.runtime.settle(sup.desired)
+        except BismuthError as exc:
+            self.logs.note(cid, f"cannot hold the container to its cpu: {exc.message}")
+            self._failed(sup)
+            return
         starting = sup.status != ContainerStatus.RUNNING
         if starting:
             self.metrics.start_latency.observe(time.monotonic() - sup.seen_at)

@@ -1,4 +1,5 @@
-"""cgroups the agent makes itself (each provider's): a memory and a pids limit.
+"""cgroups the agent makes itself (each provider's): a memory and a pids limit; and a
+container's CPU quota, changed in place once it serves (runc made that cgroup).
 
 Containers get their cgroups from runc; a provider is a host process the agent starts, so
 the agent makes its cgroup, ``<agent cgroup parent>/providers/<container id>``, in either
@@ -111,6 +112,32 @@ class Cgroup:
             with contextlib.suppress(OSError):
                 found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         return found
+
+    def set_cpu_quota(self, quota: int, period: int) -> None:
+        """Hold it to ``quota`` microseconds of CPU per ``period`` (runc made its ``cpu``
+        controller; this changes the quota in place)."""
+        try:
+            if self.v2:
+                (self.root / self.path / "cpu.max").write_text(f"{quota} {period}\n")
+            else:
+                directory = self.root / "cpu" / self.path
+                (directory / "cpu.cfs_period_us").write_text(f"{period}\n")
+                (directory / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        except OSError as exc:
+            raise CgroupError(f"cannot set the cpu quota of cgroup {self.path}: {exc}") from None
+
+    def cpu_quota(self) -> tuple[int, int] | None:
+        """Its CPU quota and period in microseconds; None if unlimited or unreadable."""
+        try:
+            if self.v2:
+                quota, period = (self.root / self.path / "cpu.max").read_text().split()
+            else:
+                directory = self.root / "cpu" / self.path
+                quota = (directory / "cpu.cfs_quota_us").read_text()
+                period = (directory / "cpu.cfs_period_us").read_text()
+            return (int(quota), int(period)) if int(quota) > 0 else None
+        except (OSError, ValueError):
+            return None
 
     def memory_limit(self) -> int | None:
         return self._memory_value("memory.max" if self.v2 else "memory.limit_in_bytes")

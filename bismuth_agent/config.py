@@ -83,6 +83,11 @@ class AgentConfig:
     repo_timeout: float = 120.0
     # Seconds a Server entrypoint may take to accept connections before Failed.
     start_timeout: float = 60.0
+    # Cores a container may use until its Server entrypoint accepts connections (when its
+    # function's cpu is less): an interpreter's start is CPU-bound, and a start held to a
+    # quarter of a core takes four times as long. At Running the quota is the function's.
+    # 0 = the function's cpu from the first instruction.
+    start_cpu: float = 1.0
     # Container subnets (a /30 each) come from this pool: the node's own, distinct from every
     # other node's (the deploy assigns them), announced in ZooKeeper for frontends to route.
     network_pool: str = "10.253.0.0/16"

@@ -118,6 +118,9 @@ class Runtime(Protocol):
     async def adopt(self, desired: DesiredContainer) -> Made:
         """Take over a container whose task runs, restarting nothing."""
 
+    def settle(self, desired: DesiredContainer) -> None:
+        """Its entrypoint serves: hold it to its function's cpu from now on."""
+
     async def remove(self, cid: uuid.UUID, *, keep_logs: bool = False, grace: float = 0.0) -> None:
         """SIGTERM, ``grace`` seconds, SIGKILL; then undo every setup step."""
 

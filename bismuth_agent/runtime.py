@@ -77,7 +77,16 @@ from .providers import (
 )
 from .repos import RepoSettings
 from .secretserver import SecretSource
-from .spec import CONTAINER_GID, CONTAINER_UID, ContainerPlan, IdMapping, container_spec, process
+from .spec import (
+    CONTAINER_GID,
+    CONTAINER_UID,
+    CPU_PERIOD,
+    ContainerPlan,
+    IdMapping,
+    container_spec,
+    cpu_quota,
+    process,
+)
 from .timeline import CONTAINER, IMAGE, NETWORK, PROVIDER, STARTED, TASK, Timelines
 from .zygote import ProviderZygote
 
@@ -336,6 +345,7 @@ class ContainerRuntime:
             pids_limit=self.config.pids_limit,
             seccomp=self.seccomp,
             init=self.config.init_path or None,
+            start_cpu=self.config.start_cpu,
             joined=self.namespaces.files(str(cid)).by_type(),
         )
         labels = {"bismuth.function": str(desired.function_id), NODE_LABEL: self.config.node_ip}
@@ -354,6 +364,12 @@ class ContainerRuntime:
         )
         self.timelines.stamp(cid, TASK)
         return pid
+
+    def settle(self, desired: DesiredContainer) -> None:
+        """Hold the container to its function's cpu from now on (it started with up to
+        ``start_cpu`` cores); ``CgroupError`` if its cgroup cannot be changed."""
+        quota = cpu_quota(desired.definition.cpu)
+        self._cgroup(desired.container_id).set_cpu_quota(quota, CPU_PERIOD)
 
     def _launch(self, desired: DesiredContainer, allocation: Allocation, token: str) -> Launch:
         """How this container's provider runs: its address, scope, quotas and storage; its

@@ -86,6 +86,7 @@ class ContainerPlan:
     nofile_limit: int = 4096
     seccomp: Mapping[str, Any] | None = None  # the runtime spec's linux.seccomp
     init: str | None = None  # host path of a static init run as PID 1 (tini-static)
+    start_cpu: float = 0.0  # cores until the entrypoint listens, if more than the definition's
     # Namespaces the agent made for the container, by type ("user", "network") -> their
     # files: runc joins them instead of making new ones.
     joined: Mapping[str, str] = field(default_factory=dict)
@@ -221,12 +222,17 @@ def _mounts(plan: ContainerPlan) -> list[dict[str, Any]]:
     return mounts
 
 
+def cpu_quota(cpu: float) -> int:
+    """Microseconds of CPU per :data:`CPU_PERIOD` for ``cpu`` cores (at least 1 ms)."""
+    return max(int(cpu * CPU_PERIOD), 1000)
+
+
 def _resources(plan: ContainerPlan) -> dict[str, Any]:
     d = plan.definition
     return {
         "devices": [{"allow": False, "access": "rwm"}],
         "memory": {"limit": d.memory, "swap": d.memory},
-        "cpu": {"quota": max(int(d.cpu * CPU_PERIOD), 1000), "period": CPU_PERIOD},
+        "cpu": {"quota": cpu_quota(max(d.cpu, plan.start_cpu)), "period": CPU_PERIOD},
         "pids": {"limit": plan.pids_limit},
     }
 

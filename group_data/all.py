@@ -158,6 +158,9 @@ provider_zygote = True
 # Free host id ranges each agent keeps remapped ahead of need for every image it starts (in
 # the background): a container given a range nobody used yet waits for its remap otherwise.
 id_map_spare = 2
+# Cores a container may use until its Server entrypoint listens (then its function's cpu):
+# an interpreter's start is CPU-bound. 0 = the function's cpu from the start.
+start_cpu = 1.0
 # Kernel settings of agent hosts, applied by every deploy: modules loaded unless loaded or
 # built in, and sysctls, e.g. {"fs.inotify.max_user_instances": 1024}. Not net.ipv4.ip_forward:
 # the agent turns forwarding on per interface itself, with a firewall rule that forwards

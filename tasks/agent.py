@@ -110,6 +110,7 @@ def agent_config(path: str) -> OperationMeta:
         provider_pids=host.data.provider_pids,
         provider_zygote=host.data.provider_zygote,
         id_map_spare=host.data.id_map_spare,
+        start_cpu=host.data.start_cpu,
     )
 
 

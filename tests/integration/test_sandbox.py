@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from bismuth_agent.cgroups import Cgroup
 from bismuth_core import cluster, operations
 from bismuth_core.definition import parse_definition
-from tests.support.agenthost import run_in, running_backend, shell_container, start_agent
+from tests.support.agenthost import get, run_in, running_backend, shell_container, start_agent
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -225,3 +226,49 @@ async def test_an_agent_restart_keeps_every_containers_range(zk, node):
         assert (await host_ranges(second, c))[0] not in before.values()
     finally:
         await second.stop()
+
+
+BURN = r"""
+import http.server, json, time
+def fraction(seconds):
+    wall, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - wall < seconds:
+        pass
+    return (time.process_time() - cpu) / (time.monotonic() - wall)
+class Burn(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"fraction": fraction(1.0)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("0.0.0.0", 8080), Burn).serve_forever()
+"""
+
+
+async def test_a_container_starts_with_start_cpu_and_serves_held_to_its_own(zk, pyagent):
+    """Until its entrypoint listens a container may use ``start_cpu`` cores (1 by default);
+    from Running on, a process burning CPU gets no more than its function's 0.2 of a core."""
+    fid = await operations.create_function(
+        zk,
+        parse_definition(
+            {
+                "image": "bismuth.local/python:3.11",
+                "cpu": 0.2,
+                "memory": 128 << 20,
+                "invoke_mode": {"Server": [["/usr/bin/python3", "-c", BURN], 8080]},
+                "routes": [],
+            }
+        ),
+    )
+    backend = await eventually(lambda: running_backend(zk, fid), timeout=60, what="Running")
+    cid = str(backend.container_id)
+    made = (await pyagent.ctrd.containers.get(cid)).spec["linux"]["resources"]["cpu"]
+    assert (made["quota"], made["period"]) == (100_000, 100_000)
+    cgroup = Cgroup(f"{pyagent.config.cgroup_root}/{cid}")
+    assert cgroup.cpu_quota() == (20_000, 100_000)
+    status, body, _ = await get(f"{pyagent.url}/invoke/{cid}")
+    assert status == 200, body
+    assert json.loads(body)["fraction"] <= 0.3  # 0.2, and a period's rounding

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bismuth_agent.agent import Agent
+from bismuth_agent.cgroups import CgroupError
 from bismuth_agent.config import AgentConfig
 from bismuth_agent.http import AgentMetrics
 from bismuth_agent.logstore import LogStore
@@ -54,6 +55,8 @@ class FakeRuntime:
 
     tasks: dict[uuid.UUID, TaskState] = field(default_factory=dict)
     failing: set[uuid.UUID] = field(default_factory=set)  # create raises SetupFailed
+    unsettled: set[uuid.UUID] = field(default_factory=set)  # settle raises CgroupError
+    settled: list[uuid.UUID] = field(default_factory=list)
     address: str = "10.99.0.2"  # container address of everything made (Server health)
     calls: list[tuple[str, uuid.UUID]] = field(default_factory=list)
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
@@ -85,6 +88,11 @@ class FakeRuntime:
     async def adopt(self, desired: DesiredContainer) -> Made:
         self.calls.append(("adopt", desired.container_id))
         return self._made(desired.container_id)
+
+    def settle(self, desired: DesiredContainer) -> None:
+        if desired.container_id in self.unsettled:
+            raise CgroupError("cannot set the cpu quota of cgroup x: gone")
+        self.settled.append(desired.container_id)
 
     async def remove(self, cid: uuid.UUID, *, keep_logs: bool = False, grace: float = 0.0) -> None:
         self.calls.append(("remove-leftovers" if keep_logs else "remove", cid))
@@ -288,6 +296,32 @@ async def test_a_server_is_running_once_its_port_accepts_connections(tmp_path):
         assert node.presence.statuses[A] == ContainerStatus.RUNNING
         # where frontends connect to it straight
         assert node.presence.endpoints[A] == ServingEndpoint("127.77.0.2", port)
+
+
+async def test_a_container_is_held_to_its_cpu_before_it_is_reported_running(tmp_path):
+    """It starts with ``start_cpu`` cores; the quota is its function's by the time anyone
+    reads ``Running``, and a container whose quota cannot be set is Failed, not Running."""
+    with socket.create_server(("127.77.0.2", 0)) as listener:
+        port = listener.getsockname()[1]
+        server = parse_definition(
+            {
+                "image": "i",
+                "cpu": 0.1,
+                "memory": 1 << 26,
+                "invoke_mode": {"Server": [["/srv"], port]},
+            }
+        )
+        runtime = FakeRuntime(address="127.77.0.2", unsettled={B})
+        node = make_node(tmp_path, runtime, set())
+        node.presence.wanted = {c: DesiredContainer(c, FUNCTION, server) for c in (A, B)}
+        await node.pass_()
+        assert runtime.settled == [A]
+        assert node.presence.statuses == {A: ContainerStatus.RUNNING, B: ContainerStatus.FAILED}
+        assert ContainerStatus.RUNNING not in {s for c, s in node.presence.writes if c == B}
+        assert (
+            "cannot hold the container to its cpu"
+            in (tmp_path / "logs").joinpath(str(B)).with_suffix(".log").read_text()
+        )
 
 
 async def test_an_adopted_server_keeps_running_in_zookeeper_while_it_is_checked(tmp_path):
