@@ -35,7 +35,7 @@ from bismuth_agent.containerd.errors import ContainerdError, NotFound
 from bismuth_agent.containerd.events import EventStream, TaskExit, TaskOOM
 from bismuth_agent.containerd.process import OutputTooLarge, exec_process
 from bismuth_agent.containerd.remap import with_metacopy
-from bismuth_agent.containerd.types import Stdio
+from bismuth_agent.containerd.types import Mount, Stdio
 from bismuth_agent.network import Allocation, Firewall, NetworkAdapter, host_ifname
 from bismuth_core.config import ConfigError
 from bismuth_core.definition import ServerMode
@@ -317,8 +317,8 @@ class ContainerRuntime:
         allocation: Allocation,
         namespaces: asyncio.Future[NamespaceFiles],
     ) -> int:
-        """Files, repo, image, containerd container and its task (not started, in the
-        ``namespaces`` once they exist): its PID."""
+        """Files, repo, containerd container (its image's snapshot found alongside its
+        record) and its task (not started, in the ``namespaces`` once they exist): its PID."""
         cid, definition = desired.container_id, desired.definition
         directory = self.dir(cid)
         address = str(allocation.container_address)
@@ -331,8 +331,38 @@ class ContainerRuntime:
             repo_dir = await repos.fetch(
                 directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
             )
-        parent = await self.images.snapshot(definition.image, ids)
+        parent = asyncio.ensure_future(self._image(cid, definition.image, ids))
+        try:
+            mounts = await self._container(desired, ids, token, etc, repo_dir, parent)
+        finally:
+            parent.cancel()  # a lookup the failed record no longer needs; a no-op once done
+            await _settled(parent)
+        self.timelines.stamp(cid, CONTAINER)
+        uri = self.logs.uri(cid)
+        await asyncio.shield(namespaces)
+        pid = await self.ctrd.tasks.create(
+            str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
+        )
+        self.timelines.stamp(cid, TASK)
+        return pid
+
+    async def _image(self, cid: uuid.UUID, image: str, ids: IdMapping) -> str:
+        parent = await self.images.snapshot(image, ids)
         self.timelines.stamp(cid, IMAGE)
+        return parent
+
+    async def _container(
+        self,
+        desired: DesiredContainer,
+        ids: IdMapping,
+        token: str,
+        etc: dict[str, str],
+        repo_dir: str | None,
+        parent: asyncio.Future[str],
+    ) -> list[Mount]:
+        """The containerd container on its rootfs snapshot: its record is made while
+        ``parent`` (the image's snapshot for ``ids``) is still being found."""
+        cid, definition = desired.container_id, desired.definition
         plan = ContainerPlan(
             container_id=cid,
             function_id=desired.function_id,
@@ -349,21 +379,13 @@ class ContainerRuntime:
             joined=self.namespaces.files(str(cid)).by_type(),
         )
         labels = {"bismuth.function": str(desired.function_id), NODE_LABEL: self.config.node_ip}
-        mounts = await self.ctrd.create_container(
+        return await self.ctrd.create_container(
             str(cid),
             spec=container_spec(plan),
             parent=parent,
             image=definition.image,
             labels=labels,
         )
-        self.timelines.stamp(cid, CONTAINER)
-        uri = self.logs.uri(cid)
-        await asyncio.shield(namespaces)
-        pid = await self.ctrd.tasks.create(
-            str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
-        )
-        self.timelines.stamp(cid, TASK)
-        return pid
 
     def settle(self, desired: DesiredContainer) -> None:
         """Hold the container to its function's cpu from now on (it started with up to

@@ -178,7 +178,8 @@ async def test_hostile_functions_leave_the_agent_bounded_and_others_served(zk, a
         sinks = await asyncio.gather(*(sink_call() for _ in range(300)))
         sampler.cancel()
         await calm.stop()
-    assert sinks.count(200) >= 4 and set(sinks) <= {200, 503, 0}
+    # 408: a body that did not arrive within exec_timeout (a loaded host is slow to send)
+    assert sinks.count(200) >= 4 and set(sinks) <= {200, 408, 503, 0}
     assert calm.ok > 10 and calm.failed == 0, (calm.ok, calm.failed)
     # 2.7 GB were sent; the agent holds a few chunks of each body (measured: ~30 MiB more)
     assert peak[0] - rss0 < 100 * MiB, f"agent RSS grew {(peak[0] - rss0) / MiB:.0f} MiB"

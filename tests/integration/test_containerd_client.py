@@ -319,3 +319,20 @@ async def test_snapshot_mounts_are_those_of_prepare(ctrd: ContainerdClient, imag
         assert (info.kind, info.parent, info.labels["bismuth.test/x"]) == ("ACTIVE", image, "1")
         await leased.snapshots.remove(key)
         assert not await leased.snapshots.exists(key)
+
+
+async def test_a_containers_snapshot_outlives_garbage_collection(
+    ctrd: ContainerdClient,  # noqa: F811
+    containerd_server: ContainerdServer,  # noqa: F811
+    image: str,
+) -> None:
+    """Made without a lease, the rootfs snapshot is referenced by its container record:
+    a collection right after leaves it, and deleting the container collects it."""
+    cid = str(uuid.uuid4())
+    spec = container_spec(cid, ["/bin/true"], containerd_server.cgroup_parent)
+    mounts = await ctrd.create_container(cid, spec=spec, parent=image)
+    await ctrd.delete_lease(await ctrd.create_lease(f"collect-{cid}"), sync=True)  # a GC pass
+    assert await ctrd.snapshots.mounts(cid) == mounts
+    await ctrd.delete_container(cid)
+    await ctrd.delete_lease(await ctrd.create_lease(f"collect-{cid}"), sync=True)
+    assert not await ctrd.snapshots.exists(cid)
