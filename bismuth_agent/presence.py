@@ -2,8 +2,11 @@
 
 The agent writes only observed state: the ephemeral ``/node/<ip>/alive`` (recreated after a
 session expires) and each container's ``status`` znode. Desired state (its container znodes
-and their functions' definitions) is read, never written. A kazoo ChildrenWatch on the
-node's container znode only wakes the reconcile loop.
+and their functions' definitions) is read, never written. Each read of the node's
+container znode's children sets a watch that only wakes the reconcile loop: a new container
+wakes it as ZooKeeper's event arrives, and the pass it wakes reads the children (setting the
+watch again). Every change of the session's state wakes a pass too, so a new session's first
+pass sets the watch anew.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from kazoo.client import KazooState
 
@@ -38,18 +42,19 @@ class NodePresence:
         self.ip = ip
         self.alive = alive
         self._wake = wake
-        self._unwatch: Callable[[], None] = lambda: None
+        self._watcher: Callable[[Any], None] | None = None  # wakes the loop from kazoo's thread
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if await self.zk.exists(layout.node_path(self.ip)) is None:
             raise Unavailable(f"node {self.ip} is not provisioned (bismuthctl provision {self.ip})")
+        wake = self.zk.threadsafe(self._wake)
+        self._watcher = lambda _event: wake()  # one object: kazoo keeps it once per path
         self.zk.add_listener(self._on_state)
         await self.announce()
-        self._unwatch = await self.zk.watch_children(layout.containers_path(self.ip), self._wake)
 
     def stop(self) -> None:
-        self._unwatch()
+        self._watcher = None  # reads set no watch any more; a watch set earlier fires once
 
     @property
     def connected(self) -> bool:
@@ -82,7 +87,7 @@ class NodePresence:
 
     async def desired(self) -> dict[uuid.UUID, DesiredContainer]:
         """This node's container znodes with their functions' definitions (all read at once)."""
-        names = await self.zk.children(layout.containers_path(self.ip))
+        names = await self.zk.children(layout.containers_path(self.ip), watch=self._watcher)
         cids = [cid for cid in map(layout.parse_uuid, names) if cid is not None]
         records = await asyncio.gather(
             *(self.zk.get_or_none(layout.container_path(self.ip, c)) for c in cids)

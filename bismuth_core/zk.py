@@ -253,11 +253,14 @@ class ZooKeeper:
         except NoNodeError:
             return None
 
-    async def children(self, path: str) -> list[str]:
-        """Children of ``path``; an absent path has none."""
+    async def children(self, path: str, watch: Callable[[Any], None] | None = None) -> list[str]:
+        """Children of ``path``; an absent path has none (and gets no ``watch``: a kazoo
+        watcher, called once on its thread when the children change; the same function set
+        twice is kept once)."""
         self._ensure_connected()
         try:
-            return await self._await(self.client.get_children_async(path))  # type: ignore[no-any-return]
+            request = self.client.get_children_async(path, watch=watch)
+            return await self._await(request)  # type: ignore[no-any-return]
         except NoNodeError:
             return []
 

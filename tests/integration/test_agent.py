@@ -38,8 +38,29 @@ from tests.support.agenthost import (
 )
 from tests.support.clusterkey import AGENT_AUTH
 from tests.support.waiting import eventually
+from tests.support.zkfaults import expire_session
 
 pytestmark = pytest.mark.integration
+
+
+async def test_new_containers_wake_the_agent_not_its_periodic_pass(
+    zk, zk_server, agent, monkeypatch
+):
+    """The agent learns of a container from ZooKeeper's watch: with the periodic pass an
+    hour away, containers still start, before and after its session expires."""
+    monkeypatch.setattr("bismuth_agent.agent.PASS_INTERVAL", 3600.0)
+    agent.agent.wake.set()  # the loop's next wait is the hour-long one
+    first = await operations.create_function(zk, httpd())
+    await eventually(lambda: running_backend(zk, first), timeout=30, what="Running")
+    session = agent.zk.client.client_id
+    await asyncio.to_thread(expire_session, agent.zk.client, zk_server.hosts)
+    await eventually(
+        lambda: agent.zk.connected and agent.zk.client.client_id != session,
+        timeout=30,
+        what="a new session",
+    )
+    second = await operations.create_function(zk, httpd())
+    await eventually(lambda: running_backend(zk, second), timeout=30, what="Running")
 
 
 async def test_server_function_runs_and_is_invoked(zk, agent):
