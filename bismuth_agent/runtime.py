@@ -270,28 +270,34 @@ class ContainerRuntime:
             raise SetupFailed(why) from exc
 
     async def _create(self, desired: DesiredContainer) -> Made:
-        """The steps in order, but three run alongside the image, container and task: the
-        provider (its addresses are reserved first), the container's user and network
-        namespaces (the task joins them) and their wiring (veth, addresses, firewall). The
-        task waits for the namespaces; its start waits for all three."""
+        """The steps in order, but four run alongside: once the container has its host id
+        range, the image's snapshot for that range is looked up and the container's user and
+        network namespaces are made (the task joins them); once its addresses are reserved,
+        its provider starts and the namespaces are wired (veth, addresses, firewall). The
+        task waits for the namespaces; its start waits for all of them."""
         cid = desired.container_id
         await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
         ids = self.id_ranges.allocate(cid)
-        token = self._token(self.dir(cid))
-        allocation = await self.network.reserve(str(cid))
+        parent = asyncio.ensure_future(self._image(cid, desired.definition.image, ids))
+        namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
+        try:
+            token = self._token(self.dir(cid))
+            allocation = await self.network.reserve(str(cid))
+        except BaseException:
+            await _settled(parent, namespaces)  # they end on their own: removal finds all
+            raise
         launch = self._launch(desired, allocation, token)
         provider = asyncio.ensure_future(self.providers.start(launch))
-        namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
         wired = asyncio.ensure_future(self._wire(desired, allocation, namespaces))
         try:
-            pid = await self._task(desired, ids, token, allocation, namespaces)
+            pid = await self._task(desired, ids, token, allocation, namespaces, parent)
             await asyncio.shield(wired)  # a cancelled create still lets it end
             self.timelines.stamp(cid, NETWORK)
             await provider
             self.timelines.stamp(cid, PROVIDER)
         except BaseException:
-            provider.cancel()  # namespaces and wiring end on their own: removal finds all
-            await _settled(provider, namespaces, wired)  # their failures are not the news
+            provider.cancel()  # the others end on their own: removal finds all
+            await _settled(provider, namespaces, wired, parent)  # their failures are not the news
             raise
         await self.ctrd.tasks.start(str(cid))
         self.timelines.stamp(cid, STARTED)
@@ -316,9 +322,11 @@ class ContainerRuntime:
         token: str,
         allocation: Allocation,
         namespaces: asyncio.Future[NamespaceFiles],
+        parent: asyncio.Future[str],
     ) -> int:
-        """Files, repo, containerd container (its image's snapshot found alongside its
-        record) and its task (not started, in the ``namespaces`` once they exist): its PID."""
+        """Files, repo, containerd container (on ``parent``, the image's snapshot being
+        looked up) and its task (not started, in the ``namespaces`` once they exist): its
+        PID."""
         cid, definition = desired.container_id, desired.definition
         directory = self.dir(cid)
         address = str(allocation.container_address)
@@ -331,12 +339,7 @@ class ContainerRuntime:
             repo_dir = await repos.fetch(
                 directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
             )
-        parent = asyncio.ensure_future(self._image(cid, definition.image, ids))
-        try:
-            mounts = await self._container(desired, ids, token, etc, repo_dir, parent)
-        finally:
-            parent.cancel()  # a lookup the failed record no longer needs; a no-op once done
-            await _settled(parent)
+        mounts = await self._container(desired, ids, token, etc, repo_dir, parent)
         self.timelines.stamp(cid, CONTAINER)
         uri = self.logs.uri(cid)
         await asyncio.shield(namespaces)
