@@ -30,6 +30,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -148,8 +149,10 @@ class ContainerdServer:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                asyncio.run(self._sweep_all())
+            # in a thread of its own: stop() may be called from a running event loop
+            sweeping = threading.Thread(target=self._sweep_quietly, name="containerd-sweep")
+            sweeping.start()
+            sweeping.join()
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
@@ -159,6 +162,10 @@ class ContainerdServer:
         self.proc = None
         self._remove_cgroups()
         subprocess.run(["umount", "--recursive", str(self.shared)], check=False)
+
+    def _sweep_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run(self._sweep_all())
 
     async def _sweep_all(self) -> None:
         async with ContainerdClient(self.address, "default") as client:
