@@ -3,7 +3,9 @@
 containerd's shim runs it for a task whose stdio is
 ``binary://<this program>?path=<log file>&max=<bytes>`` (it passes the query as name/value
 argument pairs, in any order): the task's stdout and stderr arrive on file descriptors 3
-and 4, and closing descriptor 5 tells the shim it is ready. Output is appended to ``path``;
+and 4, and closing descriptor 5 tells the shim it is ready (the agent's wrapper closes it
+before Python starts, and passes ``ready closed``: the shim goes on making the task while
+this starts; the pipes hold the output until it reads them). Output is appended to ``path``;
 before the file would grow past half of ``max`` it becomes ``<path>.1`` (replacing the
 older half) and a new file starts, so the two together never hold more than ``max`` bytes,
 however fast the container writes. It runs under the shim, not the agent: output keeps
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError):
         print("bismuth-logger: usage: path <file> max <bytes>", file=sys.stderr)
         return 2
-    os.close(READY)
+    if options.get("ready") != "closed":
+        os.close(READY)
     log = CappedLog(path, max(limit // 2, 1))
     streams = [STDOUT, STDERR]
     while streams:

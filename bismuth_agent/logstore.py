@@ -3,7 +3,9 @@
 containerd's shim hands the container's output to ``bismuth-logger``
 (:mod:`bismuth_agent.logger`, a ``binary://`` stdio URI; :meth:`LogStore.install_logger`
 writes it as a standalone script run by ``python -I -S``: stdlib only, ~8 MB and ~20 ms to
-start per container, about half of a Python with its site-packages), which appends it to
+start per container, about half of a Python with its site-packages; a shell wrapper tells
+the shim it is ready before Python starts, so that start is not part of the task's), which
+appends it to
 ``<log_dir>/<cid>.log`` and enforces the cap as it writes: before the file passes half the
 cap it becomes ``<cid>.log.1`` and a new one starts, so the two together stay under the cap
 however fast a container writes, and output keeps flowing while the agent restarts. The
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -44,8 +47,10 @@ class LogStore:
     def install_logger(self, directory: Path) -> None:
         """Write the logger program the shim runs into ``directory`` (this version's; tasks
         already running keep the one they started with)."""
+        program = directory / f"{LOGGER}.py"
+        write_atomically(program, Path(logger.__file__).read_text())
         path = directory / LOGGER
-        write_atomically(path, f"#!{sys.executable} -IS\n{Path(logger.__file__).read_text()}")
+        write_atomically(path, _wrapper(program))
         path.chmod(0o755)
         self.logger = path
 
@@ -125,3 +130,10 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _wrapper(program: Path) -> str:
+    """The program the shim runs: it closes the ready pipe (descriptor 5) at once, then
+    becomes the Python logger on the output pipes (descriptors 3 and 4)."""
+    python, script = shlex.quote(sys.executable), shlex.quote(str(program))
+    return f'#!/bin/sh\nexec 5>&-\nexec {python} -I -S {script} "$@" ready closed\n'
