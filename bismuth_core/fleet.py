@@ -8,7 +8,9 @@ is counted at once, as the multi-op is sent (at the versions it will give the re
 znodes), so its next placement neither waits for the answer nor for a watch to fire:
 placements pipeline. Either way the multi-op is guarded by the reservation versions the
 decision was made on: a stale cache can cost a retry, never an over-commit; the nodes of a
-multi-op that failed are read again before the next placement.
+multi-op that failed are read again before the next placement. The cache's multi-ops are
+sent in groups: placements decided while others are on their way share one ZooKeeper
+transaction (:mod:`bismuth_core.groupcommit`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from . import layout
 from .cluster import NodeView, read_nodes
+from .groupcommit import GroupCommit
 from .layout import NodeAlive, Reservation
 from .scheduler import rank_key
 from .zk import Op, ZnodeStat, ZooKeeper
@@ -58,6 +61,10 @@ class NodeSource(Protocol):
         """A multi-op given to :meth:`reserve` failed: what it would have reserved is not."""
         ...
 
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        """Commit a multi-op that places containers, as :meth:`ZooKeeper.commit` does."""
+        ...
+
 
 class LiveNodes:
     """Reads every node from ZooKeeper each time."""
@@ -82,6 +89,9 @@ class LiveNodes:
 
     def rejected(self, ops: Sequence[Op]) -> None:
         return None
+
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        return await self.zk.commit(ops)
 
 
 @dataclass
@@ -117,6 +127,7 @@ class FleetCache:
         self._largest: tuple[float, int] | None = None  # of live nodes; None: not known
         self._pending: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._commits = GroupCommit(zk)
 
     async def start(self) -> None:
         """Set the watches; returns once every node present now has been read."""
@@ -221,6 +232,11 @@ class FleetCache:
             ip, entry = self._reservation_entry(op)
             if entry is not None:
                 self._stale.add(ip)
+
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        """Placements sent close together go to ZooKeeper as one multi-op, in the order
+        they were counted (:mod:`bismuth_core.groupcommit`); each still fails alone."""
+        return await self._commits.commit(ops)
 
     def _reservation_entry(self, op: Op) -> tuple[str, _Entry | None]:
         ip = layout.containers_owner(op.path) or ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,11 +309,11 @@ class ZooKeeper:
 
     # --- multi-op -----------------------------------------------------------------
 
-    async def commit(self, ops: Sequence[Op]) -> list[Any]:
-        """Run ``ops`` as one ZooKeeper multi-op; raise :class:`TransactionFailed` on rollback."""
+    def send(self, ops: Sequence[Op]) -> Awaitable[list[Any]]:
+        """Send ``ops`` as one multi-op now, in call order with this session's other
+        requests (ZooKeeper applies them in that order); the awaitable gives ZooKeeper's
+        per-op results as they are, failures included (see :func:`transaction_failure`)."""
         self._ensure_connected()
-        if not ops:
-            return []
         txn = self.client.transaction()
         for op in ops:
             if op.kind == "create":
@@ -326,13 +326,31 @@ class ZooKeeper:
                 txn.check(op.path, op.version)
             else:
                 raise ValueError(f"unknown op kind {op.kind!r}")
-        results: list[Any] = await self._await(txn.commit_async())
-        for index, result in enumerate(results):
-            if isinstance(result, NoAuthError):
-                raise AccessDenied(DENIED) from result
-            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
-                raise TransactionFailed(result, index)
+        return self._await(txn.commit_async())  # type: ignore[no-any-return]
+
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        """Run ``ops`` as one ZooKeeper multi-op; raise :class:`TransactionFailed` on rollback."""
+        self._ensure_connected()
+        if not ops:
+            return []
+        results: list[Any] = await self.send(ops)
+        failure = transaction_failure(results)
+        if failure is not None:
+            raise failure
         return results
+
+
+def transaction_failure(results: Sequence[Any]) -> Exception | None:
+    """What a multi-op's results say went wrong: :class:`AccessDenied` if an op was refused
+    by the ACLs, :class:`TransactionFailed` naming the op that failed, or ``None``."""
+    for index, result in enumerate(results):
+        if isinstance(result, NoAuthError):
+            denied = AccessDenied(DENIED)
+            denied.__cause__ = result
+            return denied
+        if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+            return TransactionFailed(result, index)
+    return None
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

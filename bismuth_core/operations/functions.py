@@ -77,6 +77,10 @@ def _tenant_gone(exc: TransactionFailed, ops: Sequence[Op], owner: uuid.UUID | N
         raise NotFound(f"tenant {owner} does not exist") from exc
 
 
+def _route_op(exc: TransactionFailed, ops: Sequence[Op]) -> bool:
+    return ops[exc.index].path.startswith(layout.ROUTES + "/")
+
+
 async def create_function(
     zk: ZooKeeper,
     definition: FunctionDefinition,
@@ -91,7 +95,8 @@ async def create_function(
     fid = uuid.uuid4()
 
     async def attempt() -> uuid.UUID:
-        await check_routes_free(zk, definition.routes, fid)
+        # No read of the routes first: a hostname already taken fails the multi-op, which
+        # is rare, and only then is it read, to name its owner.
         pinned = await guards()
         nodes, ips = await place_on(
             source, definition.max_instances, definition.cpu, definition.memory
@@ -107,8 +112,10 @@ async def create_function(
             *(create(layout.route_path(h), layout.encode_route(fid)) for h in definition.routes),
         ]
         try:
-            await commit_placement(zk, source, ops)
+            await commit_placement(source, ops)
         except TransactionFailed as exc:
+            if _route_op(exc, ops):
+                await check_routes_free(zk, definition.routes, fid)
             route_conflict(exc, ops)
             _tenant_gone(exc, ops, owner)
             raise
@@ -167,7 +174,7 @@ async def update_function(
             ),
         ]
         try:
-            await commit_placement(zk, source, ops)
+            await commit_placement(source, ops)
         except TransactionFailed as exc:
             route_conflict(exc, ops)
             raise

@@ -146,10 +146,11 @@ async def place_on(
     return nodes, place((n.capacity() for n in nodes.values()), count, cpu, memory, **constraints)
 
 
-async def commit_placement(zk: ZooKeeper, source: NodeSource, ops: Sequence[Op]) -> None:
+async def commit_placement(source: NodeSource, ops: Sequence[Op]) -> None:
     """Commit ``ops``, which place containers: the source counts their reservations from
     the moment they are sent, so placements decided meanwhile build on them instead of
-    waiting for this answer (a failure makes the source read those nodes again).
+    waiting for this answer (a failure makes the source read those nodes again), and
+    commits them (a cache sends placements made close together as one multi-op).
 
     Callers read everything they need before :func:`place_on` and build ``ops`` from its
     nodes without awaiting any I/O in between: another placement that ran meanwhile would
@@ -157,7 +158,7 @@ async def commit_placement(zk: ZooKeeper, source: NodeSource, ops: Sequence[Op])
     """
     source.reserve(ops)
     try:
-        results = await zk.commit(ops)
+        results = await source.commit(ops)
     except BaseException:
         source.rejected(ops)
         raise

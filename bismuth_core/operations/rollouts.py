@@ -129,7 +129,7 @@ async def move_container(
             *await reservation_ops(zk, deltas, nodes),
             *container_ops([fresh], view.id, d),
         ]
-        await commit_placement(zk, source, ops)
+        await commit_placement(source, ops)
         log.info(
             "moved container to %s",
             ip,
