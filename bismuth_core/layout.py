@@ -94,6 +94,9 @@ API_LEADER = "/leader/api"  # kazoo Election: the API replica that finishes roll
 
 _ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _BACKEND_SIZE = 20
+# json.dumps builds a new encoder for every call with separators; these records are
+# written for every container placed
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def chroot(env: str) -> str:
@@ -419,7 +422,7 @@ class ContainerRecord:
     memory: int = 0
 
     def encode(self) -> bytes:
-        meta = json.dumps({"cpu": self.cpu, "memory": self.memory}, separators=(",", ":"))
+        meta = _COMPACT.encode({"cpu": self.cpu, "memory": self.memory})
         return self.function_id.bytes + meta.encode()
 
     @classmethod
@@ -452,9 +455,8 @@ class Reservation:
         )
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"cpu": self.cpu, "memory": self.memory, "containers": self.containers},
-            separators=(",", ":"),
+        return _COMPACT.encode(
+            {"cpu": self.cpu, "memory": self.memory, "containers": self.containers}
         ).encode()
 
     @classmethod
