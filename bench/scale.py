@@ -98,17 +98,18 @@ async def timed_load(
 
 
 class Creator:
-    """Creates through an API, remembering the functions made."""
+    """Creates through the APIs (in turn), remembering the functions made."""
 
-    def __init__(self, http: aiohttp.ClientSession, api: ApiProcess, replicas: int) -> None:
-        self.http, self.api, self.replicas = http, api, replicas
+    def __init__(self, http: aiohttp.ClientSession, apis: list[ApiProcess], replicas: int) -> None:
+        self.http, self.apis, self.replicas = http, apis, replicas
         self.made: list[str] = []
         self.failures = 0
 
-    async def __call__(self, _i: int) -> None:
+    async def __call__(self, i: int) -> None:
         host = f"f{uuid.uuid4().hex[:16]}.scale"
+        api = self.apis[i % len(self.apis)]
         async with self.http.post(
-            self.api.url + "/function", data=function_body(host, self.replicas)
+            api.url + "/function", data=function_body(host, self.replicas)
         ) as resp:
             body = await resp.json()
             if resp.status == 200:
@@ -146,20 +147,44 @@ async def bare_creates(
 async def creates(
     env: Environment, http: aiohttp.ClientSession, nodes: int, args: argparse.Namespace
 ) -> Creator:
-    api = env.apis[0]
-    creator = Creator(http, api, args.replicas)
-    cpu = cpu_seconds(api.proc.pid)
+    creator = Creator(http, env.apis[: args.api_replicas], args.replicas)
+    await creates_row(env, creator, f"API creates, {nodes} nodes", nodes, args)
+    if args.idle_nodes and args.creates_only:
+        await env.fleet.behave(idle=True)
+        await creates_row(env, creator, "  the same, nodes not reacting", nodes, args)
+        await env.fleet.behave()
+    return creator
+
+
+async def creates_row(
+    env: Environment, creator: Creator, name: str, nodes: int, args: argparse.Namespace
+) -> None:
+    """Creates/s through the APIs, where the CPU went meanwhile, and the bare baseline."""
+    parts = {
+        "API": [a.proc.pid for a in creator.apis],
+        "ZooKeeper": [env.server.proc.pid] if env.server.proc else [],
+        "nodes": env.fleet.pids,
+        "bench": [os.getpid()],
+    }
+    before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in parts.items()}
+    load_before = os.getloadavg()[0]
     took, latencies = await timed_load(creator, None, args.seconds, args.concurrency)
-    cpu = (cpu_seconds(api.proc.pid) - cpu) / max(len(latencies), 1)
+    used = {k: sum(cpu_seconds(p) for p in pids) - before[k] for k, pids in parts.items()}
+    cpu = used["API"] / max(len(latencies), 1)
     api_rate = len(latencies) / took
-    extra = f"failed={creator.failures}, API CPU {cpu * 1000:.2f} ms per create"
-    print(row(f"API creates, {nodes} nodes", api_rate, latencies, extra))
+    replicas = f" over {len(creator.apis)} API replicas" if len(creator.apis) > 1 else ""
+    extra = f"failed={creator.failures}, API CPU {cpu * 1000:.2f} ms per create{replicas}"
+    print(row(name, api_rate, latencies, extra))
+    shares = ", ".join(f"{k} {100 * v / took:.0f}%" for k, v in used.items())
+    print(
+        f"  CPU meanwhile (% of one core): {shares}; load average "
+        f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
     bare_took, bare = await bare_creates(
         env.zk, sim_ips(nodes), args.replicas, len(latencies), args.concurrency
     )
     print(row("  baseline: bare kazoo multi-ops, same znodes", len(bare) / bare_took, bare))
     print(f"  ratio API / baseline: {api_rate / (len(bare) / bare_took):.3f}")
-    return creator
 
 
 async def load(
@@ -524,7 +549,8 @@ async def one_size(
         f"--- {nodes} simulated nodes: alive in {took:.1f} s, {len(env.fleet.pids)} processes "
         f"(load average {os.getloadavg()[0]:.1f})"
     )
-    await env.start_api(anonymous)
+    for _ in range(args.api_replicas if args.creates_only else 1):
+        await env.start_api(anonymous)
     if largest and not args.creates_only:
         await env.start_api(anonymous)  # a standby, for the leader's kill
         await until(lambda: _led(env, anonymous), 60, "an API leads", 0.1)
@@ -567,6 +593,14 @@ def main() -> None:
     parser.add_argument("--rest", type=float, default=10.0, help="seconds CPU at rest is measured")
     parser.add_argument("--zk-heap", default="1g")
     parser.add_argument("--creates-only", action="store_true", help="only the creates/s figures")
+    parser.add_argument(
+        "--api-replicas", type=int, default=1, help="with --creates-only: creates spread over these"
+    )
+    parser.add_argument(
+        "--idle-nodes",
+        action="store_true",
+        help="creates again with the simulated nodes not reacting (the API and ZooKeeper alone)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bismuth-scale-"))
     work.chmod(0o755)

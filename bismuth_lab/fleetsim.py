@@ -163,9 +163,11 @@ class Fleet:
         *,
         start_delay: float = 0.0,
         outcome: str = "running",
+        idle: bool = False,
     ) -> None:
-        """How containers new to these nodes (all: None) start from now on."""
-        command = {"op": "behave", "start_delay": start_delay, "outcome": outcome}
+        """How containers new to these nodes (all: None) start from now on (``idle``: not
+        at all)."""
+        command = {"op": "behave", "start_delay": start_delay, "outcome": outcome, "idle": idle}
         wanted = None if ips is None else set(ips)
         calls = []
         for worker in self.workers:

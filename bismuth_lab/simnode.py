@@ -45,10 +45,13 @@ SIM_VERSION = "fleetsim"
 
 @dataclass
 class Behaviour:
-    """How a node's containers start: after ``start_delay`` seconds, as ``outcome``."""
+    """How a node's containers start: after ``start_delay`` seconds, as ``outcome``;
+    ``idle``: not at all (an agent that is alive but does nothing; benchmarks use it to
+    measure the control plane without the simulated agents' own work)."""
 
     start_delay: float = 0.0
     outcome: ContainerStatus = ContainerStatus.RUNNING
+    idle: bool = False
 
 
 @dataclass
@@ -84,6 +87,7 @@ class SimNode:
         self._definitions: dict[uuid.UUID, bool] = {}  # function id -> definition readable
         self._wake = asyncio.Event()
         self._children: list[str] | None = None  # as the watch last delivered them
+        self._names: dict[str, uuid.UUID | None] = {}  # container znode names seen
         self._tasks: set[asyncio.Task[None]] = set()
         self._watching = True
 
@@ -177,11 +181,22 @@ class SimNode:
                     names = await self.zk.children(layout.containers_path(self.ip))
                 except BismuthError:
                     continue
-            current = {cid for cid in map(layout.parse_uuid, names) if cid is not None}
-            for cid in set(self.statuses) - current:
-                del self.statuses[cid]
-            for cid in current - set(self.statuses):
-                self.statuses[cid] = ContainerStatus.INVALID
+            self._sync(set(names))
+
+    def _sync(self, names: set[str]) -> None:
+        """Forget the containers gone from ``names``, start the new ones. Only names not
+        seen before are parsed: a node's list grows with its containers, and every new one
+        delivers all of them again."""
+        for name in self._names.keys() - names:
+            cid = self._names.pop(name)
+            if cid is not None:
+                self.statuses.pop(cid, None)
+        for name in names - self._names.keys():
+            cid = self._names[name] = layout.parse_uuid(name)
+            if cid is None or cid in self.statuses:
+                continue
+            self.statuses[cid] = ContainerStatus.INVALID
+            if not self.behaviour.idle:
                 self._spawn(self._start_container(cid))
 
     async def _start_container(self, cid: uuid.UUID) -> None:
@@ -196,6 +211,7 @@ class SimNode:
         except BismuthError as exc:  # ZooKeeper away: the next pass after a reconnect
             log.debug("container start interrupted: %s", exc, extra={"container_id": cid})
             self.statuses.pop(cid, None)
+            self._names.pop(str(cid), None)
 
     async def _runnable(self, cid: uuid.UUID) -> bool:
         got = await self.zk.get_or_none(layout.container_path(self.ip, cid))
@@ -303,7 +319,7 @@ class NodeGroup:
 
 def _behaviour(command: dict[str, Any]) -> Behaviour:
     outcome = ContainerStatus[str(command.get("outcome", "running")).upper()]
-    return Behaviour(float(command.get("start_delay", 0.0)), outcome)
+    return Behaviour(float(command.get("start_delay", 0.0)), outcome, bool(command.get("idle")))
 
 
 async def serve_commands(group: NodeGroup, reader: asyncio.StreamReader) -> None:

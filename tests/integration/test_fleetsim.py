@@ -112,6 +112,21 @@ async def test_new_containers_follow_the_nodes_behaviour(fleet, api, http):
     assert (await fleet.stats()).failed == 2
 
 
+async def test_idle_nodes_take_containers_without_starting_them(fleet, api, http):
+    await fleet.behave(idle=True)
+    idle = await create(http, api, "idle.test", replicas=2)
+
+    async def seen() -> bool:
+        return (await fleet.stats()).containers == 2
+
+    await eventually(seen, timeout=20, what="both containers seen by their nodes")
+    await fleet.behave()
+    busy = await create(http, api, "busy.test", replicas=2)
+    await eventually(lambda: all_running(http, api, [busy]), timeout=20, what="Running")
+    assert [b["status"] for b in await backends(http, api, idle)] == ["Pending"] * 2
+    assert (await fleet.stats()).running == 2
+
+
 async def test_lost_nodes_containers_run_elsewhere(fleet, api, http, zk: ZooKeeper):
     fids = [await create(http, api, f"move{i}.test", replicas=2) for i in range(4)]
     await eventually(lambda: all_running(http, api, fids), timeout=20, what="all Running")
