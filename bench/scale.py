@@ -168,6 +168,7 @@ async def creates_row(
     }
     before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in parts.items()}
     load_before = os.getloadavg()[0]
+    made_before = len(creator.made)
     took, latencies = await timed_load(creator, None, args.seconds, args.concurrency)
     used = {k: sum(cpu_seconds(p) for p in pids) - before[k] for k, pids in parts.items()}
     cpu = used["API"] / max(len(latencies), 1)
@@ -176,8 +177,11 @@ async def creates_row(
     extra = f"failed={creator.failures}, API CPU {cpu * 1000:.2f} ms per create{replicas}"
     print(row(name, api_rate, latencies, extra))
     shares = ", ".join(f"{k} {100 * v / took:.0f}%" for k, v in used.items())
+    made = creator.made[made_before:]
+    transactions = await transactions_of(env.zk, made)
     print(
-        f"  CPU meanwhile (% of one core): {shares}; load average "
+        f"  {len(made) / max(transactions, 1):.1f} creates per ZooKeeper transaction; CPU "
+        f"meanwhile (% of one core): {shares}; load average "
         f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     bare_took, bare = await bare_creates(
@@ -185,6 +189,17 @@ async def creates_row(
     )
     print(row("  baseline: bare kazoo multi-ops, same znodes", len(bare) / bare_took, bare))
     print(f"  ratio API / baseline: {api_rate / (len(bare) / bare_took):.3f}")
+
+
+async def transactions_of(zk: ZooKeeper, fids: list[str]) -> int:
+    """How many ZooKeeper transactions created these functions (their znodes' czxid)."""
+    zxids: set[int] = set()
+    for start in range(0, len(fids), 500):
+        stats = await asyncio.gather(
+            *(zk.exists(layout.function_path(uuid.UUID(f))) for f in fids[start : start + 500])
+        )
+        zxids.update(stat.czxid for stat in stats if stat is not None)
+    return len(zxids)
 
 
 async def load(
