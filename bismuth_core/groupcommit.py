@@ -126,7 +126,12 @@ class GroupCommit:
             return
         finally:
             self._slots.release()
-        again = self._answer(group, results)
+        try:
+            again = self._answer(group, results)
+        except Exception as exc:  # answers it cannot read: every caller hears of it
+            for caller in group:
+                caller.fail(exc)
+            return
         if again:
             self._queue.extendleft(reversed(again))
             self._kick()
