@@ -48,6 +48,15 @@ async def test_callers_sent_together_share_one_transaction(zk):
     assert len({await czxid(zk, f"/gc/{i}") for i in range(5)}) == 1
 
 
+async def test_a_group_stays_under_its_size(zk):
+    group = GroupCommit(zk, max_bytes=200)
+    await zk.ensure_path("/gc")
+    big = b"x" * 150  # two of them would pass the limit: each goes in a group of its own
+    await asyncio.gather(*(group.commit([create(f"/gc/big{i}", big)]) for i in range(3)))
+    assert len({await czxid(zk, f"/gc/big{i}") for i in range(3)}) == 3
+    assert [(await zk.get(f"/gc/big{i}"))[0] for i in range(3)] == [big] * 3
+
+
 async def test_a_failing_caller_fails_alone_and_leaves_nothing(zk):
     group = GroupCommit(zk)
     await zk.ensure_path("/gc/taken")
