@@ -3,9 +3,9 @@
 :class:`SubtreeMirror` adds one persistent recursive watch on its root
 (:mod:`bismuth_core.zkwatch`) and walks the subtree once: each znode's data is read (only
 where ``wants_data`` says the reader uses it) and its children listed. After that a change
-costs one read of the znode it names: ``CREATED`` and ``CHANGED`` read that znode's data
-(or only note that it exists), ``DELETED`` drops it. A new function never re-lists the
-thousands of names next to it.
+costs one read of the znode it names (its data, or its children where the data is not
+used), and the change is applied when that read answers: ``NoNode`` drops the znode. A
+new function never re-lists the thousands of names next to it.
 
 Everything here runs on the event loop; kazoo's threads only hand events and read results
 over. Reads and events of one path can reach the loop in either order (kazoo delivers them
@@ -29,7 +29,7 @@ from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoNodeError,
 
 from bismuth_core.errors import Unavailable
 from bismuth_core.zk import ZooKeeper
-from bismuth_core.zkwatch import ChangeKind, PersistentWatches, WatchEvent
+from bismuth_core.zkwatch import PersistentWatches, WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,11 @@ class SubtreeMirror:
         self._touch()
         path = event.path
         self._last[path] = self._next()
-        if event.kind is ChangeKind.DELETED:
-            self._remove(path)
-        elif self._wants_data(path):
-            self._exists(path)
-            self._read(path, 0)
-        elif self._exists(path):
-            self._on_change(path)
+        # Applied when a read of the path answers, a deletion too: answers come back in the
+        # order the reads were sent, so changes apply in ZooKeeper's order. (A deletion
+        # applied at once could overtake the read of a change before it: a function's new
+        # container turning Running, then its old one deleted, would leave it with none.)
+        self._read(path, 0)
 
     # --- walking ---------------------------------------------------------------------------
 
