@@ -48,6 +48,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scaleparts import (
+    FLEET_CPUS,
     ApiProcess,
     Environment,
     at_rest,
@@ -545,7 +546,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     )
     async with aiohttp.ClientSession() as anonymous:
         for n, nodes in enumerate(counts):
-            env = Environment(work, args.zk_heap, args.grace, args.api_session)
+            env = Environment(work, args.zk_heap, args.grace, args.api_session, pin=args.pin)
             try:
                 await one_size(env, anonymous, nodes, n == len(counts) - 1, args)
             finally:
@@ -616,7 +617,14 @@ def main() -> None:
         action="store_true",
         help="creates again with the simulated nodes not reacting (the API and ZooKeeper alone)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="ZooKeeper, the APIs and the frontend on cpu 0; simulated nodes and clients on cpu 1",
+    )
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, FLEET_CPUS)  # the simulated nodes inherit it
     work = Path(tempfile.mkdtemp(prefix="bismuth-scale-"))
     work.chmod(0o755)
     started = time.monotonic()

@@ -131,6 +131,22 @@ class ApiProcess:
         return found if isinstance(found, dict) else None
 
 
+SERVICE_CPUS = {0}  # with ``pin``: ZooKeeper and the daemons under test
+FLEET_CPUS = {1}  # with ``pin``: the simulated nodes and the load generator (this process)
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Confine every thread of process ``pid`` and of its descendants to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+            children = (task / "children").read_text().split()
+        except (OSError, ValueError):
+            continue  # a thread or process that ended meanwhile
+        for child in children:
+            pin_tree(int(child), cpus)
+
+
 @dataclass
 class Environment:
     """One environment on its own ZooKeeper, with simulated nodes and the daemons under test."""
@@ -139,6 +155,9 @@ class Environment:
     heap: str
     grace: float
     api_session_timeout: float = 4.0
+    # ZooKeeper, the APIs and the frontend on one core, the simulated nodes and the load
+    # generator on the other (``pin_fleet`` confines this process, whose children inherit it)
+    pin: bool = False
     env: str = field(default_factory=lambda: "scale" + uuid.uuid4().hex[:6])
     server: ZooKeeperServer = field(init=False)
     zk: ZooKeeper = field(init=False)
@@ -153,6 +172,7 @@ class Environment:
         """ZooKeeper, the environment and ``nodes`` simulated nodes; seconds the nodes took."""
         self.server = ZooKeeperServer(tick_ms=500, heap=self.heap)
         self.server.start()
+        self._pin(self.server.proc)
         self.keys = write_key_files(self.work / f"keys-{self.env}")
         self.zk = ZooKeeper(self.server.hosts, self.env, access=ACCESS, op_timeout=30)
         await self.zk.start()
@@ -189,6 +209,7 @@ class Environment:
         env = {"BISMUTH_CLUSTER_KEY_FILE": str(self.keys[0])}
         env["BISMUTH_ZOOKEEPER_SESSION_TIMEOUT"] = str(self.api_session_timeout)
         api = ApiProcess(spawn(args, env), f"http://127.0.0.1:{port}")
+        self._pin(api.proc)
         self.apis.append(api)
         await until(lambda: _healthy(api, http), 60, "bismuth-api healthy", 0.1)
         return api
@@ -211,8 +232,14 @@ class Environment:
         path = write_config(config, directory / "fe.toml")
         self.fe.append(spawn([str(BIN / "bismuthfe-nginx"), "--config", str(path)]))
         self.fe.append(spawn([str(BIN / "bismuthfe"), "--config", str(path)]))
+        for proc in self.fe:
+            self._pin(proc)
         self.fe_config = config
         return config
+
+    def _pin(self, proc: subprocess.Popen[bytes] | None) -> None:
+        if self.pin and proc is not None:
+            pin_tree(proc.pid, SERVICE_CPUS)
 
     def nginx_pids(self) -> list[int]:
         master = self.fe[0].pid
