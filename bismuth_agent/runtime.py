@@ -27,11 +27,12 @@ import secrets
 import signal
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from bismuth_agent.containerd.client import ContainerdClient
-from bismuth_agent.containerd.errors import ContainerdError, NotFound
+from bismuth_agent.containerd.errors import AlreadyExists, ContainerdError, NotFound
 from bismuth_agent.containerd.events import EventStream, TaskExit, TaskOOM
 from bismuth_agent.containerd.process import OutputTooLarge, exec_process
 from bismuth_agent.containerd.remap import with_metacopy
@@ -95,6 +96,9 @@ log = logging.getLogger(__name__)
 NODE_LABEL = "bismuth.node"  # containerd label: the node a container belongs to
 TOKEN_FILE = "token"
 EVENTS_RETRY = 0.5  # seconds before subscribing again after the event stream broke
+# A rootfs is made before its container's record references it, under a lease of its own
+# that the agent deletes then; one an agent stopped before deleting expires by itself.
+ROOTFS_LEASE = timedelta(hours=1)
 _TASK_STATES = {  # containerd's task status -> what the planner knows
     "CREATED": TaskState.CREATED,
     "RUNNING": TaskState.RUNNING,
@@ -151,6 +155,7 @@ class ContainerRuntime:
         self.secrets = SecretSource(zk, cluster_box(config.cluster_key_file))
         self.secrets_socket = Path(config.state_dir) / secretserver.SOCKET
         self._serving = contextlib.AsyncExitStack()
+        self._letting_go: set[asyncio.Task[None]] = set()  # rootfs leases being deleted
         self._stream: EventStream | None = None
         self.images = ImageSnapshots(
             ctrd,
@@ -270,34 +275,36 @@ class ContainerRuntime:
             raise SetupFailed(why) from exc
 
     async def _create(self, desired: DesiredContainer) -> Made:
-        """The steps in order, but four run alongside: once the container has its host id
-        range, the image's snapshot for that range is looked up and the container's user and
-        network namespaces are made (the task joins them); once its addresses are reserved,
-        its provider starts and the namespaces are wired (veth, addresses, firewall). The
-        task waits for the namespaces; its start waits for all of them."""
+        """The steps in order, but five run alongside: once the container has its host id
+        range, the image's snapshot for that range is looked up and the container's rootfs
+        made on it, and the container's user and network namespaces are made (the task joins
+        them); once its addresses are reserved, its provider starts and the namespaces are
+        wired (veth, addresses, firewall). The container's record waits for its rootfs, the
+        task for the namespaces; its start waits for all of them."""
         cid = desired.container_id
         await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
         ids = self.id_ranges.allocate(cid)
         parent = asyncio.ensure_future(self._image(cid, desired.definition.image, ids))
+        rootfs = asyncio.ensure_future(self._rootfs(cid, parent))
         namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
         try:
             token = self._token(self.dir(cid))
             allocation = await self.network.reserve(str(cid))
         except BaseException:
-            await _settled(parent, namespaces)  # they end on their own: removal finds all
+            await _settled(parent, rootfs, namespaces)  # they end on their own: removal finds all
             raise
         launch = self._launch(desired, allocation, token)
         provider = asyncio.ensure_future(self.providers.start(launch))
         wired = asyncio.ensure_future(self._wire(desired, allocation, namespaces))
         try:
-            pid = await self._task(desired, ids, token, allocation, namespaces, parent)
+            pid = await self._task(desired, ids, token, allocation, namespaces, rootfs)
             await asyncio.shield(wired)  # a cancelled create still lets it end
             self.timelines.stamp(cid, NETWORK)
             await provider
             self.timelines.stamp(cid, PROVIDER)
         except BaseException:
             provider.cancel()  # the others end on their own: removal finds all
-            await _settled(provider, namespaces, wired, parent)  # their failures are not the news
+            await _settled(provider, namespaces, wired, parent, rootfs)  # failures not the news
             raise
         await self.ctrd.tasks.start(str(cid))
         self.timelines.stamp(cid, STARTED)
@@ -322,11 +329,10 @@ class ContainerRuntime:
         token: str,
         allocation: Allocation,
         namespaces: asyncio.Future[NamespaceFiles],
-        parent: asyncio.Future[str],
+        rootfs: asyncio.Future[tuple[list[Mount], str]],
     ) -> int:
-        """Files, repo, containerd container (on ``parent``, the image's snapshot being
-        looked up) and its task (not started, in the ``namespaces`` once they exist): its
-        PID."""
+        """Files, repo, containerd container (on its ``rootfs``, being made) and its task
+        (not started, in the ``namespaces`` once they exist): its PID."""
         cid, definition = desired.container_id, desired.definition
         directory = self.dir(cid)
         address = str(allocation.container_address)
@@ -339,7 +345,7 @@ class ContainerRuntime:
             repo_dir = await repos.fetch(
                 directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
             )
-        mounts = await self._container(desired, ids, token, etc, repo_dir, parent)
+        mounts = await self._container(desired, ids, token, etc, repo_dir, rootfs)
         self.timelines.stamp(cid, CONTAINER)
         uri = self.logs.uri(cid)
         await asyncio.shield(namespaces)
@@ -354,6 +360,28 @@ class ContainerRuntime:
         self.timelines.stamp(cid, IMAGE)
         return parent
 
+    async def _rootfs(self, cid: uuid.UUID, parent: asyncio.Future[str]) -> tuple[list[Mount], str]:
+        """The container's rootfs snapshot, made on ``parent`` (its image's, being found)
+        before the container's record exists: under a lease of its own until the record
+        references it (see :meth:`_let_go`); its mounts and the lease."""
+        lease = f"bismuth-rootfs-{cid}"
+        with contextlib.suppress(AlreadyExists):  # an earlier attempt's, not let go yet
+            await self.ctrd.create_lease(lease, ROOTFS_LEASE)
+        mounts = await self.ctrd.derive(lease=lease).prepare_rootfs(str(cid), await parent)
+        return mounts, lease
+
+    def _let_go(self, lease: str) -> None:
+        """Delete a rootfs's lease in the background (the record references it now); one
+        not deleted, by an agent stopped meanwhile, expires after ``ROOTFS_LEASE``."""
+        task = asyncio.ensure_future(self.ctrd.delete_lease(lease))
+        self._letting_go.add(task)
+        task.add_done_callback(self._let_gone)
+
+    def _let_gone(self, task: asyncio.Task[None]) -> None:
+        self._letting_go.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cannot delete lease: %r (it expires)", task.exception())
+
     async def _container(
         self,
         desired: DesiredContainer,
@@ -361,10 +389,10 @@ class ContainerRuntime:
         token: str,
         etc: dict[str, str],
         repo_dir: str | None,
-        parent: asyncio.Future[str],
+        rootfs: asyncio.Future[tuple[list[Mount], str]],
     ) -> list[Mount]:
-        """The containerd container on its rootfs snapshot: its record is made while
-        ``parent`` (the image's snapshot for ``ids``) is still being found."""
+        """The containerd container: its record, made while its ``rootfs`` is being made,
+        then the rootfs's mounts."""
         cid, definition = desired.container_id, desired.definition
         plan = ContainerPlan(
             container_id=cid,
@@ -382,13 +410,12 @@ class ContainerRuntime:
             joined=self.namespaces.files(str(cid)).by_type(),
         )
         labels = {"bismuth.function": str(desired.function_id), NODE_LABEL: self.config.node_ip}
-        return await self.ctrd.create_container(
-            str(cid),
-            spec=container_spec(plan),
-            parent=parent,
-            image=definition.image,
-            labels=labels,
+        await self.ctrd.create_record(
+            str(cid), spec=container_spec(plan), image=definition.image, labels=labels
         )
+        mounts, lease = await asyncio.shield(rootfs)  # a cancelled create still lets it end
+        self._let_go(lease)
+        return mounts
 
     def settle(self, desired: DesiredContainer) -> None:
         """Hold the container to its function's cpu from now on (it started with up to

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -158,6 +158,12 @@ class ContainerdClient:
         return lease_id
 
     @translated
+    async def list_leases(self) -> list[str]:
+        stub = leases_pb2_grpc.LeasesStub(self.conn.channel)
+        reply = await self.conn.call(stub.List, leases_pb2.ListRequest())
+        return sorted(lease.id for lease in reply.leases)
+
+    @translated
     async def delete_lease(self, lease_id: str, sync: bool = False) -> None:
         stub = leases_pb2_grpc.LeasesStub(self.conn.channel)
         with contextlib.suppress(NotFound):
@@ -168,7 +174,7 @@ class ContainerdClient:
         container_id: str,
         *,
         spec: Mapping[str, Any],
-        parent: str | Awaitable[str],
+        parent: str,
         image: str = "",
         snapshotter: str = DEFAULT_SNAPSHOTTER,
         runtime_options: RuncOptions | None = None,
@@ -178,12 +184,32 @@ class ContainerdClient:
 
         The record comes first and names the snapshot's key, so the snapshot is referenced
         from the moment it exists (an active snapshot nothing references is fair game for
-        containerd's garbage collector): no lease is needed, which saves two of containerd's
-        metadata transactions per container. Steps already done are reused, so a retried
-        create converges; a failed one leaves a record for ``delete_container``.
-        ``parent`` (the snapshot the rootfs is made on) may be a lookup still running: it
-        is awaited once the record is made.
+        containerd's garbage collector): no lease is needed. Steps already done are reused,
+        so a retried create converges; a failed one leaves a record for
+        ``delete_container``.
         """
+        await self.create_record(
+            container_id,
+            spec=spec,
+            image=image,
+            snapshotter=snapshotter,
+            runtime_options=runtime_options,
+            labels=labels,
+        )
+        return await self.prepare_rootfs(container_id, parent, snapshotter)
+
+    async def create_record(
+        self,
+        container_id: str,
+        *,
+        spec: Mapping[str, Any],
+        image: str = "",
+        snapshotter: str = DEFAULT_SNAPSHOTTER,
+        runtime_options: RuncOptions | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """The container's record, naming its rootfs snapshot (key = container id); an
+        existing one is kept."""
         with contextlib.suppress(AlreadyExists):
             await self.containers.create(
                 container_id,
@@ -194,8 +220,13 @@ class ContainerdClient:
                 runtime_options=runtime_options,
                 labels=labels,
             )
-        if not isinstance(parent, str):
-            parent = await parent
+
+    async def prepare_rootfs(
+        self, container_id: str, parent: str, snapshotter: str = DEFAULT_SNAPSHOTTER
+    ) -> list[Mount]:
+        """The container's rootfs snapshot (key = container id) on ``parent``, or the one
+        made before; its mounts. Until the container's record exists, call it on a client
+        with a lease (:meth:`derive`): nothing else references the snapshot."""
         snapshots = SnapshotService(self.conn, snapshotter)
         try:
             return await snapshots.prepare(container_id, parent)

@@ -68,6 +68,13 @@ async def test_server_function_runs_and_is_invoked(zk, agent):
     backend = await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
     status, body, headers = await get(f"{agent.url}/invoke/{backend.container_id}/hello")
     assert status == 200 and body == "hello from layer 2\n"
+    # its rootfs, made under a lease before the record referenced it, is held by the record
+    lease = f"bismuth-rootfs-{backend.container_id}"
+
+    async def let_go() -> bool:
+        return lease not in await agent.ctrd.list_leases()
+
+    await eventually(let_go, what="the rootfs lease deleted")
     assert headers["X-Bismuth-Container-ID"] == str(backend.container_id)
     alive = NodeAlive.decode((await zk.get(layout.alive_path(agent.config.node_ip)))[0])
     assert alive.containers == 1

@@ -336,3 +336,24 @@ async def test_a_containers_snapshot_outlives_garbage_collection(
     await ctrd.delete_container(cid)
     await ctrd.delete_lease(await ctrd.create_lease(f"collect-{cid}"), sync=True)
     assert not await ctrd.snapshots.exists(cid)
+
+
+async def test_a_rootfs_made_before_its_record_outlives_collection_under_its_lease(
+    ctrd: ContainerdClient,  # noqa: F811
+    containerd_server: ContainerdServer,  # noqa: F811
+    image: str,
+) -> None:
+    """The agent makes a rootfs before the container's record, under a lease: collections
+    before the record and after the lease is gone both leave it."""
+    cid = str(uuid.uuid4())
+    lease = await ctrd.create_lease(f"rootfs-{cid}")
+    mounts = await ctrd.derive(lease=lease).prepare_rootfs(cid, image)
+    await ctrd.delete_lease(await ctrd.create_lease(f"collect-{cid}"), sync=True)
+    await ctrd.create_record(
+        cid, spec=container_spec(cid, ["/bin/true"], containerd_server.cgroup_parent)
+    )
+    await ctrd.delete_lease(lease, sync=True)
+    assert await ctrd.snapshots.mounts(cid) == mounts
+    assert lease not in await ctrd.list_leases()
+    await ctrd.delete_container(cid)
+    assert not await ctrd.snapshots.exists(cid)
