@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -11,9 +12,15 @@ import uvloop
 
 T = TypeVar("T")
 
+# Seconds a thread holding the GIL runs before a waiting thread may take it. kazoo hands
+# every ZooKeeper answer through its own threads to the loop; with Python's 5 ms a busy loop
+# could hold an answer back for up to 5 ms at each of those hops.
+SWITCH_INTERVAL = 0.0005
+
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Like ``asyncio.run``, on uvloop: the proxies spend most of their time in the loop."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     return uvloop.run(main)
 
 
