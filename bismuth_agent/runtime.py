@@ -275,23 +275,29 @@ class ContainerRuntime:
             raise SetupFailed(why) from exc
 
     async def _create(self, desired: DesiredContainer) -> Made:
-        """The steps in order, but five run alongside: once the container has its host id
-        range, the image's snapshot for that range is looked up and the container's rootfs
-        made on it, and the container's user and network namespaces are made (the task joins
-        them); once its addresses are reserved, its provider starts and the namespaces are
-        wired (veth, addresses, firewall). The container's record waits for its rootfs, the
-        task for the namespaces; its start waits for all of them."""
+        """The steps in order, but six run alongside: its addresses are reserved from the
+        start; once the container has its host id range, the image's snapshot for that range
+        is looked up and the container's rootfs made on it, and the container's user and
+        network namespaces are made (the task joins them); once its addresses are reserved,
+        its provider starts and the namespaces are wired (veth, addresses, firewall). The
+        container's record waits for its rootfs, the task for the namespaces; its start
+        waits for all of them."""
         cid = desired.container_id
-        await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
-        ids = self.id_ranges.allocate(cid)
+        reserving = asyncio.ensure_future(self.network.reserve(str(cid)))  # its addresses
+        try:
+            await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
+            ids = self.id_ranges.allocate(cid)
+        except BaseException:
+            await _settled(reserving)
+            raise
         parent = asyncio.ensure_future(self._image(cid, desired.definition.image, ids))
         rootfs = asyncio.ensure_future(self._rootfs(cid, parent))
         namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
         try:
             token = self._token(self.dir(cid))
-            allocation = await self.network.reserve(str(cid))
+            allocation = await reserving
         except BaseException:
-            await _settled(parent, rootfs, namespaces)  # they end on their own: removal finds all
+            await _settled(reserving, parent, rootfs, namespaces)  # removal finds all they made
             raise
         launch = self._launch(desired, allocation, token)
         provider = asyncio.ensure_future(self.providers.start(launch))
