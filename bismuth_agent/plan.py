@@ -24,6 +24,8 @@ class TaskState(Enum):
     CREATED = "created"  # task created, not started
     RUNNING = "running"
     STOPPED = "stopped"  # task exited
+    # containerd could not tell (its shim did not answer in time): left alone until it can
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)

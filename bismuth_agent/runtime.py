@@ -236,10 +236,28 @@ class ContainerRuntime:
         found = {}
         for cid in containers:
             task = tasks.get(str(cid))
-            state = _TASK_STATES.get(task.status, TaskState.ABSENT) if task else TaskState.ABSENT
-            exit_status = task.exit_status if task and state == TaskState.STOPPED else None
+            if task is not None and task.status in _TASK_STATES:
+                state = _TASK_STATES[task.status]
+                exit_status = task.exit_status if state == TaskState.STOPPED else None
+            else:
+                state, exit_status = await self._recheck(cid)
             found[cid] = Existing(cid, state, exit_status)
         return found
+
+    async def _recheck(self, cid: uuid.UUID) -> tuple[TaskState, int | None]:
+        """A container the task list showed without a task, or with a status it could not
+        tell, asked alone: containerd lists a task whose shim did not answer in time as
+        UNKNOWN (or leaves it out), and taking that for no task would remake a container
+        that runs. ``UNKNOWN`` if containerd still cannot tell."""
+        try:
+            task = await self.ctrd.tasks.get(str(cid))
+        except NotFound:
+            return TaskState.ABSENT, None
+        except ContainerdError as exc:
+            log.warning("cannot tell the state of a task: %r", exc, extra={"container_id": cid})
+            return TaskState.UNKNOWN, None
+        state = _TASK_STATES.get(task.status, TaskState.UNKNOWN)
+        return state, task.exit_status if state == TaskState.STOPPED else None
 
     async def _containers(self) -> list[uuid.UUID]:
         """containerd's containers of this node (by their label)."""

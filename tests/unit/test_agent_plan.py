@@ -35,6 +35,9 @@ def seen(cid, task, supervised=True, exited_at=None, failures=0):
         # a half-made container left by a killed agent is made again (after its teardown)
         ({A}, {A: seen(A, TaskState.ABSENT, supervised=False)}, 0.0, [Create(A)]),
         ({A}, {A: seen(A, TaskState.CREATED, supervised=False)}, 0.0, [Create(A)]),
+        # containerd could not tell (a shim slow to answer): left alone, removed if unwanted
+        ({A}, {A: seen(A, TaskState.UNKNOWN, supervised=False)}, 0.0, []),
+        (set(), {A: seen(A, TaskState.UNKNOWN, supervised=False)}, 0.0, [Remove(A)]),
         # this process is creating it right now: leave it alone
         ({A}, {A: seen(A, TaskState.CREATED, supervised=True)}, 0.0, []),
         # exited: restart once the backoff (1 s, 2 s, 4 s ...) is over
