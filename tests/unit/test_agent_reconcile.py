@@ -278,17 +278,17 @@ async def test_a_missed_exit_is_found_by_looking(tmp_path):
     assert node.presence.statuses[A] == ContainerStatus.FAILED
 
 
+def server_definition(port: int):
+    """A Server-mode function listening on ``port``."""
+    return parse_definition(
+        {"image": "i", "cpu": 0.1, "memory": 1 << 26, "invoke_mode": {"Server": [["/srv"], port]}}
+    )
+
+
 async def test_a_server_is_running_once_its_port_accepts_connections(tmp_path):
     with socket.create_server(("127.77.0.2", 0)) as listener:
         port = listener.getsockname()[1]
-        server = parse_definition(
-            {
-                "image": "i",
-                "cpu": 0.1,
-                "memory": 1 << 26,
-                "invoke_mode": {"Server": [["/srv"], port]},
-            }
-        )
+        server = server_definition(port)
         runtime = FakeRuntime(address="127.77.0.2")  # its .2 is the container address
         node = make_node(tmp_path, runtime, set())
         node.presence.wanted = {A: DesiredContainer(A, FUNCTION, server)}
@@ -303,14 +303,7 @@ async def test_a_container_is_held_to_its_cpu_before_it_is_reported_running(tmp_
     reads ``Running``, and a container whose quota cannot be set is Failed, not Running."""
     with socket.create_server(("127.77.0.2", 0)) as listener:
         port = listener.getsockname()[1]
-        server = parse_definition(
-            {
-                "image": "i",
-                "cpu": 0.1,
-                "memory": 1 << 26,
-                "invoke_mode": {"Server": [["/srv"], port]},
-            }
-        )
+        server = server_definition(port)
         runtime = FakeRuntime(address="127.77.0.2", unsettled={B})
         node = make_node(tmp_path, runtime, set())
         node.presence.wanted = {c: DesiredContainer(c, FUNCTION, server) for c in (A, B)}
@@ -330,9 +323,7 @@ async def test_an_adopted_server_keeps_running_in_zookeeper_while_it_is_checked(
     port answers the agent's check."""
     with socket.create_server(("127.77.0.2", 0)) as probe:
         port = probe.getsockname()[1]  # free again below: the check is refused for now
-    server = parse_definition(
-        {"image": "i", "cpu": 0.1, "memory": 1 << 26, "invoke_mode": {"Server": [["/s"], port]}}
-    )
+    server = server_definition(port)
     runtime = FakeRuntime(tasks={A: RUNNING}, address="127.77.0.2")
     node = make_node(tmp_path, runtime, set())
     node.presence.wanted = {A: DesiredContainer(A, FUNCTION, server)}
