@@ -82,6 +82,7 @@ async def test_status_page_shows_nodes_functions_and_failures(
 ):
     healthy = await standins.add()
     failing = await standins.add(status=ContainerStatus.FAILED)
+    await api.sees_nodes(healthy.ip, failing.ip)  # so the two replicas go one to each
     body = definition(max_instances=2, routes=[{"hostname": "shop.example"}])
     async with http.post(f"{api.url}/function", json=body) as resp:
         fid = (await resp.json())["id"]

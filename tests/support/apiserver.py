@@ -8,6 +8,7 @@ from bismuth_api.app import build_deps, connect, create_app
 from bismuth_api.config import ApiConfig
 from bismuth_core import operations, tenancy
 from bismuth_core.tokens import Scope
+from tests.support.waiting import eventually
 from tests.support.zkserver import free_port
 
 
@@ -58,6 +59,15 @@ class Api:
         made, issued = await tenancy.create_tenant(self.zk, name)
         assert issued is not None
         return made, issued.text
+
+    async def sees_nodes(self, *ips: str) -> None:
+        """Wait until the API's fleet cache would place on every one of ``ips``: it learns
+        of nodes from watches, so a node registered a moment ago may not be there yet."""
+
+        def ranked() -> bool:
+            return set(ips) <= {ip for _, ip in self.deps.fleet.ranked()}
+
+        await eventually(ranked, what=f"the API to see nodes {', '.join(ips)}")
 
     async def start(self) -> None:
         await self.zk.start()
