@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,25 @@ got["unshare_mount"] = errname(libc.unshare(CLONE_NEWNS))
 got["clone_user"] = errname(libc.syscall(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0))
 got["seccomp"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")][0]
 print(json.dumps(got))
+"""
+
+COMPAT_SYSCALL = r"""
+import ctypes, json, mmap, os, signal
+# i386's getpid (20) through the 32-bit entry, int 0x80, from this 64-bit process; in a child
+code = bytes([0xB8, 20, 0, 0, 0, 0xCD, 0x80, 0xC3])  # mov eax, 20; int 0x80; ret
+page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+call = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, str(call() == os.getpid()).encode())
+    os._exit(0)
+os.close(write)
+answer = os.read(read, 100).decode()
+status = os.waitpid(pid, 0)[1]
+signalled = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
+print(json.dumps({"answer": answer, "signal": signalled}))
 """
 
 ORDINARY = r"""
@@ -117,6 +137,20 @@ async def test_the_syscall_filter_denies_user_namespaces_io_uring_keys_bpf(zk, p
         "unshare_mount": "EPERM",
         "clone_user": "EPERM",
     }
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the 32-bit entry is x86's")
+async def test_the_32_bit_syscall_entry_kills_the_caller(zk, pyagent):
+    # The same program on this host, without the filter, gets its pid the 32-bit way
+    # (so the kernel has that entry, and the program is right) ...
+    host = subprocess.run(
+        ["/usr/bin/python3", "-c", COMPAT_SYSCALL], capture_output=True, text=True, check=True
+    )
+    assert json.loads(host.stdout) == {"answer": "True", "signal": None}
+    # ... and inside a container the filter kills it before the call is made.
+    backend = await python_container(zk, pyagent)
+    got = await run_python(pyagent, backend, COMPAT_SYSCALL)
+    assert got == {"answer": "", "signal": "SIGSYS"}
 
 
 async def test_ordinary_python_keeps_working_under_the_filter(zk, pyagent):

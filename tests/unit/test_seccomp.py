@@ -57,8 +57,8 @@ def test_ordinary_calls_stay_allowed() -> None:
     }
     for name in ("read", "write", "openat", "mmap", "futex", "socket", "connect", "execve"):
         assert name in allowed
-    assert seccomp.profile("amd64")["architectures"][0] == "SCMP_ARCH_X86_64"
-    assert seccomp.profile("arm64")["architectures"] == ["SCMP_ARCH_ARM", "SCMP_ARCH_AARCH64"]
+    assert seccomp.profile("amd64")["architectures"] == ["SCMP_ARCH_X86_64"]
+    assert seccomp.profile("arm64")["architectures"] == ["SCMP_ARCH_AARCH64"]
 
 
 def test_a_source_that_allowed_unshare_is_refused(tmp_path: Path) -> None:
