@@ -52,7 +52,7 @@ PASS_INTERVAL = 2.0  # seconds between passes when nothing wakes the loop
 # Seconds between connection attempts to a starting entrypoint: every HEALTH_POLL for the
 # first HEALTH_FAST seconds (a refused connect costs next to nothing, and most entrypoints
 # listen within that), then doubling up to HEALTH_POLL_CAP.
-HEALTH_POLL = 0.005
+HEALTH_POLL = 0.002
 HEALTH_FAST = 2.0
 HEALTH_POLL_CAP = 0.1
 LOG_CAP_INTERVAL = 5.0

@@ -68,14 +68,21 @@ class ImageSnapshots:
         self._background: ThreadPoolExecutor | None = None
         self._stopping = False
 
-    async def snapshot(self, reference: str, ids: IdMapping) -> str:
-        """The top snapshot of ``reference`` remapped to ``ids``, pulling the image if it is
-        missing; ``SetupFailed`` if it cannot be had. A snapshot found before for the same
-        image content and range is checked with one call instead of resolving the image's
-        layers again."""
-        seen = (reference, await self._pulled(reference), ids.host_start)
+    async def digest(self, reference: str) -> str:
+        """The image's digest, pulling it first if it is missing; ``SetupFailed`` if it
+        cannot be had."""
+        return await self._pulled(reference)
+
+    async def snapshot(
+        self, reference: str, ids: IdMapping, digest: str, *, recheck: bool = False
+    ) -> str:
+        """The top snapshot of ``reference`` (its content ``digest``) remapped to ``ids``.
+        One made or found before for the same content and range is taken as it is, with no
+        call to containerd: a caller that finds it gone (its image was removed meanwhile)
+        asks again with ``recheck``, which looks it up (or makes it) anew."""
+        seen = (reference, digest, ids.host_start)
         known = self._known.get(seen)
-        if known is not None and await self.ctrd.snapshots.exists(known):
+        if known is not None and not recheck:
             return known
         key = await self._remapped(reference, ids)
         self._known[seen] = key

@@ -300,16 +300,17 @@ class ContainerRuntime:
         its provider starts and the namespaces are wired (veth, addresses, firewall). The
         container's record waits for its rootfs, the task for the namespaces; its start
         waits for all of them."""
-        cid = desired.container_id
+        cid, image = desired.container_id, desired.definition.image
         reserving = asyncio.ensure_future(self.network.reserve(str(cid)))  # its addresses
+        digest = asyncio.ensure_future(self.images.digest(image))  # pulled if missing
         try:
             await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
             ids = self.id_ranges.allocate(cid)
         except BaseException:
-            await _settled(reserving)
+            await _settled(reserving, digest)
             raise
-        parent = asyncio.ensure_future(self._image(cid, desired.definition.image, ids))
-        rootfs = asyncio.ensure_future(self._rootfs(cid, parent))
+        parent = asyncio.ensure_future(self._image(cid, image, ids, digest))
+        rootfs = asyncio.ensure_future(self._rootfs(cid, image, ids, parent))
         namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
         try:
             token = self._token(self.dir(cid))
@@ -379,19 +380,29 @@ class ContainerRuntime:
         self.timelines.stamp(cid, TASK)
         return pid
 
-    async def _image(self, cid: uuid.UUID, image: str, ids: IdMapping) -> str:
-        parent = await self.images.snapshot(image, ids)
+    async def _image(
+        self, cid: uuid.UUID, image: str, ids: IdMapping, digest: asyncio.Future[str]
+    ) -> str:
+        parent = await self.images.snapshot(image, ids, await digest)
         self.timelines.stamp(cid, IMAGE)
         return parent
 
-    async def _rootfs(self, cid: uuid.UUID, parent: asyncio.Future[str]) -> tuple[list[Mount], str]:
+    async def _rootfs(
+        self, cid: uuid.UUID, image: str, ids: IdMapping, parent: asyncio.Future[str]
+    ) -> tuple[list[Mount], str]:
         """The container's rootfs snapshot, made on ``parent`` (its image's, being found)
         before the container's record exists: under a lease of its own until the record
         references it (see :meth:`_let_go`); its mounts and the lease."""
         lease = f"bismuth-rootfs-{cid}"
         with contextlib.suppress(AlreadyExists):  # an earlier attempt's, not let go yet
             await self.ctrd.create_lease(lease, ROOTFS_LEASE)
-        mounts = await self.ctrd.derive(lease=lease).prepare_rootfs(str(cid), await parent)
+        leased = self.ctrd.derive(lease=lease)
+        try:
+            mounts = await leased.prepare_rootfs(str(cid), await parent)
+        except NotFound:  # the image's snapshot known from before is gone: found anew
+            digest = await self.images.digest(image)
+            key = await self.images.snapshot(image, ids, digest, recheck=True)
+            mounts = await leased.prepare_rootfs(str(cid), key)
         return mounts, lease
 
     def _let_go(self, lease: str) -> None:

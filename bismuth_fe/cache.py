@@ -1,6 +1,6 @@
 """Keeps the routing table current from ZooKeeper, one persistent recursive watch per subtree.
 
-One :class:`~.subtree.SubtreeMirror` follows each of ``/route``, ``/function`` and
+One :class:`~bismuth_core.subtree.SubtreeMirror` follows each of ``/route``, ``/function`` and
 ``/node`` of the environment's chroot: a change in ZooKeeper costs one read of the znode it
 names, never a new listing of the thousands of its siblings. The mirrors run on the event
 loop and hand each changed path to the cache; at once, or after a short coalescing window
@@ -26,12 +26,12 @@ from kazoo.client import KazooState
 
 from bismuth_core import layout
 from bismuth_core.errors import Unavailable
+from bismuth_core.subtree import SubtreeMirror
 from bismuth_core.zk import ZooKeeper
 from bismuth_core.zkwatch import PersistentWatches
 
 from .routestate import RoutingState
 from .routing import RoutingTable
-from .subtree import SubtreeMirror
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import pytest
 
 from bismuth_core import layout
 from bismuth_core.credentials import reader_access
+from bismuth_core.subtree import SubtreeMirror
 from bismuth_core.zk import ZooKeeper
-from bismuth_fe.subtree import SubtreeMirror
 from tests.support.clusterkey import CREDENTIALS
 from tests.support.waiting import eventually
 from tests.support.zkfaults import expire_session
@@ -130,3 +130,43 @@ async def test_a_new_session_walks_again(zk_server, zk, reader):
     await eventually(lambda: followed.loads == 2, timeout=20, what="walk in the new session")
     await zk.create(layout.node_path("10.0.0.5"), b"\x01")
     await eventually(lambda: followed.has(layout.node_path("10.0.0.5"), b"\x01"), what="new")
+
+
+async def test_a_mirror_stops_at_its_depth_and_keeps_creation_times(zk, reader):
+    """As the agent mirrors its node: container znodes with data and ctime, and nothing of
+    the status znodes below them, neither at the walk nor from later events."""
+    client, watches, _proxy = reader
+    root = layout.containers_path("10.0.0.3")
+    first = layout.container_path("10.0.0.3", CID)
+    await zk.ensure_path(root)
+    await zk.create(first, b"one")
+    await zk.create(layout.status_path("10.0.0.3", CID), b"\x01")
+    changed: list[str] = []
+    loaded = asyncio.Event()
+    mirror = SubtreeMirror(
+        client,
+        root,
+        wants_data=lambda path: path != root,
+        on_change=changed.append,
+        on_loaded=loaded.set,
+        depth=1,
+    )
+    await mirror.start(watches)
+    await asyncio.wait_for(loaded.wait(), 10)
+    created = (await zk.get(first))[1].ctime / 1000
+    assert mirror.data(first) == b"one" and mirror.ctime(first) == created
+    assert list(mirror.children(first)) == []  # its status is not mirrored
+
+    other = uuid.uuid4()
+    second = layout.container_path("10.0.0.3", other)
+    await zk.create(second, b"two")
+    await zk.create(layout.status_path("10.0.0.3", other), b"\x01")
+    await zk.set(layout.status_path("10.0.0.3", CID), b"\x02")
+    await eventually(lambda: mirror.data(second) == b"two", what="the new container znode")
+    await zk.delete(layout.status_path("10.0.0.3", CID))
+    await zk.delete(first)
+    await eventually(lambda: mirror.data(first) is None, what="the deleted one gone")
+    assert sorted(mirror.children(root)) == [str(other)]
+    assert mirror.ctime(first) is None and mirror.ctime(second) is not None
+    assert not any(path.endswith("/status") for path in changed)
+    mirror.close()

@@ -105,6 +105,26 @@ async def test_spares_outlive_an_agent_restart_and_a_stop_leaves_nothing_half_ma
     assert not leftovers(config, await snapshots(config))
 
 
+async def test_a_remap_known_from_before_but_gone_is_made_again(zk, node):
+    """The agent takes a range's remap it met before without asking containerd; when that
+    snapshot is gone (its image removed meanwhile), the next container still starts."""
+    agent = await start_agent(node)  # no spares: nothing remaps in the background
+    try:
+        fid = await operations.create_function(zk, httpd())
+        await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
+        gone = (await remapped(node, 0) or {})[0]
+        await operations.delete_function(zk, fid)
+        await eventually(lambda: not agent.agent.containers, timeout=30, what="the container gone")
+        async with ContainerdClient(node.containerd_address, node.containerd_namespace) as c:
+            await SnapshotService(c.conn, DEFAULT_SNAPSHOTTER).remove(gone)
+        assert await remapped(node, 0) is None
+        cid = await start_container(zk)
+        assert agent.runtime.id_ranges.lookup(cid).host_start == range_start(node, 0)
+        assert (await snapshots(node))[str(cid)] == remap_of(await snapshots(node), node, 0)
+    finally:
+        await agent.stop()
+
+
 async def test_an_agent_start_clears_the_mounts_a_killed_remap_left(config):
     """A remap mounts the layer in a directory of the agent's own; an agent killed in the
     middle leaves that mount, and the next agent's start removes it before any remap."""

@@ -11,7 +11,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from bismuth_core.zkwatch import ChangeKind, WatchEvent
-from bismuth_fe.subtree import SubtreeMirror
+from bismuth_core.subtree import SubtreeMirror
 
 STAT = ZnodeStat(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 

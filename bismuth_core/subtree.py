@@ -16,6 +16,11 @@ the read was sent: the read that follows that event brings the newer state.
 When the connection comes back (same session or a new one) the watch is added again and
 the subtree walked again; what the walk did not meet is dropped. Until then, and while
 ZooKeeper is away, the mirror keeps what it had.
+
+A mirror may stop ``depth`` levels below its root: deeper znodes are neither walked nor
+read when their events arrive (the agent mirrors its node's container znodes, not the
+status znodes it writes below them). It keeps each znode's creation time (``ctime``) with
+its data.
 """
 
 from __future__ import annotations
@@ -52,13 +57,17 @@ class SubtreeMirror:
         wants_data: Callable[[str], bool],
         on_change: Callable[[str], None],
         on_loaded: Callable[[], None],
+        depth: int | None = None,
     ) -> None:
         self._zk = zk
         self.root = root
+        self._depth = depth  # levels below root mirrored; None: all
+        self._root_depth = root.rstrip("/").count("/")
         self._wants_data = wants_data
         self._on_change = on_change
         self._on_loaded = on_loaded
         self._data: dict[str, bytes | None] = {}  # every znode seen to exist
+        self._ctimes: dict[str, float] = {}  # of those whose data was read: seconds
         self._children: dict[str, set[str]] = {}
         self._last: dict[str, int] = {}  # sequence of the last event or counted read, per path
         self._floor = 0  # reads sent before the last finished walk no longer count
@@ -75,6 +84,10 @@ class SubtreeMirror:
 
     def data(self, path: str) -> bytes | None:
         return self._data.get(path)
+
+    def ctime(self, path: str) -> float | None:
+        """When the znode was created (seconds since the epoch), if its data was read."""
+        return self._ctimes.get(path)
 
     def children(self, path: str) -> Iterable[str]:
         return self._children.get(path, ())
@@ -102,7 +115,7 @@ class SubtreeMirror:
     # --- events ----------------------------------------------------------------------------
 
     def _on_event(self, event: WatchEvent) -> None:
-        if self._closed:
+        if self._closed or not self._within(event.path):
             return
         self._touch()
         path = event.path
@@ -177,12 +190,13 @@ class SubtreeMirror:
             if not found:
                 self._remove(path)
             elif self._wants_data(path):
+                self._ctimes[path] = value[1].ctime / 1000
                 self._set(path, value[0])
             elif self._exists(path):
                 self._on_change(path)
         if found and self._walking(walk):
             if self._wants_data(path):
-                if value[1].numChildren > 0:
+                if value[1].numChildren > 0 and self._within(path + "/x"):
                     self._list(path, walk)
             else:
                 self._walk_into(path, value, walk)
@@ -197,8 +211,13 @@ class SubtreeMirror:
             self._walk_into(path, names, walk)
         self._walk_op_done(walk)
 
+    def _within(self, path: str) -> bool:
+        return self._depth is None or path.count("/") - self._root_depth <= self._depth
+
     def _walk_into(self, path: str, names: Iterable[str], walk: int) -> None:
         prefix = path.rstrip("/") + "/"
+        if not self._within(prefix + "x"):
+            return
         for name in names:
             self._read(prefix + name, walk)
 
@@ -240,6 +259,7 @@ class SubtreeMirror:
         for name in list(self._children.pop(path, ())):
             self._remove(path.rstrip("/") + "/" + name)
         del self._data[path]
+        self._ctimes.pop(path, None)
         if path != self.root:
             parent, _, name = path.rpartition("/")
             siblings = self._children.get(parent or "/")
