@@ -42,7 +42,17 @@ from .model import (
     Runtime,
     SetupFailed,
 )
-from .plan import Adopt, Backoff, Create, Observed, Remove, Restart, TaskState, plan_node
+from .plan import (
+    Adopt,
+    Backoff,
+    Create,
+    Observed,
+    Remove,
+    Restart,
+    TaskState,
+    plan_node,
+    unheard_of,
+)
 from .plan import next_wake as restart_due
 from .timeline import LISTENING, RUNNING, Timelines, durations
 
@@ -140,6 +150,7 @@ class Agent:
         self.containers: dict[uuid.UUID, Supervised] = {}
         self.wake = wake
         self._removing: set[uuid.UUID] = set()
+        self._listed: set[uuid.UUID] | None = None  # the runtime's containers when last listed
         # Loops also check this flag: Python 3.11's wait_for can swallow a cancellation that
         # races with its inner future completing.
         self._stopping = False
@@ -214,7 +225,14 @@ class Agent:
             if isinstance(exc, Unavailable):
                 return  # ZooKeeper away: keep running what runs
             raise
+        # New containers start now; the runtime's listing, still under way, is not theirs.
+        early = unheard_of(set(desired), {*self.containers, *self._removing}, self._listed)
+        for cid in early:
+            self._spawn(self._create(self._begin(cid, desired[cid]), leftovers=False))
         observed = await observing
+        for cid in early:  # the listing may have been taken before they began
+            if (sup := self.containers.get(cid)) is not None:
+                observed[cid] = self._observed(sup)
         for sup in self.containers.values():  # definitions may change on a redeploy
             if sup.desired.container_id in desired:
                 sup.desired = desired[sup.desired.container_id]
@@ -249,6 +267,7 @@ class Agent:
         knows; a supervised container whose task is gone or stopped without an event seen
         counts as exited now."""
         existing = await self.runtime.observe()
+        self._listed = set(existing)
         observed = self._observed_local()
         for cid, there in existing.items():
             if cid in self._removing or (cid in observed and observed[cid].supervised):

@@ -94,6 +94,18 @@ def plan_node(
     return actions
 
 
+def unheard_of(
+    desired: set[uuid.UUID], known: set[uuid.UUID], listed: set[uuid.UUID] | None
+) -> list[uuid.UUID]:
+    """Desired containers that can be created before the runtime is listed again: this
+    process neither supervises nor removes them (``known``) and the runtime's last listing
+    (``listed``; None: not listed yet) did not have them. Container ids are never reused,
+    so one that appears now cannot have been made since by anyone but this process."""
+    if listed is None:
+        return []
+    return sorted(desired - known - listed)
+
+
 def _backoff_over(seen: Observed, now: float, backoff: Backoff) -> bool:
     if seen.exited_at is None:
         return True

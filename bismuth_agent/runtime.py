@@ -231,8 +231,8 @@ class ContainerRuntime:
             yield Missed()
 
     async def observe(self) -> dict[uuid.UUID, Existing]:
-        containers = await self._containers()
-        tasks = {t.container_id: t for t in await self.ctrd.tasks.list()}
+        containers, listed = await asyncio.gather(self._containers(), self.ctrd.tasks.list())
+        tasks = {t.container_id: t for t in listed}
         found = {}
         for cid in containers:
             task = tasks.get(str(cid))

@@ -16,6 +16,7 @@ from bismuth_agent.plan import (
     TaskState,
     next_wake,
     plan_node,
+    unheard_of,
 )
 
 A, B, C = (uuid.UUID(int=i) for i in (1, 2, 3))
@@ -71,3 +72,12 @@ def test_next_wake_is_the_earliest_due_restart():
     assert next_wake(observed, 10.25) == pytest.approx(0.75)
     assert next_wake(observed, 20.0) == 0.0
     assert next_wake({C: seen(C, TaskState.RUNNING)}, 0.0) is None
+
+
+def test_containers_unheard_of_start_before_the_runtime_is_listed():
+    new, supervised, removing, leftover = (uuid.uuid4() for _ in range(4))
+    desired = {new, supervised, removing, leftover}
+    known = {supervised, removing}
+    assert unheard_of(desired, known, listed={leftover}) == [new]
+    assert unheard_of(desired, known, listed=None) == []  # not listed yet: the plan decides
+    assert unheard_of(set(), known, listed=set()) == []

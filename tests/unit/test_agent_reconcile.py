@@ -40,8 +40,9 @@ from bismuth_agent.plan import TaskState
 from bismuth_agent.spec import IdMapping
 from bismuth_core.definition import parse_definition
 from bismuth_core.layout import ContainerStatus, ServingEndpoint
+from tests.support.waiting import eventually
 
-A, B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+A, B, C = uuid.UUID(int=0xA), uuid.UUID(int=0xB), uuid.UUID(int=0xC)
 FUNCTION = uuid.UUID(int=0xF)
 EXECUTABLE = parse_definition(
     {"image": "i", "cpu": 0.1, "memory": 1 << 26, "invoke_mode": {"Executable": ["/bin/true"]}}
@@ -396,3 +397,74 @@ async def test_status_writes_land_in_the_order_they_were_decided(tmp_path):
     await asyncio.gather(first, second)
     assert node.presence.statuses[A] == ContainerStatus.RUNNING
     assert node.presence.writes[-2:] == [(A, ContainerStatus.FAILED), (A, ContainerStatus.RUNNING)]
+
+
+def slowed(runtime: FakeRuntime) -> asyncio.Event:
+    """Make the runtime's listing wait until the returned event is set."""
+    listing = asyncio.Event()
+    observe = runtime.observe
+
+    async def slow_observe() -> dict[uuid.UUID, Existing]:
+        await listing.wait()
+        return await observe()
+
+    runtime.observe = slow_observe  # type: ignore[method-assign]
+    return listing
+
+
+async def test_a_new_container_is_made_while_the_runtime_is_still_being_listed(tmp_path):
+    runtime = FakeRuntime(tasks={B: RUNNING})  # a leftover of an earlier agent
+    node = make_node(tmp_path, runtime, set())
+    node.presence.wanted = {c: DesiredContainer(c, FUNCTION, EXECUTABLE) for c in (A, B)}
+    listing = slowed(runtime)
+    first = asyncio.ensure_future(node.agent.reconcile())
+    for _ in range(20):  # let the pass run as far as it can without the listing
+        await asyncio.sleep(0)
+    assert not node.agent.containers  # never listed: nothing is made before the listing
+    listing.set()
+    await first
+    await node.settle()
+    assert sorted(runtime.calls) == sorted([("create", A), ("adopt", B)])
+
+    listing.clear()
+    node.presence.wanted[C] = DesiredContainer(C, FUNCTION, EXECUTABLE)
+    later = asyncio.ensure_future(node.agent.reconcile())
+    await eventually(lambda: ("create", C) in runtime.calls, what="C made before the listing")
+    assert not later.done()
+    listing.set()
+    await later
+    await node.settle()
+    assert runtime.calls.count(("create", C)) == 1
+    assert node.presence.statuses[C] == ContainerStatus.RUNNING
+
+
+async def test_a_container_made_early_is_made_once_when_the_listing_came_first(tmp_path):
+    """containerd's listing of the same pass may end before ZooKeeper's answer, and so
+    not show the container made early: the pass still does not make it a second time."""
+    runtime = FakeRuntime()
+    node = make_node(tmp_path, runtime, set())
+    await node.pass_()
+    answer = asyncio.Event()
+    desired = node.presence.desired
+
+    async def slow_desired() -> dict[uuid.UUID, DesiredContainer]:
+        await answer.wait()
+        return await desired()
+
+    node.presence.desired = slow_desired  # type: ignore[method-assign]
+    node.presence.wanted = {C: DesiredContainer(C, FUNCTION, EXECUTABLE)}
+    listed = runtime.observe
+    listings: list[int] = []
+
+    async def counted_observe() -> dict[uuid.UUID, Existing]:
+        found = await listed()
+        listings.append(len(found))
+        return found
+
+    runtime.observe = counted_observe  # type: ignore[method-assign]
+    reconciling = asyncio.ensure_future(node.agent.reconcile())
+    await eventually(lambda: listings == [0], what="containerd listed first")
+    answer.set()
+    await reconciling
+    await node.settle()
+    assert runtime.calls.count(("create", C)) == 1

@@ -10,8 +10,8 @@ from typing import Any
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
-from bismuth_core.zkwatch import ChangeKind, WatchEvent
 from bismuth_core.subtree import SubtreeMirror
+from bismuth_core.zkwatch import ChangeKind, WatchEvent
 
 STAT = ZnodeStat(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
