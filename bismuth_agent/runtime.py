@@ -303,14 +303,15 @@ class ContainerRuntime:
         cid, image = desired.container_id, desired.definition.image
         reserving = asyncio.ensure_future(self.network.reserve(str(cid)))  # its addresses
         digest = asyncio.ensure_future(self.images.digest(image))  # pulled if missing
+        lease = asyncio.ensure_future(self._rootfs_lease(cid))
         try:
             await self.providers.stop(cid, self.dir(cid))  # one an agent left starting, if any
             ids = self.id_ranges.allocate(cid)
         except BaseException:
-            await _settled(reserving, digest)
+            await _settled(reserving, digest, lease)
             raise
         parent = asyncio.ensure_future(self._image(cid, image, ids, digest))
-        rootfs = asyncio.ensure_future(self._rootfs(cid, image, ids, parent))
+        rootfs = asyncio.ensure_future(self._rootfs(cid, image, ids, parent, lease))
         namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
         try:
             token = self._token(self.dir(cid))
@@ -387,15 +388,26 @@ class ContainerRuntime:
         self.timelines.stamp(cid, IMAGE)
         return parent
 
+    async def _rootfs_lease(self, cid: uuid.UUID) -> str:
+        """The lease the container's rootfs is made under (made first thing: it is one of
+        containerd's metadata writes, which take turns)."""
+        lease = f"bismuth-rootfs-{cid}"
+        with contextlib.suppress(AlreadyExists):  # an earlier attempt's, not let go yet
+            await self.ctrd.create_lease(lease, ROOTFS_LEASE)
+        return lease
+
     async def _rootfs(
-        self, cid: uuid.UUID, image: str, ids: IdMapping, parent: asyncio.Future[str]
+        self,
+        cid: uuid.UUID,
+        image: str,
+        ids: IdMapping,
+        parent: asyncio.Future[str],
+        leasing: asyncio.Future[str],
     ) -> tuple[list[Mount], str]:
         """The container's rootfs snapshot, made on ``parent`` (its image's, being found)
         before the container's record exists: under a lease of its own until the record
         references it (see :meth:`_let_go`); its mounts and the lease."""
-        lease = f"bismuth-rootfs-{cid}"
-        with contextlib.suppress(AlreadyExists):  # an earlier attempt's, not let go yet
-            await self.ctrd.create_lease(lease, ROOTFS_LEASE)
+        lease = await leasing
         leased = self.ctrd.derive(lease=lease)
         try:
             mounts = await leased.prepare_rootfs(str(cid), await parent)
