@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import selectors
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from kazoo.exceptions import (
     RolledBackError,
     SessionExpiredError,
 )
+from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo.handlers.utils import selector_select
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch
 from kazoo.retry import KazooRetry
@@ -117,6 +120,23 @@ DENIED = (
 )
 
 
+class _Poll:
+    """``selectors`` as kazoo's select uses it, with poll(2) as the default selector."""
+
+    DefaultSelector = selectors.PollSelector
+    EVENT_READ = selectors.EVENT_READ
+    EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class PollingHandler(SequentialThreadingHandler):
+    """kazoo's threading handler, waiting on its sockets with poll(2): its own select makes
+    (and closes) a new epoll instance for every wait of its connection loop, which runs
+    once per request and per answer. Same waits, one system call instead of five."""
+
+    def select(self, *args: Any, **kwargs: Any) -> Any:
+        return selector_select(*args, selectors_module=_Poll, **kwargs)
+
+
 class ZooKeeper:
     """One kazoo session, chrooted to an environment, usable from asyncio.
 
@@ -139,6 +159,7 @@ class ZooKeeper:
         self.access = access
         self.client = KazooClient(
             hosts=hosts + chroot(env),
+            handler=PollingHandler(),
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=2.0),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
