@@ -68,11 +68,6 @@ class ImageSnapshots:
         self._background: ThreadPoolExecutor | None = None
         self._stopping = False
 
-    async def digest(self, reference: str) -> str:
-        """The image's digest, pulling it first if it is missing; ``SetupFailed`` if it
-        cannot be had."""
-        return await self._pulled(reference)
-
     async def snapshot(
         self, reference: str, ids: IdMapping, digest: str, *, recheck: bool = False
     ) -> str:
@@ -88,8 +83,9 @@ class ImageSnapshots:
         self._known[seen] = key
         return key
 
-    async def _pulled(self, reference: str) -> str:
-        """The image's digest, once it is here."""
+    async def digest(self, reference: str) -> str:
+        """The image's digest, pulling it first if it is missing; ``SetupFailed`` if it
+        cannot be had."""
         async with self._pulls.setdefault(reference, asyncio.Lock()):
             try:
                 return (await self.ctrd.images.get(reference)).target.digest

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 NODE_LABEL = "bismuth.node"  # containerd label: the node a container belongs to
 TOKEN_FILE = "token"
+PROVIDERS_CGROUP = "providers"  # under the agent's cgroup root: the providers' cgroups
 # A rootfs is made before its container's record references it, under a lease of its own
 # that the agent deletes then; one an agent stopped before deleting expires by itself.
 ROOTFS_LEASE = timedelta(hours=1)
@@ -86,10 +87,11 @@ class ContainerMaking:
         return files.container_dir(self.config.state_dir, cid)
 
     def _cgroup(self, cid: uuid.UUID) -> Cgroup:
-        raise NotImplementedError
+        """The container's own cgroup (runc's ``cgroupsPath``)."""
+        return Cgroup(f"{self.config.cgroup_root}/{cid}")
 
     def provider_cgroup(self, cid: uuid.UUID) -> Cgroup:
-        raise NotImplementedError
+        return Cgroup(f"{self.config.cgroup_root}/{PROVIDERS_CGROUP}/{cid}")
 
     async def remove(self, cid: uuid.UUID, *, keep_logs: bool = False, grace: float = 0.0) -> None:
         raise NotImplementedError

@@ -34,7 +34,7 @@ from .config import AgentConfig
 from .idranges import IdRangeStore, mapping_of
 from .images import ImageSnapshots
 from .logstore import LogStore
-from .making import NODE_LABEL, ContainerMaking, serving_port
+from .making import NODE_LABEL, PROVIDERS_CGROUP, ContainerMaking, serving_port
 from .model import (
     DesiredContainer,
     Event,
@@ -79,7 +79,6 @@ _TASK_STATES = {  # containerd's task status -> what the planner knows
     "STOPPED": TaskState.STOPPED,
 }
 ID_RANGES_FILE = "idranges.json"
-PROVIDERS_CGROUP = "providers"
 ZYGOTE = "zygote"  # the providers' zygote: its cgroup (under providers/)
 ZYGOTE_LOG = "provider-zygote.log"
 
@@ -246,13 +245,6 @@ class ContainerRuntime(ContainerMaking):
             for m in found
             if (cid := _uuid(m.container_id)) is not None
         ]
-
-    def _cgroup(self, cid: uuid.UUID) -> Cgroup:
-        """The container's own cgroup (runc's ``cgroupsPath``)."""
-        return Cgroup(f"{self.config.cgroup_root}/{cid}")
-
-    def provider_cgroup(self, cid: uuid.UUID) -> Cgroup:
-        return Cgroup(f"{self.config.cgroup_root}/{PROVIDERS_CGROUP}/{cid}")
 
     # --- running containers ---------------------------------------------------------------
 
