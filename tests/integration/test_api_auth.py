@@ -86,7 +86,13 @@ async def world(api_config, standins) -> AsyncIterator[World]:
         "admin": api.admin,
     }
     async with aiohttp.ClientSession() as http:
-        yield World(api, http, headers, alpha, beta)
+        world = World(api, http, headers, alpha, beta)
+
+        async def revocation_seen() -> bool:  # the API's token cache hears of it by a watch
+            return (await world.call("revoked", "GET", "/function"))[0] == 401
+
+        await eventually(revocation_seen, timeout=2.0, what="the API to see the revocation")
+        yield world
     await api.stop()
 
 
