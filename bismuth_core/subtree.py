@@ -33,7 +33,7 @@ from typing import Any
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoNodeError, SessionExpiredError
 
 from bismuth_core.errors import Unavailable
-from bismuth_core.zk import ZooKeeper
+from bismuth_core.zk import ZooKeeper, link
 from bismuth_core.zkwatch import PersistentWatches, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -172,13 +172,13 @@ class SubtreeMirror:
         else:
             result = client.get_children_async(path)
         answer = self._zk.threadsafe(self._answered)
-        result.rawlink(lambda r: answer(path, seq, walk, r))
+        link(result, lambda r: answer(path, seq, walk, r))
 
     def _list(self, path: str, walk: int) -> None:
         """List ``path``'s children to walk on into them."""
         self._walk_ops += 1
         answer = self._zk.threadsafe(self._listed)
-        self._zk.client.get_children_async(path).rawlink(lambda r: answer(path, walk, r))
+        link(self._zk.client.get_children_async(path), lambda r: answer(path, walk, r))
 
     def _answered(self, path: str, seq: int, walk: int, result: Any) -> None:
         if self._closed:

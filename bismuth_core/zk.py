@@ -33,7 +33,7 @@ from kazoo.exceptions import (
     RolledBackError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo.handlers.threading import AsyncResult, SequentialThreadingHandler
 from kazoo.handlers.utils import selector_select
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch
@@ -128,13 +128,60 @@ class _Poll:
     EVENT_WRITE = selectors.EVENT_WRITE
 
 
+def run_inline(callback: Callable[..., None], *args: Any) -> None:
+    """Run a callback that must not block (it hands its work to an event loop) right here,
+    on one of kazoo's threads; an error is logged, never raised into kazoo's loop."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("ZooKeeper callback failed")
+
+
+class Answer(AsyncResult):  # type: ignore[misc]
+    """kazoo's result of one request, with callbacks that run in the thread that completes
+    it (:meth:`link_inline`): kazoo's connection thread, as it reads the answer, instead of
+    a hop through its completion queue and thread. For callbacks that only hand the answer
+    to an event loop: under load each such hop waited for a core, and for the GIL."""
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__(handler)
+        self._inline: list[Callable[[Answer], None]] = []
+
+    def link_inline(self, callback: Callable[[Answer], None]) -> None:
+        with self._condition:
+            if self.ready():
+                run_inline(callback, self)
+            else:
+                self._inline.append(callback)
+
+    def _do_callbacks(self) -> None:  # kazoo calls it holding the result's condition
+        inline, self._inline = self._inline, []
+        for callback in inline:
+            run_inline(callback, self)
+        super()._do_callbacks()
+
+
+def link(result: Any, callback: Callable[[Any], None]) -> None:
+    """Call ``callback(result)`` once ``result`` completes: inline where it completes if it
+    is an :class:`Answer` (``callback`` must not block), else through kazoo's completion
+    thread."""
+    if isinstance(result, Answer):
+        result.link_inline(callback)
+    else:
+        result.rawlink(callback)
+
+
 class PollingHandler(SequentialThreadingHandler):
     """kazoo's threading handler, waiting on its sockets with poll(2): its own select makes
     (and closes) a new epoll instance for every wait of its connection loop, which runs
-    once per request and per answer. Same waits, one system call instead of five."""
+    once per request and per answer. Same waits, one system call instead of five. Its
+    results are :class:`Answer` objects."""
 
     def select(self, *args: Any, **kwargs: Any) -> Any:
         return selector_select(*args, selectors_module=_Poll, **kwargs)
+
+    def async_result(self) -> Answer:
+        return Answer(self)
 
 
 class ZooKeeper:
@@ -246,7 +293,7 @@ class ZooKeeper:
             else:
                 loop.call_soon_threadsafe(_settle, future, value, None)
 
-        async_result.rawlink(settle)
+        link(async_result, settle)  # settle only hands it to the loop
         try:
             return await asyncio.wait_for(future, self.op_timeout)
         except (TimeoutError, *_UNAVAILABLE) as exc:

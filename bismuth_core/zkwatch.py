@@ -6,9 +6,11 @@ did not set itself. :class:`PersistentWatches` adds both to one ``KazooClient``:
 - the request, serialised with kazoo's protocol helpers and queued like any other request;
 - one hook on that client's connection: after kazoo has handled a watch notification as
   usual, the hook hands a ``CREATED``, ``CHANGED`` or ``DELETED`` of a watched path (for a
-  recursive watch: of the path or any znode below it) to the watch's callback, on kazoo's
-  callback thread. The hook wraps ``ConnectionHandler._read_watch_event`` of this client's
-  connection only, and is installed only on the kazoo releases it was checked against
+  recursive watch: of the path or any znode below it) to the watch's callback, right there
+  on kazoo's connection thread (so events and the answers of :func:`bismuth_core.zk.link`
+  reach their callbacks in the order ZooKeeper sent them). The hook wraps
+  ``ConnectionHandler._read_watch_event`` of this client's connection only, and is
+  installed only on the kazoo releases it was checked against
   (:data:`KAZOO_VERSIONS`): any other release is refused at once with
   :class:`WatchHookMissing` rather than silently delivering nothing.
 
@@ -23,6 +25,7 @@ announced, so the watch's owner reads its subtree again.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import threading
@@ -36,9 +39,9 @@ from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, SessionExpir
 from kazoo.protocol.connection import ConnectionHandler
 from kazoo.protocol.paths import _prefix_root
 from kazoo.protocol.serialization import Watch, int_struct, write_string
-from kazoo.protocol.states import Callback
 
 from .errors import BismuthError
+from .zk import link, run_inline
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ def check_kazoo() -> None:
 class PersistentWatches:
     """The persistent watches of one kazoo client; :meth:`close` takes the hook out again.
 
-    Callbacks run on kazoo's callback thread and must not block (wake an event loop).
+    Callbacks run on kazoo's connection thread and must not block (wake an event loop).
     """
 
     def __init__(self, client: KazooClient) -> None:
@@ -202,7 +205,7 @@ class PersistentWatches:
         with self._lock:
             watches = [w for w in self._watches if w.covers(notification.path)]
         for watch in watches:
-            client.handler.dispatch_callback(Callback("watch", watch.on_event, (event,)))
+            run_inline(watch.on_event, event)
 
     def _on_state(self, state: KazooState) -> None:
         if state != KazooState.CONNECTED:
@@ -214,7 +217,7 @@ class PersistentWatches:
         with self._lock:
             watches = list(self._watches)
         for watch in watches:
-            self._send(watch).rawlink(lambda result, watch=watch: self._rearmed(watch, result))
+            link(self._send(watch), functools.partial(self._rearmed, watch))
 
     def _rearmed(self, watch: _Watch, result: Any) -> None:
         if result.successful():
