@@ -45,6 +45,14 @@ def nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
     return servers
 
 
+ETC_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
+
+
+def etc_mounts(directory: Path) -> dict[str, str]:
+    """{path in container: path on host} of the files :func:`write_etc_files` writes."""
+    return {target: str(directory / Path(target).name) for target in ETC_FILES}
+
+
 def write_etc_files(
     directory: Path, cid: uuid.UUID, container_ip: str | None, dns: list[str]
 ) -> dict[str, str]:
@@ -53,17 +61,16 @@ def write_etc_files(
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     if container_ip:
         hosts.append(f"{container_ip}\t{cid}")
-    files = {
+    texts = {
         "/etc/hosts": "\n".join(hosts) + "\n",
         "/etc/resolv.conf": "".join(f"nameserver {s}\n" for s in dns),
         "/etc/hostname": f"{cid}\n",
     }
-    mounts = {}
-    for target, text in files.items():
-        path = directory / Path(target).name
+    mounts = etc_mounts(directory)
+    for target, text in texts.items():
+        path = Path(mounts[target])
         path.write_text(text)
         path.chmod(0o644)
-        mounts[target] = str(path)
     return mounts
 
 

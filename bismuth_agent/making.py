@@ -1,16 +1,17 @@
 """How the agent makes a container: the steps of ``create``, a base of
 :class:`.runtime.ContainerRuntime` (which holds everything the steps use).
 
-A host id range of its own and a subnet → the provider started (it answers on the subnet's
-host address once the veth exists; awaited before the task starts) and the container's user
-and network namespaces made (:mod:`.namespaces`), then wired (veth, addresses, routes,
-firewall elements), both alongside the next steps → files (/etc files, token, the repo
-fetched into its tmpfs) → image (pulled or imported, unpacked, its top layer remapped to
-that range once per image and range: :mod:`.images`, which also remaps spare ranges ahead)
-→ containerd container and rootfs snapshot → task created in those namespaces (runc made
-the others, process not started; output to the log file) → network wired and provider
-answering → task started. A failed step lets the steps running alongside end, then the
-runtime's ``remove`` tears down what they made before the error is reported.
+A host id range of its own and a subnet reserved → alongside: the image (pulled or
+imported, unpacked, its top layer remapped to that range once per image and range:
+:mod:`.images`, which also remaps spare ranges ahead) and the rootfs snapshot on it; the
+containerd container's record (the repo fetched into its tmpfs first, if it has one); the
+container's user and network namespaces (:mod:`.namespaces`); the /etc files once the
+subnet is known → the task created in those namespaces (runc made the others, process not
+started; output to the log file) → alongside its creation: the provider started (it
+answers on the subnet's host address once the veth exists) and the namespaces wired (veth,
+addresses, routes, firewall elements) → task started. A failed step lets the steps running
+alongside end, then the runtime's ``remove`` tears down what they made before the error is
+reported.
 """
 
 from __future__ import annotations
@@ -109,13 +110,15 @@ class ContainerMaking:
             raise SetupFailed(why) from exc
 
     async def _create(self, desired: DesiredContainer) -> Made:
-        """The steps in order, but six run alongside: its addresses are reserved from the
+        """The steps in order, but most run alongside: its addresses are reserved from the
         start; once the container has its host id range, the image's snapshot for that range
-        is looked up and the container's rootfs made on it, and the container's user and
-        network namespaces are made (the task joins them); once its addresses are reserved,
-        its provider starts and the namespaces are wired (veth, addresses, firewall). The
-        container's record waits for its rootfs, the task for the namespaces; its start
-        waits for all of them."""
+        is looked up and the container's rootfs made on it, its record made (the /etc files
+        it mounts are written once its addresses are known) and its user and network
+        namespaces made. The task is created once its record, rootfs and namespaces exist;
+        only then do the provider start and the namespaces get wired (veth, addresses,
+        firewall): that work would otherwise hold the agent's core and interpreter while
+        the record and the task are being made, the start's longest steps. The start waits
+        for all of them."""
         cid, image = desired.container_id, desired.definition.image
         reserving = asyncio.ensure_future(self.network.reserve(str(cid)))  # its addresses
         digest = asyncio.ensure_future(self.images.digest(image))  # pulled if missing
@@ -129,24 +132,39 @@ class ContainerMaking:
         parent = asyncio.ensure_future(self._image(cid, image, ids, digest))
         rootfs = asyncio.ensure_future(self._rootfs(cid, image, ids, parent, lease))
         namespaces = asyncio.ensure_future(self.namespaces.prepare(str(cid), ids))
+        steps: list[asyncio.Future[Any]] = [reserving, parent, rootfs, namespaces]
+        provider: asyncio.Future[None] | None = None
         try:
             token = self._token(self.dir(cid))
+            record = asyncio.ensure_future(self._container(desired, ids, token, rootfs))
+            steps.append(record)
             allocation = await reserving
-        except BaseException:
-            await _settled(reserving, parent, rootfs, namespaces)  # removal finds all they made
-            raise
-        launch = self._launch(desired, allocation, token)
-        provider = asyncio.ensure_future(self.providers.start(launch))
-        wired = asyncio.ensure_future(self._wire(desired, allocation, namespaces))
-        try:
-            pid = await self._task(desired, ids, token, allocation, namespaces, rootfs)
-            await asyncio.shield(wired)  # a cancelled create still lets it end
+            self._etc(desired, allocation)
+            mounts = await asyncio.shield(record)  # a cancelled create still lets it end
+            self.timelines.stamp(cid, CONTAINER)
+            await asyncio.shield(namespaces)
+            uri = self.logs.uri(cid)
+            creating = asyncio.ensure_future(
+                self.ctrd.tasks.create(
+                    str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
+                )
+            )  # sent before the work below begins
+            steps.append(creating)
+            provider = asyncio.ensure_future(
+                self.providers.start(self._launch(desired, allocation, token))
+            )
+            wired = asyncio.ensure_future(self._wire(desired, allocation, namespaces))
+            steps += [provider, wired]
+            pid = await asyncio.shield(creating)
+            self.timelines.stamp(cid, TASK)
+            await asyncio.shield(wired)
             self.timelines.stamp(cid, NETWORK)
             await provider
             self.timelines.stamp(cid, PROVIDER)
         except BaseException:
-            provider.cancel()  # the others end on their own: removal finds all
-            await _settled(provider, namespaces, wired, parent, rootfs)  # failures not the news
+            if provider is not None:
+                provider.cancel()  # the others end on their own: removal finds all
+            await _settled(*steps)  # their failures are not the news
             raise
         await self.ctrd.tasks.start(str(cid))
         self.timelines.stamp(cid, STARTED)
@@ -164,38 +182,11 @@ class ContainerMaking:
         await self.network.setup(str(desired.container_id), made.network)
         await self.firewall.attach(allocation, serving_port(desired))
 
-    async def _task(
-        self,
-        desired: DesiredContainer,
-        ids: IdMapping,
-        token: str,
-        allocation: Allocation,
-        namespaces: asyncio.Future[NamespaceFiles],
-        rootfs: asyncio.Future[tuple[list[Mount], str]],
-    ) -> int:
-        """Files, repo, containerd container (on its ``rootfs``, being made) and its task
-        (not started, in the ``namespaces`` once they exist): its PID."""
-        cid, definition = desired.container_id, desired.definition
-        directory = self.dir(cid)
+    def _etc(self, desired: DesiredContainer, allocation: Allocation) -> None:
+        """The /etc files the container's record mounts (its address in /etc/hosts)."""
+        cid = desired.container_id
         address = str(allocation.container_address)
-        etc = files.write_etc_files(directory, cid, address, files.nameservers())
-        repo_dir = None
-        if definition.repo:
-            url, branch = definition.repo
-            owner = (ids.host_start + CONTAINER_UID, ids.host_start + CONTAINER_GID)
-            limits = Limits(definition.memory, self.config.pids_limit)
-            repo_dir = await repos.fetch(
-                directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
-            )
-        mounts = await self._container(desired, ids, token, etc, repo_dir, rootfs)
-        self.timelines.stamp(cid, CONTAINER)
-        uri = self.logs.uri(cid)
-        await asyncio.shield(namespaces)
-        pid = await self.ctrd.tasks.create(
-            str(cid), rootfs=with_metacopy(mounts), stdio=Stdio(stdout=uri, stderr=uri)
-        )
-        self.timelines.stamp(cid, TASK)
-        return pid
+        files.write_etc_files(self.dir(cid), cid, address, files.nameservers())
 
     async def _image(
         self, cid: uuid.UUID, image: str, ids: IdMapping, digest: asyncio.Future[str]
@@ -250,13 +241,20 @@ class ContainerMaking:
         desired: DesiredContainer,
         ids: IdMapping,
         token: str,
-        etc: dict[str, str],
-        repo_dir: str | None,
         rootfs: asyncio.Future[tuple[list[Mount], str]],
     ) -> list[Mount]:
-        """The containerd container: its record, made while its ``rootfs`` is being made,
-        then the rootfs's mounts."""
+        """The containerd container: its repo fetched, if it has one, then its record, made
+        while its ``rootfs`` is being made; then the rootfs's mounts."""
         cid, definition = desired.container_id, desired.definition
+        directory = self.dir(cid)
+        repo_dir = None
+        if definition.repo:
+            url, branch = definition.repo
+            owner = (ids.host_start + CONTAINER_UID, ids.host_start + CONTAINER_GID)
+            limits = Limits(definition.memory, self.config.pids_limit)
+            repo_dir = await repos.fetch(
+                directory, url, branch, owner, self.repo_settings, (self._cgroup(cid), limits)
+            )
         plan = ContainerPlan(
             container_id=cid,
             function_id=desired.function_id,
@@ -264,7 +262,7 @@ class ContainerMaking:
             auth_token=token,
             ids=ids,
             cgroup_parent=self.config.cgroup_root,
-            etc_files=etc,
+            etc_files=files.etc_mounts(directory),
             repo_dir=repo_dir,
             pids_limit=self.config.pids_limit,
             seccomp=self.seccomp,

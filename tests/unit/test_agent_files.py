@@ -17,6 +17,7 @@ def test_etc_files(tmp_path):
     assert f"10.253.0.2\t{cid}" in hosts and "127.0.0.1\tlocalhost" in hosts
     assert Path(mounts["/etc/resolv.conf"]).read_text() == "nameserver 192.0.2.53\n"
     assert Path(mounts["/etc/hostname"]).read_text() == f"{cid}\n"
+    assert files.etc_mounts(tmp_path / "c") == mounts  # known before they are written
 
 
 def test_loopback_nameservers_are_not_passed_on(tmp_path):
