@@ -34,7 +34,8 @@ admin_token_file = ""
 # --- ZooKeeper ---------------------------------------------------------------------------
 # Members of the ensemble are the hosts of the inventory group "zookeeper" (their node_ip,
 # in inventory order, gives each its myid). Without such a group, each host runs a
-# standalone ZooKeeper of its own.
+# standalone ZooKeeper of its own. Hosts of the group "zookeeper_observers" run observers,
+# which the frontends read through (docs/scale.md).
 zookeeper_port = 2181  # client port
 zookeeper_peer_port = 2888  # follower <-> leader (ensembles only)
 zookeeper_election_port = 3888  # leader election (ensembles only)

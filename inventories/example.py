@@ -12,6 +12,10 @@ Groups (a host may be in several: list it in each with the same data):
 ``zookeeper``
     The ZooKeeper ensemble: 3 hosts (survives the loss of one) or 5 (of two); 1 works, with
     no redundancy. Each member's ``myid`` is its position here, so keep the order stable.
+``zookeeper_observers`` (optional)
+    ZooKeeper observers: they follow the ensemble without voting, and the frontends read and
+    watch through them only. For fleets whose frontends load the ensemble (``docs/scale.md``);
+    the frontends' own hosts are a good place for them.
 ``agents``
     The nodes that run containers: containerd, the agent and the base image. Each is
     provisioned as a node under its ``node_ip``. Add a host here and deploy to grow the fleet.
@@ -65,3 +69,4 @@ frontends = [
     fleet_host("edge2.example.net", "10.20.2.12"),
 ]
 api = [fleet_host("control1.example.net", "10.20.3.11")]
+# zookeeper_observers = frontends  # a ZooKeeper observer on each frontend host (optional)

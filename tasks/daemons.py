@@ -90,7 +90,7 @@ def frontend_config(path: str) -> OperationMeta:
         "fe.toml.j2",
         path,
         "640",
-        zookeeper=connect_string(),
+        zookeeper=connect_string(reads=True),  # the observers, if any
         zookeeper_env=host.data.zookeeper_env,
         bind=host.data.fe_bind,
         admin_bind=host.data.fe_admin_bind,

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CLASSPATH = "/usr/share/java/*:/usr/share/zookeeper/*"
@@ -36,15 +37,33 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 
 
 class ZooKeeperServer:
-    """One standalone ZooKeeper process; ``stop``/``start`` keep its data directory."""
+    """One ZooKeeper process; ``stop``/``start`` keep its data directory.
 
-    def __init__(self, port: int | None = None, tick_ms: int = 500, heap: str = "256m") -> None:
-        self.port = port or free_port()
+    By default a standalone server on ``127.0.0.1``; ``config(data_dir)``, if given, writes
+    its ``zoo.cfg`` instead (a member of an ensemble: ``myid`` goes into the data directory,
+    ``address:port`` is where it serves clients)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        tick_ms: int = 500,
+        heap: str = "256m",
+        *,
+        address: str = "127.0.0.1",
+        config: Callable[[Path], str] | None = None,
+        myid: int | None = None,
+    ) -> None:
+        self.address = address
+        self.port = port or free_port(address)
         self.heap = heap
         self.dir = Path(tempfile.mkdtemp(prefix="bismuth-zk-"))
         (self.dir / "data").mkdir()
+        if myid is not None:
+            (self.dir / "data" / "myid").write_text(f"{myid}\n")
         (self.dir / "zoo.cfg").write_text(
-            f"tickTime={tick_ms}\n"
+            config(self.dir / "data")
+            if config is not None
+            else f"tickTime={tick_ms}\n"
             f"dataDir={self.dir / 'data'}\n"
             f"clientPort={self.port}\n"
             "clientPortAddress=127.0.0.1\n"
@@ -65,7 +84,7 @@ class ZooKeeperServer:
 
     @property
     def hosts(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         java = shutil.which("java") or "/usr/bin/java"
@@ -85,7 +104,7 @@ class ZooKeeperServer:
             start_new_session=True,
         )
         try:
-            wait_for_port("127.0.0.1", self.port, timeout)
+            wait_for_port(self.address, self.port, timeout)
         except TimeoutError:
             self.stop()
             raise
