@@ -3,10 +3,14 @@
 Placement needs every node's three own znodes (enabled byte, ``alive``, reservation). For
 a command-line tool, reading them afresh is fine (:class:`LiveNodes`). A control plane
 placing many functions keeps them in memory instead (:class:`FleetCache`): kazoo
-ChildrenWatch/DataWatch recipes keep it current, and what the control plane commits itself
-is counted at once, as the multi-op is sent (at the versions it will give the reservation
+ChildrenWatch/DataWatch recipes keep the nodes and their own two znodes current, a
+persistent watch each reservation znode, and what the control plane commits itself is
+counted at once, as the multi-op is sent (at the versions it will give the reservation
 znodes), so its next placement neither waits for the answer nor for a watch to fire:
-placements pipeline. Either way the multi-op is guarded by the reservation versions the
+placements pipeline. A change the watch reports is read, unless it is the echo of one this
+process counted so (one event per change, in order: the count of its own changes not yet
+reported says which): a kazoo DataWatch read every change again, its own included, three
+reads per placement. Either way the multi-op is guarded by the reservation versions the
 decision was made on: a stale cache can cost a retry, never an over-commit; the nodes of a
 multi-op that failed are read again before the next placement. The cache's multi-ops are
 sent in groups: placements decided while others are on their way share one ZooKeeper
@@ -29,7 +33,8 @@ from .cluster import NodeView, read_nodes
 from .groupcommit import GroupCommit
 from .layout import NodeAlive, Reservation
 from .scheduler import rank_key
-from .zk import Op, ZnodeStat, ZooKeeper
+from .zk import NoNodeError, Op, ZnodeStat, ZooKeeper, link
+from .zkwatch import ChangeKind, PersistentWatches, WatchEvent, WatchHookMissing, WatchMode
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,7 @@ class _Entry:
     reserved: Reservation | None = None
     version: int | None = None  # of the reservation znode
     watching: bool = True
+    set_reserved: Any = None  # applies a read of the reservation znode
 
     def view(self, ip: str) -> NodeView | None:
         if self.enabled is None:
@@ -128,10 +134,17 @@ class FleetCache:
         self._pending: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commits = GroupCommit(zk)
+        # Reservation changes this process sent whose watch events have not come yet.
+        self._echoes: dict[str, int] = {}
+        self._watches: PersistentWatches | None = None  # None: DataWatch reads every change
 
     async def start(self) -> None:
         """Set the watches; returns once every node present now has been read."""
         self._loop = asyncio.get_running_loop()
+        try:
+            self._watches = PersistentWatches(self.zk.client)
+        except WatchHookMissing as exc:
+            log.warning("%s; the fleet cache reads every reservation change", exc.message)
         await asyncio.to_thread(ChildrenWatch, self.zk.client, layout.NODES, self._on_children)
         # The first children callback was queued before to_thread returned, and so was
         # each new DataWatch's first data: once the watch set-ups finish, all is loaded.
@@ -215,6 +228,7 @@ class FleetCache:
             if entry is not None:
                 version = op.version + 1 if op.kind == "set" and op.version >= 0 else 0
                 self._update(ip, entry, reserved=Reservation.decode(op.data), version=version)
+                self._echoes[ip] = self._echoes.get(ip, 0) + 1
 
     def committed(self, ops: Sequence[Op], results: Sequence[Any]) -> None:
         """Write through the reservations this process just committed."""
@@ -232,6 +246,7 @@ class FleetCache:
             ip, entry = self._reservation_entry(op)
             if entry is not None:
                 self._stale.add(ip)
+                self._echo_heard(ip)  # none comes (if it was applied after all: read)
 
     async def commit(self, ops: Sequence[Op]) -> list[Any]:
         """Placements sent close together go to ZooKeeper as one multi-op, in the order
@@ -293,4 +308,64 @@ class FleetCache:
 
         DataWatch(self.zk.client, layout.node_path(ip), watcher(set_enabled))
         DataWatch(self.zk.client, layout.alive_path(ip), watcher(set_alive))
-        DataWatch(self.zk.client, layout.containers_path(ip), watcher(set_reserved))
+        if self._watches is None:
+            DataWatch(self.zk.client, layout.containers_path(ip), watcher(set_reserved))
+            return
+        path = layout.containers_path(ip)
+        entry.set_reserved = set_reserved  # changes reported from now on are read
+        try:
+            self._watches.add(
+                path,
+                lambda event: self._call(self._reservation_changed, ip, entry, event),
+                mode=WatchMode.PERSISTENT,
+                on_rearmed=lambda: self._call(self._rearmed, ip, entry),
+            ).get()  # in place before the first read: no change goes unseen
+            try:
+                data, stat = self.zk.client.get(path)
+            except NoNodeError:
+                data, stat = None, None
+        except Exception as exc:  # connection trouble: the watch is added again on reconnect
+            log.debug("reservation of %s not read: %r", ip, exc)
+            self._call(self._rearmed, ip, entry)
+            return
+        self._call(set_reserved, data, stat)
+
+    # --- the reservation watch (on the event loop) -------------------------------------------
+
+    def _reservation_changed(self, ip: str, entry: _Entry, event: WatchEvent) -> None:
+        if self._entries.get(ip) is not entry or entry.set_reserved is None:
+            return  # removed meanwhile
+        if event.kind == ChangeKind.DELETED:
+            entry.set_reserved(None, None)
+        elif self._echoes.get(ip, 0) > 0:
+            self._echo_heard(ip)  # this process's own change, counted when it was sent
+        else:
+            path = layout.containers_path(ip)
+            apply = entry.set_reserved
+            link(self.zk.client.get_async(path), lambda r: self._call(_read_into, apply, r))
+
+    def _echo_heard(self, ip: str) -> None:
+        left = self._echoes.get(ip, 0) - 1
+        if left > 0:
+            self._echoes[ip] = left
+        else:
+            self._echoes.pop(ip, None)
+
+    def _rearmed(self, ip: str, entry: _Entry) -> None:
+        """Connected again: changes made meanwhile were not reported: read it again."""
+        self._echoes.pop(ip, None)
+        if self._entries.get(ip) is entry:
+            self._stale.add(ip)
+
+
+def _read_into(apply: Any, result: Any) -> None:
+    """Hand a reservation read's answer to ``apply(data, stat)``; a failed read leaves the
+    cache as it is (a commit it misleads fails on its version and is read again)."""
+    try:
+        data, stat = result.get_nowait()
+    except NoNodeError:
+        data, stat = None, None
+    except Exception as exc:  # connection trouble: the rearm reads it again
+        log.debug("reservation read failed: %r", exc)
+        return
+    apply(data, stat)

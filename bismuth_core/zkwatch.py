@@ -141,6 +141,8 @@ class PersistentWatches:
         check_kazoo()
         self._client = client
         self._watches: list[_Watch] = []
+        self._exact: dict[str, list[_Watch]] = {}  # of them, the non-recursive ones by path
+        self._recursive: list[_Watch] = []  # and the recursive ones
         self._lock = threading.Lock()  # the connection thread reads the list
         connection = client._connection
         if getattr(connection, _HOOKED, False):
@@ -164,6 +166,8 @@ class PersistentWatches:
         setattr(connection, _HOOKED, False)
         with self._lock:
             self._watches.clear()
+            self._exact.clear()
+            self._recursive.clear()
 
     def add(
         self,
@@ -183,6 +187,10 @@ class PersistentWatches:
         )
         with self._lock:
             self._watches.append(watch)
+            if watch.mode is WatchMode.PERSISTENT_RECURSIVE:
+                self._recursive.append(watch)
+            else:
+                self._exact.setdefault(watch.path, []).append(watch)
         return self._send(watch)
 
     def _send(self, watch: _Watch) -> Any:
@@ -203,7 +211,8 @@ class PersistentWatches:
             return
         event = WatchEvent(kind, client.unchroot(notification.path))
         with self._lock:
-            watches = [w for w in self._watches if w.covers(notification.path)]
+            path = notification.path
+            watches = [*self._exact.get(path, ()), *(w for w in self._recursive if w.covers(path))]
         for watch in watches:
             run_inline(watch.on_event, event)
 

@@ -1,6 +1,7 @@
 """The control plane's fleet cache against a real ZooKeeper: placements made concurrently
-(their multi-ops in flight together, no lock) never over-commit a node, and a multi-op that
-fails leaves the cache to read its nodes again rather than count what it never reserved."""
+(their multi-ops in flight together, no lock) never over-commit a node, a multi-op that
+fails leaves the cache to read its nodes again rather than count what it never reserved,
+and another session's changes reach it by its watch while its own are not read back."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bismuth_core.fleet import FleetCache
 from bismuth_core.layout import NodeAlive
 from bismuth_core.zk import ZooKeeper
 from tests.integration.test_operations import definition
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,4 +76,52 @@ async def test_a_failed_multi_op_reserves_nothing(zk, fleet):
         await operations.create_function(zk, definition(hosts=(f"g{i}.test",)), fleet)
     with pytest.raises(InsufficientCapacity):
         await operations.create_function(zk, definition(hosts=("h.test",)), fleet)
+    assert await reservations_match(zk) == dict.fromkeys(NODES, 2)
+
+
+def reservation_reads(zk: ZooKeeper) -> list[str]:
+    """Record every reservation znode the session reads from now on (kazoo's get_async
+    wrapped: the cache's reads of a reported change go through it)."""
+    reads: list[str] = []
+    client = zk.client
+    real = client.get_async
+
+    def get_async(path: str, *args: object, **kwargs: object) -> object:
+        if any(path == layout.containers_path(ip) for ip in NODES):
+            reads.append(path)
+        return real(path, *args, **kwargs)
+
+    client.get_async = get_async  # type: ignore[method-assign]
+    return reads
+
+
+async def test_the_cache_hears_another_process_free_room_and_skips_its_own_echoes(zk, fleet):
+    reads = reservation_reads(zk)
+    fids = [
+        await operations.create_function(zk, definition(hosts=(f"e{i}.test",)), fleet)
+        for i in range(6)
+    ]
+    await zk.get("/")  # answered after the watch events of every write before it
+    assert reads == []  # its own six placements: counted when sent, not read back
+    with pytest.raises(InsufficientCapacity):
+        await operations.create_function(zk, definition(hosts=("full.test",)), fleet)
+
+    other = ZooKeeper(zk.hosts, zk.env, access=zk.access)  # another API replica, say
+    await other.start()
+    try:
+        for fid in fids[:2]:
+            await operations.delete_function(other, fid)
+    finally:
+        await other.stop()
+
+    async def freed() -> bool:
+        cached = await fleet.nodes()
+        return sum(v.reserved.containers for v in cached.values()) == 4
+
+    await eventually(freed, what="the cache to see the room another session freed")
+    assert reads  # those changes were not its own: read
+    for i in range(2):
+        await operations.create_function(zk, definition(hosts=(f"again{i}.test",)), fleet)
+    with pytest.raises(InsufficientCapacity):
+        await operations.create_function(zk, definition(hosts=("full-again.test",)), fleet)
     assert await reservations_match(zk) == dict.fromkeys(NODES, 2)
