@@ -546,7 +546,14 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     )
     async with aiohttp.ClientSession() as anonymous:
         for n, nodes in enumerate(counts):
-            env = Environment(work, args.zk_heap, args.grace, args.api_session, pin=args.pin)
+            env = Environment(
+                work,
+                args.zk_heap,
+                args.grace,
+                args.api_session,
+                pin=args.pin,
+                fleet_alone=args.fleet_alone,
+            )
             try:
                 await one_size(env, anonymous, nodes, n == len(counts) - 1, args)
             finally:
@@ -621,6 +628,11 @@ def main() -> None:
         "--pin",
         action="store_true",
         help="ZooKeeper, the APIs and the frontend on cpu 0; simulated nodes and clients on cpu 1",
+    )
+    parser.add_argument(
+        "--fleet-alone",
+        action="store_true",
+        help="with --pin: this load generator on cpu 0 too, the simulated nodes alone on cpu 1",
     )
     args = parser.parse_args()
     if args.pin:

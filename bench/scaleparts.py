@@ -6,6 +6,7 @@ is read from them: CPU and memory from /proc, ZooKeeper's four-letter words.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -133,6 +134,7 @@ class ApiProcess:
 
 SERVICE_CPUS = {0}  # with ``pin``: ZooKeeper and the daemons under test
 FLEET_CPUS = {1}  # with ``pin``: the simulated nodes and the load generator (this process)
+# (with ``fleet_alone`` the load generator is on SERVICE_CPUS)
 
 
 def pin_tree(pid: int, cpus: set[int]) -> None:
@@ -147,6 +149,13 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
             pin_tree(int(child), cpus)
 
 
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Confine every thread of process ``pid`` (not its children) to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 @dataclass
 class Environment:
     """One environment on its own ZooKeeper, with simulated nodes and the daemons under test."""
@@ -158,6 +167,9 @@ class Environment:
     # ZooKeeper, the APIs and the frontend on one core, the simulated nodes and the load
     # generator on the other (``pin_fleet`` confines this process, whose children inherit it)
     pin: bool = False
+    # with ``pin``: the load generator (this process) on the services' core, so that the
+    # simulated nodes have the other core to themselves
+    fleet_alone: bool = False
     env: str = field(default_factory=lambda: "scale" + uuid.uuid4().hex[:6])
     server: ZooKeeperServer = field(init=False)
     zk: ZooKeeper = field(init=False)
@@ -185,6 +197,10 @@ class Environment:
         self.fleet = Fleet(self.server.hosts, self.env, str(self.keys[0]))
         started = time.monotonic()
         await self.fleet.add(sim_ips(nodes))
+        if self.pin and self.fleet_alone:
+            for pid in self.fleet.pids:
+                pin_tree(pid, FLEET_CPUS)
+            pin_threads(os.getpid(), SERVICE_CPUS)
         return time.monotonic() - started
 
     async def start_api(self, http: aiohttp.ClientSession) -> ApiProcess:
