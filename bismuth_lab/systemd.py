@@ -30,8 +30,8 @@ CACHE_DIR = Path("/var/cache/bismuth-lab")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # cgroup trees systemd inside a host manages: each host gets lab-<name> in them
 SYSTEMD_TREES = ("systemd", "unified")
-# The machine's v1 controllers the host's containerd and runc use (bound under /run)
-CONTROLLERS = ("blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids")
+# The trees of systemd's own (named) hierarchy and of cgroup2: not controllers to bind
+NOT_CONTROLLERS = frozenset({"systemd", "unified"})
 HOST_CGROUPS = "/run/host-cgroup"
 # /proc/sys/net writable: the agent sets forwarding per interface (its own netns anyway)
 SPAWN_ENV = {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
@@ -182,13 +182,29 @@ def cgroup_dirs(name: str, root: Path = CGROUP_ROOT) -> list[Path]:
     return [root / tree / f"lab-{name}" for tree in SYSTEMD_TREES if (root / tree).is_dir()]
 
 
+def v1_controllers(mounts: str | None = None, root: Path = CGROUP_ROOT) -> list[str]:
+    """The machine's cgroup v1 hierarchies mounted under ``root`` (``/proc/mounts``): the
+    host's containerd and runc make their cgroups in each, so each is bound into the host
+    (one missing there, and runc fails to make its cgroup in it)."""
+    text = Path("/proc/mounts").read_text() if mounts is None else mounts
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[2] != "cgroup":
+            continue
+        path = Path(fields[1])
+        if path.parent == root and path.name not in NOT_CONTROLLERS:
+            found.append(path.name)
+    return sorted(set(found))
+
+
 def spawn_argv(name: str, host_dir: Path, netns_path: str) -> list[str]:
     """The command that boots the host: a shell that moves itself into the host's cgroups,
     then becomes ``systemd-nspawn``. containerd's directory is a plain one of the host's
     (``host_dir/containerd``): its snapshots are overlay mounts, which cannot have their
     upper layer on the overlay that is the host's root."""
     enter = "; ".join(f"echo $$ > {d}/cgroup.procs" for d in cgroup_dirs(name))
-    binds = [f"--bind=/sys/fs/cgroup/{c}:{HOST_CGROUPS}/{c}" for c in CONTROLLERS]
+    binds = [f"--bind=/sys/fs/cgroup/{c}:{HOST_CGROUPS}/{c}" for c in v1_controllers()]
     binds.append(f"--bind={host_dir / 'containerd'}:/var/lib/containerd")
     nspawn = [
         "systemd-nspawn",

@@ -202,7 +202,9 @@ async def test_the_log_cap_holds_while_a_container_writes_as_fast_as_it_can(zk, 
         backend = await eventually(lambda: running_backend(zk, fid), timeout=30, what="Running")
         current = running.agent.logs.path(backend.container_id)
         older = current.with_suffix(".log.1")
-        rotations: set[int] = set()
+        # Each rotation renames the log onto the older half: a file that changed its name
+        # then (inode numbers alone are reused: two files can take turns with one pair).
+        rotations: set[tuple[int, int]] = set()
         largest = 0
 
         def rotated_thrice() -> bool:
@@ -212,7 +214,7 @@ async def test_the_log_cap_holds_while_a_container_writes_as_fast_as_it_can(zk, 
                     info = path.stat()
                     largest = max(largest, info.st_size)
                     if path == older:
-                        rotations.add(info.st_ino)
+                        rotations.add((info.st_ino, info.st_ctime_ns))
             return len(rotations) >= 3
 
         await eventually(rotated_thrice, timeout=30, interval=0.01, what="three rotations")

@@ -46,3 +46,16 @@ def test_the_host_enters_its_own_cgroups_then_becomes_nspawn() -> None:
     assert "--bind=/sys/fs/cgroup/memory:/run/host-cgroup/memory" in nspawn
     assert "--directory=/s/hosts/lab2/rootfs" in nspawn
     assert "--bind=/s/hosts/lab2/containerd:/var/lib/containerd" in nspawn  # not on the overlay
+
+
+def test_every_v1_hierarchy_the_machine_mounts_is_bound_into_the_host() -> None:
+    mounts = (
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        "cgroup /sys/fs/cgroup/hugetlb cgroup rw,hugetlb 0 0\n"
+        "cgroup /sys/fs/cgroup/net_cls,net_prio cgroup rw,net_cls,net_prio 0 0\n"
+        "cgroup /sys/fs/cgroup/systemd cgroup rw,name=systemd 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+        "cgroup /elsewhere/memory cgroup rw,memory 0 0\n"
+    )
+    assert systemd.v1_controllers(mounts) == ["cpu", "hugetlb", "net_cls,net_prio"]
