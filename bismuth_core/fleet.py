@@ -228,7 +228,8 @@ class FleetCache:
             if entry is not None:
                 version = op.version + 1 if op.kind == "set" and op.version >= 0 else 0
                 self._update(ip, entry, reserved=Reservation.decode(op.data), version=version)
-                self._echoes[ip] = self._echoes.get(ip, 0) + 1
+                if self._watches is not None:  # its event comes by the persistent watch
+                    self._echoes[ip] = self._echoes.get(ip, 0) + 1
 
     def committed(self, ops: Sequence[Op], results: Sequence[Any]) -> None:
         """Write through the reservations this process just committed."""
@@ -333,7 +334,7 @@ class FleetCache:
     # --- the reservation watch (on the event loop) -------------------------------------------
 
     def _reservation_changed(self, ip: str, entry: _Entry, event: WatchEvent) -> None:
-        if self._entries.get(ip) is not entry or entry.set_reserved is None:
+        if self._entries.get(ip) is not entry:
             return  # removed meanwhile
         if event.kind == ChangeKind.DELETED:
             entry.set_reserved(None, None)

@@ -30,8 +30,6 @@ CACHE_DIR = Path("/var/cache/bismuth-lab")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # cgroup trees systemd inside a host manages: each host gets lab-<name> in them
 SYSTEMD_TREES = ("systemd", "unified")
-# The trees of systemd's own (named) hierarchy and of cgroup2: not controllers to bind
-NOT_CONTROLLERS = frozenset({"systemd", "unified"})
 HOST_CGROUPS = "/run/host-cgroup"
 # /proc/sys/net writable: the agent sets forwarding per interface (its own netns anyway)
 SPAWN_ENV = {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
@@ -193,7 +191,7 @@ def v1_controllers(mounts: str | None = None, root: Path = CGROUP_ROOT) -> list[
         if len(fields) < 3 or fields[2] != "cgroup":
             continue
         path = Path(fields[1])
-        if path.parent == root and path.name not in NOT_CONTROLLERS:
+        if path.parent == root and path.name not in SYSTEMD_TREES:  # not controllers
             found.append(path.name)
     return sorted(set(found))
 
