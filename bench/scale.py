@@ -539,6 +539,11 @@ async def bare_moves(env: Environment, count: int) -> float:
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:
+    # A SIGTERM (a timeout around the bench) ends it as Ctrl-C does: each environment's
+    # processes (ZooKeeper, APIs, simulated nodes) are stopped, none is left running.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     counts = [int(n) for n in args.nodes.split(",")]
     print(
         f"{os.cpu_count()} cpus; {args.replicas} replicas per function; creates at "
@@ -642,6 +647,8 @@ def main() -> None:
     started = time.monotonic()
     try:
         asyncio.run(run(args, work))
+    except asyncio.CancelledError:
+        sys.exit("bench/scale.py: terminated; its processes are stopped")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         print(f"(bench took {time.monotonic() - started:.0f} s)")

@@ -99,7 +99,12 @@ class SubtreeMirror:
 
     async def start(self, watches: PersistentWatches) -> None:
         """Add the watch and begin the first walk (``on_loaded`` says when it is done)."""
-        on_event = self._zk.threadsafe(self._on_event)
+        to_loop = self._zk.threadsafe(self._on_event)
+
+        def on_event(event: WatchEvent) -> None:  # on kazoo's thread: reads only fixed fields
+            if self._within(event.path):  # events below ``depth`` never reach the loop
+                to_loop(event)
+
         rearmed = self._zk.threadsafe(self._start_walk)
         added = watches.add(self.root, on_event, on_rearmed=rearmed)
         try:

@@ -188,7 +188,8 @@ class ZooKeeper:
     """One kazoo session, chrooted to an environment, usable from asyncio.
 
     ``access`` None: an anonymous session, which an environment's ACLs refuse (it works
-    only on a tree made before ACLs).
+    only on a tree made before ACLs). ``handler``: kazoo's handler (its worker threads), if
+    not one of its own.
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class ZooKeeper:
         access: ZkAccess | None = None,
         session_timeout: float = 10.0,
         op_timeout: float = 5.0,
+        handler: PollingHandler | None = None,
     ) -> None:
         self.hosts = hosts
         self.env = env
@@ -206,7 +208,7 @@ class ZooKeeper:
         self.access = access
         self.client = KazooClient(
             hosts=hosts + chroot(env),
-            handler=PollingHandler(),
+            handler=handler or PollingHandler(),
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=2.0),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),

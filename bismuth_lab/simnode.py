@@ -2,11 +2,17 @@
 
 A :class:`SimNode` does on ZooKeeper what ``bismuthd`` does, without containers: it holds
 its node's ephemeral ``alive`` znode (capacity, version and pool, as a real agent
-advertises them), follows its ``container`` znode with kazoo's ChildrenWatch, reads each
-new container's record and its function's definition, writes ``Starting`` at once and,
-after the node's ``start_delay``, the node's outcome (``Running`` with a serving endpoint,
-or ``Failed``). Containers removed from ZooKeeper are forgotten. Stopping a node closes its
-session, so its ``alive`` znode goes as when an agent's host is lost.
+advertises them), mirrors its node's container znodes as the agent does (one persistent
+recursive watch, :class:`bismuth_core.subtree.SubtreeMirror`: a new container costs one
+read of its znode), reads each new container's function definition once, writes
+``Starting`` at once and, after the node's ``start_delay``, the node's outcome (``Running``
+with a serving endpoint, or ``Failed``). Containers removed from ZooKeeper are forgotten.
+Stopping a node closes its session, so its ``alive`` znode goes as when an agent's host is
+lost.
+
+The nodes of a process share one kazoo handler (:class:`SharedHandler`): each session keeps
+its own connection thread, but not two worker threads of its own as well (a thousand
+sessions were three thousand threads, and their turns, not ZooKeeper, set the pace).
 
 Every container of a process "serves" on one small HTTP server of that process (its
 endpoint in the ``Running`` status), so a frontend routing to any of them gets an answer:
@@ -29,18 +35,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooState
-from kazoo.recipe.watchers import ChildrenWatch
 
 from bismuth_core import jsondoc, layout, operations
 from bismuth_core.cluster import STORED_LIMITS
 from bismuth_core.definition import parse_definition
 from bismuth_core.errors import BismuthError
 from bismuth_core.layout import ContainerRecord, ContainerStatus, NodeAlive, ServingEndpoint
-from bismuth_core.zk import NodeExistsError, NoNodeError, ZkAccess, ZooKeeper
+from bismuth_core.subtree import SubtreeMirror
+from bismuth_core.zk import NodeExistsError, NoNodeError, PollingHandler, ZkAccess, ZooKeeper
+from bismuth_core.zkwatch import PersistentWatches
 
 log = logging.getLogger(__name__)
 
 SIM_VERSION = "fleetsim"
+
+
+class SharedHandler(PollingHandler):
+    """One kazoo handler for many clients: a client's ``stop`` leaves its worker threads
+    running for the others; :meth:`close` ends them."""
+
+    def stop(self) -> None:
+        pass  # kazoo stops its handler with every client
+
+    def close(self) -> None:
+        super().stop()
 
 
 @dataclass
@@ -76,9 +94,12 @@ class SimNode:
         endpoint: ServingEndpoint | None,
         behaviour: Behaviour,
         session_timeout: float = 10.0,
+        handler: PollingHandler | None = None,
     ) -> None:
         self.ip = ip
-        self.zk = ZooKeeper(hosts, env, access=access, session_timeout=session_timeout)
+        self.zk = ZooKeeper(
+            hosts, env, access=access, session_timeout=session_timeout, handler=handler
+        )
         self.alive = alive
         self.endpoint = endpoint
         self.behaviour = behaviour
@@ -86,29 +107,35 @@ class SimNode:
         self.last_running = 0.0
         self._definitions: dict[uuid.UUID, bool] = {}  # function id -> definition readable
         self._wake = asyncio.Event()
-        self._children: list[str] | None = None  # as the watch last delivered them
         self._names: dict[str, uuid.UUID | None] = {}  # container znode names seen
         self._tasks: set[asyncio.Task[None]] = set()
-        self._watching = True
+        self._root = layout.containers_path(ip)
+        self._watches: PersistentWatches | None = None
+        self._mirror: SubtreeMirror | None = None
 
     async def start(self) -> None:
         await self.zk.start()
         await operations.provision(self.zk, self.ip)  # as the deploy does for a new host
         self.zk.add_listener(self._on_state)
         await self._announce()
-        delivered = self.zk.threadsafe(self._delivered)
-
-        def on_children(children: list[str]) -> bool:
-            delivered(children)
-            return self._watching  # False ends the watch
-
-        path = layout.containers_path(self.ip)
-        await asyncio.to_thread(ChildrenWatch, self.zk.client, path, on_children)
+        self._watches = PersistentWatches(self.zk.client)
+        self._mirror = SubtreeMirror(
+            self.zk,
+            self._root,
+            wants_data=lambda path: path != self._root,
+            on_change=lambda _path: self._wake.set(),
+            on_loaded=self._wake.set,
+            depth=1,  # not the status znodes below
+        )
+        await self._mirror.start(self._watches)
         self._spawn(self._follow())
 
     async def stop(self) -> None:
         """The node is lost: work ends, the session closes (``alive`` is deleted)."""
-        self._watching = False
+        if self._mirror is not None:
+            self._mirror.close()
+        if self._watches is not None:
+            self._watches.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -162,26 +189,15 @@ class SimNode:
     async def _reannounce(self) -> None:
         with contextlib.suppress(BismuthError, NoNodeError):
             await self._announce()
-        self._wake.set()
-
-    def _delivered(self, children: list[str]) -> None:
-        self._children = children
-        self._wake.set()
 
     async def _follow(self) -> None:
-        """Start what is new among the containers the watch delivers (it reads the children
-        as it sets itself again: no read of our own), forget what is gone; after a new
-        session, read them afresh."""
+        """Start what is new among the mirrored container znodes, forget what is gone (the
+        mirror walks the node again after a reconnect, and wakes this then)."""
+        assert self._mirror is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
-            names, self._children = self._children, None
-            if names is None:
-                try:
-                    names = await self.zk.children(layout.containers_path(self.ip))
-                except BismuthError:
-                    continue
-            self._sync(set(names))
+            self._sync(set(self._mirror.children(self._root)))
 
     def _sync(self, names: set[str]) -> None:
         """Forget the containers gone from ``names``, start the new ones. Only names not
@@ -214,10 +230,14 @@ class SimNode:
             self._names.pop(str(cid), None)
 
     async def _runnable(self, cid: uuid.UUID) -> bool:
-        got = await self.zk.get_or_none(layout.container_path(self.ip, cid))
-        if got is None:
-            return False
-        fid = ContainerRecord.decode(got[0]).function_id
+        assert self._mirror is not None
+        record = self._mirror.data(layout.container_path(self.ip, cid))
+        if record is None:  # not read yet (its name came in a listing): read it here
+            got = await self.zk.get_or_none(layout.container_path(self.ip, cid))
+            if got is None:
+                return False
+            record = got[0]
+        fid = ContainerRecord.decode(record).function_id
         if fid not in self._definitions:
             raw = await self.zk.get_or_none(layout.function_path(fid))
             if raw is None:
@@ -239,6 +259,7 @@ class NodeGroup:
     def __init__(self, hosts: str, env: str, access: ZkAccess, endpoint: ServingEndpoint) -> None:
         self.hosts, self.env, self.access, self.endpoint = hosts, env, access, endpoint
         self.nodes: dict[str, SimNode] = {}
+        self.handler = SharedHandler()
 
     async def handle(self, command: dict[str, Any]) -> dict[str, Any]:
         op = command.get("op")
@@ -274,6 +295,7 @@ class NodeGroup:
                 endpoint=self.endpoint,
                 behaviour=_behaviour(command),
                 session_timeout=float(command.get("session_timeout", 10.0)),
+                handler=self.handler,
             )
             async with limit:
                 await node.start()
@@ -315,6 +337,7 @@ class NodeGroup:
 
     async def close(self) -> None:
         await self._stop(list(self.nodes))
+        self.handler.close()
 
 
 def _behaviour(command: dict[str, Any]) -> Behaviour:
