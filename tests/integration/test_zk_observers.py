@@ -128,6 +128,10 @@ async def test_reads_watches_and_writes_go_through_the_observer(
     reader = await connected([ensemble[OBSERVER]])
     try:
         await voters.ensure_path("/routes")
+        # An observer applies the leader's writes a moment later than the voters: a watch set
+        # through it on a znode it does not have yet would end at once (kazoo's ChildrenWatch
+        # stops on a missing node).
+        await eventually(lambda: reader.exists("/routes"), what="/routes on the observer")
         woken = asyncio.Event()
         await reader.watch_children("/routes", woken.set)
         woken.clear()  # it wakes once when set up
