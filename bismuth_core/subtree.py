@@ -120,7 +120,7 @@ class SubtreeMirror:
     # --- events ----------------------------------------------------------------------------
 
     def _on_event(self, event: WatchEvent) -> None:
-        if self._closed or not self._within(event.path):
+        if self._closed:  # (events below ``depth`` were dropped on kazoo's thread)
             return
         self._touch()
         path = event.path

@@ -114,6 +114,7 @@ def zookeeper() -> None:
     observers."""
     if not is_member():
         return
+    mine = me()
     conf_dir = f"{host.data.etc_dir}/zookeeper"
     data_dir = f"{host.data.var_dir}/zookeeper"
     data_log_dir = f"{data_dir}/txlog"
@@ -130,7 +131,7 @@ def zookeeper() -> None:
             f"{conf_dir}/zoo.cfg",
             "644",
             **zoo_cfg_variables(
-                me(),
+                mine,
                 ensemble(),
                 tick_ms=host.data.zookeeper_tick_ms,
                 data_dir=data_dir,
@@ -147,7 +148,7 @@ def zookeeper() -> None:
             "644",
             level=host.data.zookeeper_log_level,
         ),
-        template_file("ZooKeeper myid", "myid.j2", f"{data_dir}/myid", "644", myid=me().id),
+        template_file("ZooKeeper myid", "myid.j2", f"{data_dir}/myid", "644", myid=mine.id),
     ]
     program(zookeeper_program(conf_dir, data_dir), configs)
 
