@@ -60,9 +60,10 @@ async def reservation_ops(
     For nodes in ``known`` (the snapshot a placement was decided on) that snapshot's
     version is used, so a concurrent placement on the same node makes the multi-op fail.
     """
+    # every known view now, before a read below awaits: ``known`` may be a live cache
+    views = {ip: (known or {}).get(ip) for ip in sorted(deltas)}
     ops: list[Op] = []
-    for ip in sorted(deltas):
-        view = (known or {}).get(ip)
+    for ip, view in views.items():
         if view is not None:
             current, version = view.reserved, view.containers_version
         else:
@@ -122,7 +123,7 @@ async def place_on(
     cpu: float,
     memory: int,
     **constraints: Any,
-) -> tuple[dict[str, NodeView], list[str]]:
+) -> tuple[Mapping[str, NodeView], list[str]]:
     """Nodes as the source has them and a placement on them.
 
     Cached nodes are used first (a source that caches reads again the nodes of a multi-op
