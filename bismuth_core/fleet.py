@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -126,7 +126,8 @@ class _Entry:
 class FleetCache:
     """Every node's own znodes, kept current by kazoo watches; reads never block."""
 
-    def __init__(self, zk: ZooKeeper) -> None:
+    def __init__(self, zk: ZooKeeper, observe: Callable[[int, float], None] | None = None) -> None:
+        """``observe`` hears of each multi-op of placements answered (see GroupCommit)."""
         self.zk = zk
         self._entries: dict[str, _Entry] = {}  # touched on the event loop only
         self._views: dict[str, NodeView] = {}  # of the entries, kept as they change
@@ -137,7 +138,7 @@ class FleetCache:
         self._largest: tuple[float, int] | None = None  # of live nodes; None: not known
         self._pending: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._commits = GroupCommit(zk)
+        self._commits = GroupCommit(zk, observe=observe)
         # Reservation changes this process sent whose watch events have not come yet.
         self._echoes: dict[str, int] = {}
         self._watches: PersistentWatches | None = None  # None: DataWatch reads every change

@@ -20,14 +20,18 @@ nothing), with at most ``in_flight`` groups awaiting their answers at once; call
 come meanwhile queue for the next group, so groups grow with the load. A group stays under
 ``max_bytes`` (ZooKeeper refuses a request past its ``jute.maxbuffer``, 1 MiB by default);
 a caller bigger than that alone is sent on its own.
+
+``observe``, if given, hears of each group answered: how many callers it carried and the
+seconds from its sending to ZooKeeper's answer (the API's metrics: is ZooKeeper the wait?).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +65,16 @@ class GroupCommit:
     """Multi-ops of one session, sent in groups (see the module's docstring)."""
 
     def __init__(
-        self, zk: ZooKeeper, *, max_bytes: int = MAX_BYTES, in_flight: int = IN_FLIGHT
+        self,
+        zk: ZooKeeper,
+        *,
+        max_bytes: int = MAX_BYTES,
+        in_flight: int = IN_FLIGHT,
+        observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self.zk = zk
         self.max_bytes = max_bytes
+        self.observe = observe
         self._queue: deque[_Caller] = deque()
         self._slots = asyncio.Semaphore(in_flight)
         self._flusher: asyncio.Task[None] | None = None
@@ -92,13 +102,14 @@ class GroupCommit:
                 self._slots.release()
                 continue
             try:
+                sent = time.monotonic()
                 answer = self.zk.send([op for caller in group for op in caller.ops])
             except BaseException as exc:  # not connected, or an op it cannot send
                 self._slots.release()
                 for caller in group:
                     caller.fail(exc)
                 continue
-            task = asyncio.create_task(self._settle(group, answer))
+            task = asyncio.create_task(self._settle(group, answer, sent))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
@@ -117,7 +128,7 @@ class GroupCommit:
             size += caller.size
         return group
 
-    async def _settle(self, group: list[_Caller], answer: Any) -> None:
+    async def _settle(self, group: list[_Caller], answer: Any, sent: float) -> None:
         try:
             results: list[Any] = await answer
         except BaseException as exc:  # unreachable, timed out: nobody knows more
@@ -126,6 +137,8 @@ class GroupCommit:
             return
         finally:
             self._slots.release()
+        if self.observe is not None:
+            self.observe(len(group), time.monotonic() - sent)
         try:
             again = self._answer(group, results)
         except Exception as exc:  # answers it cannot read: every caller hears of it

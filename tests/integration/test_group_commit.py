@@ -11,6 +11,7 @@ import json
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bismuth_core import cluster, layout, operations
 from bismuth_core.errors import Conflict, InsufficientCapacity
@@ -46,6 +47,16 @@ async def test_callers_sent_together_share_one_transaction(zk):
     )
     assert results == [[f"/gc/{i}", f"/gc/{i}/child"] for i in range(5)]
     assert len({await czxid(zk, f"/gc/{i}") for i in range(5)}) == 1
+
+
+async def test_each_group_answered_is_observed_with_its_callers_and_wait(zk):
+    seen: list[tuple[int, float]] = []
+    group = GroupCommit(zk, observe=lambda callers, seconds: seen.append((callers, seconds)))
+    await zk.ensure_path("/gc")
+    await asyncio.gather(*(group.commit([create(f"/gc/o{i}", b"x")]) for i in range(4)))
+    await group.commit([create("/gc/alone", b"x")])
+    assert [callers for callers, _ in seen] == [4, 1]
+    assert all(0 < seconds < 30 for _, seconds in seen)
 
 
 async def test_a_group_stays_under_its_size(zk):
@@ -169,3 +180,17 @@ async def test_api_answers_each_create_of_a_burst_on_its_own(api, standins, http
     assert made < listed and len(listed) == 7  # the six, the first, nothing of the refused
     routes = set(await standins.zk.children(layout.ROUTES))
     assert routes == {"taken.example", *(f"g{i}.example" for i in range(6))}
+
+    # the API's metrics count each multi-op of placements and the placements it carried
+    async with http.get(f"{api.url}/metrics") as resp:
+        metrics = {
+            s.name: s.value
+            for family in text_string_to_metric_families(await resp.text())
+            for s in family.samples
+        }
+    groups = metrics["bismuth_api_placement_commit_callers_count"]
+    assert metrics["bismuth_api_placement_commit_seconds_count"] == groups
+    # the first create and the seven of the burst that reached ZooKeeper (the taken
+    # hostname's too: its group was rolled back, and the others in it sent again)
+    assert metrics["bismuth_api_placement_commit_callers_sum"] >= 8
+    assert metrics["bismuth_api_placement_commit_seconds_sum"] > 0
