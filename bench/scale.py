@@ -8,6 +8,9 @@ the largest also with the frontend (nginx and ``bismuthfe``). Prints:
 1. API creates/s and p50/p99 at each ``--nodes`` count (``--replicas`` containers each,
    ``--concurrency`` clients, ``--seconds``); baseline: the same znodes (function,
    backends, containers, route) as bare kazoo multi-ops onto the same nodes, as many.
+   Where the time went: the APIs' own histograms (their handlers; ZooKeeper's answers to
+   their multi-ops of placements) and how late this load generator's event loop woke
+   (``--clients-first``: that loop ahead of everything else on its core).
 2. At the largest count, after loading ``--functions`` functions: route propagation, the
    API's answer to a create -> nginx answers the new Host (not 404; then 200 once the
    simulated container runs), ``--samples`` creates one after another; baseline: a znode
@@ -44,6 +47,7 @@ import warnings
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -170,7 +174,12 @@ async def creates_row(
     before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in parts.items()}
     load_before = os.getloadavg()[0]
     made_before = len(creator.made)
+    histograms_before = await api_histograms(creator.http, creator.apis, env.admin)
+    lags: list[float] = []
+    probe = asyncio.create_task(loop_lag(lags))
     took, latencies = await timed_load(creator, None, args.seconds, args.concurrency)
+    probe.cancel()
+    histograms = await api_histograms(creator.http, creator.apis, env.admin)
     used = {k: sum(cpu_seconds(p) for p in pids) - before[k] for k, pids in parts.items()}
     cpu = used["API"] / max(len(latencies), 1)
     api_rate = len(latencies) / took
@@ -185,11 +194,73 @@ async def creates_row(
         f"meanwhile (% of one core): {shares}; load average "
         f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
+    for key, what in (
+        ("handled", "the API's handlers (its metrics)"),
+        ("committed", "ZooKeeper's answers to the API's multi-ops"),
+    ):
+        before = histograms_before[key]
+        waits = {le: n - before.get(le, 0.0) for le, n in histograms[key].items()}
+        w50, w99 = (1000 * bucket_quantile(waits, q) for q in (0.5, 0.99))
+        print(
+            f"  of which {what}: p50 {w50:.1f} ms, p99 {w99:.1f} ms "
+            f"(from histogram buckets), n={waits.get(float('inf'), 0):.0f}"
+        )
+    print(row("  the load generator's own event loop lag", None, lags))
     bare_took, bare = await bare_creates(
         env.zk, sim_ips(nodes), args.replicas, len(latencies), args.concurrency
     )
     print(row("  baseline: bare kazoo multi-ops, same znodes", len(bare) / bare_took, bare))
     print(f"  ratio API / baseline: {api_rate / (len(bare) / bare_took):.3f}")
+
+
+async def loop_lag(lags: list[float], every: float = 0.005) -> None:
+    """How late this process's event loop wakes from ``every``-second sleeps, until
+    cancelled: the share of the creates' latency that is the load generator's own."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(every)
+        lags.append(max(time.perf_counter() - started - every, 0.0))
+
+
+HANDLED = ("bismuth_api_request_seconds_bucket", {"route": "/function"})
+COMMITTED = ("bismuth_api_placement_commit_seconds_bucket", {})
+
+
+async def api_histograms(
+    http: aiohttp.ClientSession, apis: list[ApiProcess], admin: str
+) -> dict[str, dict[float, float]]:
+    """Two histograms of the APIs' metrics, summed over the APIs: the time their handlers
+    took to answer ``/function`` requests, and ZooKeeper's answers to their multi-ops of
+    placements; each as upper bound (seconds) -> how many came within it."""
+    found: dict[str, dict[float, float]] = {"handled": {}, "committed": {}}
+    for api in apis:
+        headers = {"Authorization": f"Bearer {admin}"}
+        async with http.get(api.url + "/metrics", headers=headers) as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                for key, (name, labels) in (("handled", HANDLED), ("committed", COMMITTED)):
+                    if sample.name == name and labels.items() <= sample.labels.items():
+                        le = float(sample.labels["le"])
+                        found[key][le] = found[key].get(le, 0.0) + sample.value
+    return found
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    """The ``q`` quantile of a cumulative histogram, linear within a bucket (as Prometheus'
+    ``histogram_quantile``; at most the largest finite bound)."""
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return float("nan")
+    rank, below, lower = q * total, 0.0, 0.0
+    for le in bounds:
+        if buckets[le] >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(buckets[le] - below, 1e-9)
+        below, lower = buckets[le], le
+    return lower
 
 
 async def transactions_of(zk: ZooKeeper, fids: list[str]) -> int:
@@ -639,9 +710,19 @@ def main() -> None:
         action="store_true",
         help="with --pin: this load generator on cpu 0 too, the simulated nodes alone on cpu 1",
     )
+    parser.add_argument(
+        "--clients-first",
+        action="store_true",
+        help="this load generator's event loop runs before anything else on its core "
+        "(SCHED_FIFO; its threads and the processes it starts stay as they are): latencies "
+        "without the time it waited for its own turn",
+    )
     args = parser.parse_args()
     if args.pin:
         os.sched_setaffinity(0, FLEET_CPUS)  # the simulated nodes inherit it
+    if args.clients_first:
+        policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK  # not inherited: this thread only
+        os.sched_setscheduler(0, policy, os.sched_param(1))
     work = Path(tempfile.mkdtemp(prefix="bismuth-scale-"))
     work.chmod(0o755)
     started = time.monotonic()
